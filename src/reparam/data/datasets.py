@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -134,11 +134,13 @@ def _cifar(root: Path, classes: int) -> tuple[Tensor, ...]:
 
 
 def _read_image(path: str) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import pil_to_tensor
 
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
-    except RuntimeError as err:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"{path}: cannot decode image ({err})") from None
 
 

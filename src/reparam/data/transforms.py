@@ -8,13 +8,13 @@ PIL based); remember its magnitude is capped at 10 unless the string carries ``m
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
 from torch import Tensor
 from torchvision.transforms import v2
-from torchvision.transforms.functional import to_pil_image, pil_to_tensor
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 __all__ = ["Transform", "eval_transform", "normalize", "train_transform"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from ..kernels import Kernel, add_branches, fold_bn, identity_kernel
 
@@ -21,7 +22,8 @@ def conv_from_kernel(kernel: Kernel, template: nn.Conv2d) -> nn.Conv2d:
     Padding is "same" for the kernel size: ``k // 2``.
     """
     k = kernel.weight.shape[-1]
-    conv = nn.Conv2d(
+    conv = skip_init(
+        nn.Conv2d,
         template.in_channels,
         template.out_channels,
         k,

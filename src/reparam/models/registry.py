@@ -10,7 +10,8 @@ Every entrypoint decorated with :func:`register_model` is available two ways:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import timm.models
 from torch import nn

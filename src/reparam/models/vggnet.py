@@ -7,8 +7,8 @@ they plug in, so their deploy forms have the same structure and state-dict keys.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

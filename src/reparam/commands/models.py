@@ -1,0 +1,65 @@
+"""List the registered models with parameters and MACs (train form and fused form).
+
+Names are those of reparam.create_model; with timm use the reparam_ prefix
+(timm.create_model("reparam_repvgg_a0")).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+
+from tqdm import tqdm
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'repvgg_*'")
+    parser.add_argument("--image-size", type=int, default=224, help="input size for MACs (default 224)")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--names-only", action="store_true", help="list names without building models")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def model_row(name: str, image_size: int, num_classes: int) -> dict:
+    from ..deploy.fuse import FusionError, reparameterize
+    from ..models import create_model
+    from ..models.summary import count_macs, count_params
+
+    model = create_model(name, num_classes=num_classes).eval()
+    row = {"model": name, "params": count_params(model), "macs": count_macs(model, image_size)}
+    try:
+        fused = reparameterize(model)
+        row.update(fused_params=count_params(fused), fused_macs=count_macs(fused, image_size))
+    except FusionError as err:  # e.g. annealed models before lambda reaches 1
+        row.update(fused_params=None, fused_macs=None, fused_note=str(err))
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import list_models
+
+    names = [n for n in list_models() if fnmatch.fnmatch(n, args.pattern)]
+    if args.names_only:
+        rows = [{"model": n} for n in names]
+    else:
+        rows = [model_row(n, args.image_size, args.num_classes)
+                for n in tqdm(names, desc="models", disable=args.json or len(names) < 4)]
+    if args.json:
+        print(json.dumps({"image_size": args.image_size, "num_classes": args.num_classes, "models": rows}))
+        return 0
+    if args.names_only:
+        print("\n".join(names))
+        return 0
+
+    def millions(value: int | None) -> str:
+        return "-" if value is None else f"{value / 1e6:.2f}M"
+
+    def giga(value: int | None) -> str:
+        return "-" if value is None else f"{value / 1e9:.3f}G"
+
+    print(f"{'model':<24} {'params':>9} {'MACs':>9} {'fused params':>13} {'fused MACs':>11}   @ {args.image_size}px")
+    for r in rows:
+        print(f"{r['model']:<24} {millions(r['params']):>9} {giga(r['macs']):>9} "
+              f"{millions(r['fused_params']):>13} {giga(r['fused_macs']):>11}")
+    return 0

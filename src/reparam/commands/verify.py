@@ -1,0 +1,39 @@
+"""Run every equivalence check (fused vs unfused, RepOpt vs CSLA, ONNX vs torch).
+
+Each check reports max_abs_err, max_rel_err, dtype and passed; the exit status is 1 when any
+check fails. With --json, one JSON object {check: result} is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tqdm import tqdm
+
+from ..verify import CHECKS, resolve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checks", nargs="*", metavar="CHECK", help=f"checks to run (default all: {', '.join(CHECKS)})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+
+    names = args.checks or list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise UserError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
+    results = {}
+    for name in tqdm(names, desc="verify", unit="check", disable=args.json):
+        results[name] = resolve(CHECKS[name])().to_dict()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{'check':<24} {'dtype':<8} {'max_abs_err':>12} {'max_rel_err':>12}  result")
+        for name, r in results.items():
+            verdict = "PASS" if r["passed"] else "FAIL"
+            print(f"{name:<24} {r['dtype']:<8} {r['max_abs_err']:>12.3e} {r['max_rel_err']:>12.3e}  {verdict}")
+    return 0 if all(r["passed"] for r in results.values()) else 1

@@ -1,0 +1,33 @@
+"""``reparam verify`` check for the structural (RepVGG) re-parameterization."""
+
+from __future__ import annotations
+
+import torch
+
+from ..deploy.fuse import reparameterize
+from ..testing import randomize_batchnorm_
+from ..verify import CheckResult, compare
+from .layers import RepVGGBlock
+from .vggnet import VGGNet
+
+__all__ = ["verify_repvgg_deploy"]
+
+
+def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
+    """Fused vs multi-branch RepVGG in float64: random BN statistics and affine parameters,
+    grouped layers, odd and even input sizes, batch 1 and 3."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = VGGNet(
+        lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
+        depths=(2, 3, 2, 1), widths=(16, 24, 32, 48), num_classes=7, groups_map={2: 2, 4: 4},
+    ).double()
+    randomize_batchnorm_(model, generator).eval()
+    fused = reparameterize(model)
+    pairs = []
+    for batch, size in ((1, 32), (3, 33), (2, 17)):
+        x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
+        with torch.no_grad():
+            pairs.append((fused.forward_features(x), model.forward_features(x)))
+            pairs.append((fused(x), model(x)))
+    return compare(pairs, tolerance)

@@ -1,0 +1,28 @@
+"""Helpers for equivalence checks (used by ``reparam verify`` and the tests)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["randomize_batchnorm_"]
+
+
+def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Give every BatchNorm random running statistics and affine parameters, in place.
+
+    ``mean ~ U(-1, 1)``, ``var ~ U(0.5, 2)``, ``gamma ~ U(0.5, 1.5)``, ``beta ~ U(-1, 1)``: a freshly
+    initialised BN (mean 0, var 1, gamma 1, beta 0) would hide folding mistakes.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in (
+                (module.running_mean, -1.0, 1.0),
+                (module.running_var, 0.5, 2.0),
+                (module.weight, 0.5, 1.5),
+                (module.bias, -1.0, 1.0),
+            ):
+                if tensor is not None:
+                    values = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
+                    tensor.data.copy_(values * (high - low) + low)
+    return model

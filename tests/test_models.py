@@ -1,0 +1,81 @@
+"""Every registered model: forward, backward, fused-equals-unfused (float64), like timm's tests."""
+
+import pytest
+import timm
+import torch
+
+import reparam
+from reparam.deploy.fuse import FusionError
+from reparam.testing import randomize_batchnorm_
+
+DT = torch.float64
+NUM_CLASSES = 7
+
+
+def prepare_for_fusion(model: torch.nn.Module) -> torch.nn.Module:
+    """Annealed models fuse only at lambda = 1 (the end of their schedule)."""
+    try:
+        from reparam.models.annealed import has_annealing, set_lambda
+    except ImportError:
+        return model
+    if has_annealing(model):
+        set_lambda(model, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("name", reparam.list_models())
+def test_forward_backward_fused(name):
+    gen = torch.Generator().manual_seed(0)
+    model = reparam.create_model(name, num_classes=NUM_CLASSES).to(DT)
+    x = torch.randn(2, 3, 32, 32, dtype=DT, generator=gen)
+
+    out = model.train()(x)
+    assert out.shape == (2, NUM_CLASSES)
+    out.sum().backward()
+    with_grad = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert with_grad and all(model.get_parameter(n).grad is not None for n in with_grad)
+
+    randomize_batchnorm_(prepare_for_fusion(model), gen).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = reparam.reparameterize(model)
+    assert not fused.training
+    with torch.no_grad():
+        expected, got = model(x), fused(x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-10
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", [n for n in reparam.list_models() if n.startswith("repvgg_")][:2])
+def test_timm_registration_uses_prefix(name):
+    model = timm.create_model(reparam.models.TIMM_PREFIX + name, num_classes=3)
+    assert type(model) is type(reparam.create_model(name, num_classes=3))
+    assert timm.is_model(name)  # timm's own repvgg_* stays timm's
+    assert type(timm.create_model(name, num_classes=3)) is not type(model)
+
+
+def test_fusing_a_train_mode_model_is_refused_unless_asked():
+    model = reparam.create_model("repvgg_a0", num_classes=NUM_CLASSES)
+    with pytest.raises(FusionError, match="train mode"):
+        reparam.reparameterize(model)
+    assert model.training  # untouched
+    fused = reparam.reparameterize(model, switch_to_eval=True)
+    assert not fused.training and model.training
+
+
+def test_deploy_structures_line_up():
+    """RepVGG and plain VGG of one arch fuse to identical structures (same keys and shapes)."""
+    fused = [reparam.reparameterize(reparam.create_model(n, num_classes=5).eval()) for n in ("repvgg_a0", "vgg_a0")]
+    shapes = [{k: v.shape for k, v in f.state_dict().items()} for f in fused]
+    assert shapes[0] == shapes[1]
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="repvgg_a0"):
+        reparam.create_model("repvgg_z9")
+
+
+def test_repvgg_a0_size_matches_paper():
+    """RepVGG-A0 deploy form: 8.31M params at 1000 classes (paper: 8.30M)."""
+    fused = reparam.reparameterize(reparam.create_model("repvgg_a0").eval())
+    assert round(sum(p.numel() for p in fused.parameters()) / 1e6, 2) == 8.31
