@@ -1,0 +1,237 @@
+"""RepOpt-VGG (Ding et al. 2022, https://arxiv.org/abs/2205.15242) and its Hyper-Search models.
+
+``repopt_vgg_*``: the target model, a plain VGG trained as ``conv3x3 (no bias) -> BN -> ReLU``.
+Each block stores the constant scales of its imaginary CSLA block
+``s (.) conv3x3(x) + t (.) conv1x1(x) [+ identity]`` as buffers (``scale_conv``, ``scale_1x1``,
+``scale_identity``) and describes it with :meth:`RepOptVGGBlock.csla_specs`, so
+``reparam.optim.RepOptSGD(model)`` multiplies the conv's gradient by
+``M = s^2`` (+ ``t^2`` at the centre tap, + 1 on the diagonal centre when the block has an
+identity). The conv starts at paper eq. 14, ``W'0 = s W3x3_0 + t pad(W1x1_0) + I`` (BRIEF: 1,
+not the searched ``scale_identity``, which is kept only so scale files round-trip whole).
+Deploy form (BN folded): ``Sequential(conv=Conv2d 3x3 + bias, act=ReLU)``, the same keys as
+RepVGG and plain VGG.
+
+``repopt_vgg_*_hs``: the Hyper-Search model, ``ReLU(BN(s conv3x3(x) + t conv1x1(x) [+ s_id x]))``
+with trainable per-channel scales; ``reparam.hypersearch.extract_scales`` reads them out under
+the target model's buffer names.
+
+Model kwargs (**contract**; ``reparam train --scales FILE`` is ``model_kwargs={"scales": FILE}``):
+
+- ``scales``: ``None`` (HS-init constants, with a logged notice), a scale file (``.safetensors``
+  from ``reparam hypersearch`` or an official ``.pth``), a dict, ``"hs_init"`` or ``"ones"``;
+- ``channel_average``: replace every per-channel scale vector by its mean (ablation);
+- ``reinit``: eq. 14 init of the conv (default ``True``; ``False`` = the "without new init"
+  ablation). Plain SGD instead of RepOptSGD is the engine's ``grad_mult=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..csla import Branch, CSLASpec, equivalent_weight, init_weight
+from ..hypersearch import apply_scales, model_scales, read_scales
+from ..kernels import Kernel, fold_bn
+from .layers import VGGBlock, conv_from_kernel
+from .registry import register_model
+from .vggnet import BlockSpec, VGGNet
+
+__all__ = ["REPOPT_ARCHS", "HSBlock", "RepOptVGGBlock", "hs_init_scale", "repopt_vgg",
+           "repopt_vgg_hs"]
+
+log = logging.getLogger(__name__)
+
+_A, _B, _L = (2, 4, 14, 1), (4, 6, 16, 1), (8, 14, 24, 1)
+_B1_WIDTHS, _B2_WIDTHS = (128, 256, 512, 2048), (160, 320, 640, 2560)
+
+# arch -> (blocks per stage, widths); A widths are RepVGG's, stem min(64, widths[0])
+REPOPT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "a0": (_A, (48, 96, 192, 1280)),
+    "a1": (_A, (64, 128, 256, 1280)),
+    "a2": (_A, (96, 192, 384, 1408)),
+    "b1": (_B, _B1_WIDTHS),
+    "b2": (_B, _B2_WIDTHS),
+    "l1": (_L, _B1_WIDTHS),
+    "l2": (_L, _B2_WIDTHS),
+}
+
+
+def hs_init_scale(spec: BlockSpec) -> float:
+    """HS init: 1.0 for the stem and block 0 of a stage, ``sqrt(2 / i)`` for block ``i >= 1``."""
+    return 1.0 if spec.index == 0 else math.sqrt(2.0 / spec.index)
+
+
+def _has_identity(in_channels: int, out_channels: int, stride: int) -> bool:
+    return stride == 1 and in_channels == out_channels
+
+
+class RepOptVGGBlock(VGGBlock):
+    """Target block ``ReLU(BN(conv3x3(x)))`` (keys ``conv.conv``, ``conv.bn``) plus the constant
+    scales of its imaginary block as buffers; see module docstring."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
+                 scale: float = 1.0):
+        super().__init__(in_channels, out_channels, stride, groups)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.register_buffer("scale_conv", torch.full((out_channels,), float(scale)))
+        self.register_buffer("scale_1x1", torch.full((out_channels,), float(scale)))
+        if _has_identity(in_channels, out_channels, stride):
+            self.register_buffer("scale_identity", torch.ones(out_channels))
+        else:
+            self.scale_identity = None
+
+    def scale_tensors(self) -> dict[str, Tensor]:
+        names = ("scale_conv", "scale_1x1", "scale_identity")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def csla_spec(self) -> CSLASpec:
+        """The imaginary block: ``s`` 3x3, ``t`` 1x1, trainable identity (init 1, eq. 14)."""
+        return CSLASpec(
+            self.in_channels, self.out_channels,
+            (Branch(self.scale_conv, 3), Branch(self.scale_1x1, 1)),
+            kernel_size=3, groups=self.groups,
+            identity=1.0 if self.scale_identity is not None else None,
+        )
+
+    def csla_specs(self) -> dict[str, CSLASpec]:
+        return {"conv.conv.weight": self.csla_spec()}
+
+    @torch.no_grad()
+    def reset_csla_init(self, generator: torch.Generator | None = None) -> None:
+        """Re-initialise the conv at eq. 14 for the current scales."""
+        weight = self.conv.conv.weight
+        weight.copy_(init_weight(self.csla_spec(), dtype=weight.dtype, device=weight.device,
+                                 generator=generator))
+
+    def identity_variance_parts(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        if self.scale_identity is None:
+            return None
+        return x, self.conv.conv(x)
+
+    def fuse(self) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(conv=self.conv.fuse(), act=nn.ReLU()))
+
+
+class HSBlock(nn.Module):
+    """Hyper-Search block ``ReLU(BN(s (.) conv3x3(x) + t (.) conv1x1(x) [+ s_id (.) x]))`` with
+    trainable per-channel ``s``, ``t``, ``s_id`` (init ``scale``, ``scale``, 1). Deploys like a
+    RepOpt-VGG block: ``W = fold_BN(s W3 + t pad(W1) + s_id I)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
+                 scale: float = 1.0):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.conv3x3 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=False)
+        self.conv1x1 = nn.Conv2d(in_channels, out_channels, 1, stride, 0, groups=groups, bias=False)
+        self.scale_conv = nn.Parameter(torch.full((out_channels,), float(scale)))
+        self.scale_1x1 = nn.Parameter(torch.full((out_channels,), float(scale)))
+        if _has_identity(in_channels, out_channels, stride):
+            self.scale_identity = nn.Parameter(torch.ones(out_channels))
+        else:
+            self.scale_identity = None
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU()
+
+    def scale_tensors(self) -> dict[str, Tensor]:
+        names = ("scale_conv", "scale_1x1", "scale_identity")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def _linear_sum(self, x: Tensor) -> Tensor:
+        y = (self.scale_conv.view(1, -1, 1, 1) * self.conv3x3(x)
+             + self.scale_1x1.view(1, -1, 1, 1) * self.conv1x1(x))
+        if self.scale_identity is not None:
+            y = y + self.scale_identity.view(1, -1, 1, 1) * x
+        return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self._linear_sum(x)))
+
+    def identity_variance_parts(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        if self.scale_identity is None:
+            return None
+        return self.scale_identity.view(1, -1, 1, 1) * x, self._linear_sum(x)
+
+    def kernel(self) -> Kernel:
+        identity = None if self.scale_identity is None else self.scale_identity.detach()
+        spec = CSLASpec(self.in_channels, self.out_channels,
+                        (Branch(self.scale_conv.detach(), 3), Branch(self.scale_1x1.detach(), 1)),
+                        groups=self.groups, identity=identity)
+        weights = [self.conv3x3.weight.detach(), self.conv1x1.weight.detach()]
+        weight = equivalent_weight(spec, weights)
+        return fold_bn(weight, self.bn)
+
+    def fuse(self) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3),
+                                         act=nn.ReLU()))
+
+
+def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) -> None:
+    if scales is None:
+        log.info("%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
+                 "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.", name)
+    elif isinstance(scales, str) and scales in ("hs_init", "ones"):
+        if scales == "ones":
+            with torch.no_grad():
+                for tensor in model_scales(model).values():
+                    tensor.fill_(1.0)
+    elif isinstance(scales, (str, os.PathLike, Mapping)):
+        source = "scales" if isinstance(scales, Mapping) else f"scales {os.fspath(scales)}"
+        apply_scales(model, read_scales(scales, model=name), source=source)
+    else:
+        raise ValueError(f"{name}: scales must be None, 'hs_init', 'ones', a scale file or a dict "
+                         f"of tensors, got {type(scales).__name__}")
+    if channel_average:
+        with torch.no_grad():
+            for tensor in model_scales(model).values():
+                tensor.fill_(tensor.mean().item())
+
+
+def repopt_vgg(arch: str, num_classes: int = 1000, scales: Any = None,
+               channel_average: bool = False, reinit: bool = True, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-``arch`` target model (see module docstring for the kwargs)."""
+    depths, widths = REPOPT_ARCHS[arch]
+    model = VGGNet(
+        lambda s: RepOptVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups,
+                                 hs_init_scale(s)),
+        depths, widths, num_classes=num_classes, **kwargs,
+    )
+    _set_scales(model, f"repopt_vgg_{arch}", scales, channel_average)
+    if reinit:
+        for module in model.modules():
+            if isinstance(module, RepOptVGGBlock):
+                module.reset_csla_init()
+    return model
+
+
+def repopt_vgg_hs(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Hyper-Search model for RepOpt-VGG-``arch``: trainable scales, HS init."""
+    depths, widths = REPOPT_ARCHS[arch]
+    return VGGNet(
+        lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
+        depths, widths, num_classes=num_classes, **kwargs,
+    )
+
+
+def _entrypoint(arch: str, hs: bool):
+    def entrypoint(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+        return (repopt_vgg_hs if hs else repopt_vgg)(arch, num_classes, **kwargs)
+
+    name = f"repopt_vgg_{arch}" + ("_hs" if hs else "")
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    depths, widths = REPOPT_ARCHS[arch]
+    kind = "Hyper-Search model (trainable scales)" if hs else "target model (train with RepOptSGD)"
+    entrypoint.__doc__ = f"RepOpt-VGG-{arch.upper()} {kind}: depths {depths}, widths {widths}."
+    return entrypoint
+
+
+for _arch in REPOPT_ARCHS:
+    register_model(_entrypoint(_arch, hs=False))
+    register_model(_entrypoint(_arch, hs=True))

@@ -1,0 +1,88 @@
+"""RepOptAdamW: AdamW with a constant gradient mask (p = 1), equivalent up to Adam's ``eps``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import MaskedOptimizer
+
+__all__ = ["RepOptAdamW"]
+
+
+class RepOptAdamW(MaskedOptimizer):
+    """AdamW on the target model that tracks AdamW on the imaginary CSLA model.
+
+    Per step (multi-tensor ops), with ``M`` the grad mult at power 1 (``sum_i |a_i|`` + identity):
+
+        g = grad * M                         (multiplied BEFORE the moments)
+        W = W * (1 - lr * weight_decay)      (decoupled, NOT multiplied)
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        W = W - lr / (1 - b1^t) * M * m / (sqrt(v / (1 - b2^t)) + eps)   (multiplied AGAIN)
+
+    Adam is scale-invariant per element, so each branch ``a_i W_i`` moves ``W'`` by ``|a_i|``
+    times the same normalised step: the sum is ``M`` times it, exact up to ``eps`` (~1e-8
+    relative). The moments are never rescaled after the fact (the official foreach code rescales
+    ``exp_avg`` every step; that is a bug). Gradient clipping and LAMB-style trust ratios break
+    the equivalence.
+    """
+
+    power = 1
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        grad_mults: dict[nn.Parameter, Tensor] | None = None,
+    ):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"RepOptAdamW: invalid lr={lr}, betas={betas}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(model_or_params, defaults, grad_mults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, states, n = self._gather(group)
+            if not params:
+                continue
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for state, p in zip(states, params):  # lazy state init (first step only)
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            masks = self._masks(states, n)
+            g = list(torch._foreach_mul(grads[:n], masks)) + grads[n:] if n else grads
+            steps = [s["step"] for s in states]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            torch._foreach_add_(steps, 1.0)
+            if weight_decay:
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)
+            counts = [s.item() for s in steps]
+            step_size = [lr / (1 - beta1**t) for t in counts]
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in counts])
+            torch._foreach_add_(denom, eps)
+            update = torch._foreach_div(exp_avgs, denom)
+            torch._foreach_mul_(update, step_size)
+            if n:
+                torch._foreach_mul_(update[:n], masks)
+            torch._foreach_sub_(params, update)
+        return loss

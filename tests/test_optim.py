@@ -1,0 +1,181 @@
+"""RepOptSGD / RepOptAdamW: equivalence checks, torch parity, state round trip, loud errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from reparam.csla import Branch, CSLASpec, attach
+from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
+from reparam.optim.checks import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
+
+DT = torch.float64
+
+
+def test_verify_csla_vs_repopt_sgd_is_exact():
+    result = verify_csla_vs_repopt_sgd()
+    assert result.passed and result.max_rel_err <= 1e-10 and result.dtype == "float64"
+
+
+def test_verify_csla_vs_repopt_adamw_within_eps():
+    result = verify_csla_vs_repopt_adamw()
+    assert result.passed and result.max_rel_err <= 1e-6
+
+
+def small_model(scale=2.0):
+    """conv (CSLA: 3x3 * scale + 1x1 * -0.5 + identity) -> BN -> ReLU -> GAP -> linear."""
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    attach(conv, CSLASpec(4, 4, (Branch(scale, 3), Branch(-0.5, 1)), identity=1.0))
+    return nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3)).to(DT)
+
+
+def run(model, opt, steps, seed=0, scheduler=None):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(2, 4, 6, 6, generator=gen, dtype=DT)
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def clone_params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def max_rel(a_list, b_list):
+    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(a_list, b_list))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9, weight_decay=1e-3),
+    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    dict(lr=0.1, momentum=0.9, dampening=0.3),
+])
+def test_unit_masks_equal_torch_sgd_with_groups_and_scheduler(kw):
+    torch.manual_seed(0)
+    a = small_model()
+    b = small_model()
+    b.load_state_dict(a.state_dict())
+    groups = lambda m: [{"params": [m[0].weight, m[5].weight]},  # noqa: E731
+                        {"params": [m[1].weight, m[1].bias, m[5].bias], "weight_decay": 0.0}]
+    ours = RepOptSGD(groups(a), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
+    ref = torch.optim.SGD(groups(b), **kw)
+    run(a, ours, 5, scheduler=torch.optim.lr_scheduler.StepLR(ours, 2, 0.5))
+    run(b, ref, 5, scheduler=torch.optim.lr_scheduler.StepLR(ref, 2, 0.5))
+    assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.025
+    assert max_rel(clone_params(a), clone_params(b)) <= 1e-14
+
+
+def test_unit_masks_equal_torch_adamw():
+    torch.manual_seed(0)
+    a, b = small_model(), small_model()
+    b.load_state_dict(a.state_dict())
+    kw = dict(lr=1e-2, weight_decay=1e-2)
+    run(a, RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)},
+                       **kw), 5)
+    run(b, torch.optim.AdamW(b.parameters(), **kw), 5)
+    assert max_rel(clone_params(a), clone_params(b)) <= 1e-13
+
+
+def test_model_form_takes_masks_from_the_model_and_the_right_power():
+    model = small_model(scale=-3.0)
+    sgd, adamw = RepOptSGD(model, lr=0.1), RepOptAdamW(model, lr=0.1)
+    mask2, mask1 = grad_mults(model)["0.weight"], grad_mults(model, power=1)["0.weight"]
+    assert mask2[0, 1, 0, 0] == 9.0 and mask1[0, 1, 0, 0] == 3.0
+    assert mask2[0, 0, 1, 1] == 9.0 + 0.25 + 1 and mask1[0, 0, 1, 1] == 3.0 + 0.5 + 1
+    assert torch.equal(sgd.state[model[0].weight]["grad_mult"], mask2)
+    assert torch.equal(adamw.state[model[0].weight]["grad_mult"], mask1)
+
+
+def test_masks_work_through_a_ddp_like_wrapper():
+    class Wrapper(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    torch.manual_seed(0)
+    plain, wrapped = small_model(), Wrapper(small_model())
+    wrapped.module.load_state_dict(plain.state_dict())
+    assert list(grad_mults(wrapped)) == ["module.0.weight"]
+    run(plain, RepOptSGD(plain, lr=0.05, momentum=0.9), 3)
+    run(wrapped, RepOptSGD(wrapped, lr=0.05, momentum=0.9), 3)
+    assert max_rel(clone_params(wrapped), clone_params(plain)) == 0
+
+
+@pytest.mark.parametrize("cls, kw", [(RepOptSGD, dict(lr=0.05, momentum=0.9, nesterov=True,
+                                                      weight_decay=1e-3)),
+                                     (RepOptAdamW, dict(lr=1e-2))])
+def test_state_dict_round_trip_resumes_exactly(cls, kw):
+    torch.manual_seed(0)
+    a = small_model()
+    b = small_model()
+    b.load_state_dict(a.state_dict())
+    opt_a = cls(a, **kw)
+    run(a, opt_a, 6)
+    opt_b = cls(b, **kw)
+    run(b, opt_b, 3)
+    state = opt_b.state_dict()
+    assert any("grad_mult" in s for s in state["state"].values())
+    opt_c = cls(b, **kw)
+    opt_c.load_state_dict(state)
+    gen_state = torch.Generator().manual_seed(0)
+    for _ in range(3):  # advance the data stream as the uninterrupted run did
+        torch.randn(2, 4, 6, 6, generator=gen_state, dtype=DT)
+    for _ in range(3):
+        x = torch.randn(2, 4, 6, 6, generator=gen_state, dtype=DT)
+        opt_c.zero_grad()
+        b(x).square().sum().backward()
+        opt_c.step()
+    assert max_rel(clone_params(b), clone_params(a)) == 0
+
+
+def test_load_state_dict_refuses_other_masks_and_rebuilds_missing_ones():
+    model = small_model(scale=2.0)
+    other = small_model(scale=3.0)
+    opt_other = RepOptSGD(other, lr=0.1, momentum=0.9)
+    run(other, opt_other, 1)
+    with pytest.raises(ValueError, match="other scales"):
+        RepOptSGD(model, lr=0.1, momentum=0.9).load_state_dict(opt_other.state_dict())
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    run(model, plain, 1)
+    opt = RepOptSGD(model, lr=0.1, momentum=0.9)
+    opt.load_state_dict(plain.state_dict())
+    assert torch.equal(opt.state[model[0].weight]["grad_mult"], grad_mults(model)["0.weight"])
+
+
+def test_a_lost_mask_is_an_error_not_a_plain_step():
+    model = small_model()
+    opt = RepOptSGD(model, lr=0.1)
+    opt.state.clear()
+    with pytest.raises(RuntimeError, match="lost its grad mult"):
+        run(model, opt, 1)
+
+
+def test_bad_arguments_are_refused():
+    model = small_model()
+    weight = model[0].weight
+    with pytest.raises(ValueError, match="no CSLA layers"):
+        RepOptSGD(nn.Linear(2, 2), lr=0.1)
+    with pytest.raises(ValueError, match="does not train"):
+        RepOptSGD(model[1].parameters(), lr=0.1, grad_mults={weight: torch.ones_like(weight)})
+    with pytest.raises(ValueError, match="shape"):
+        RepOptSGD(model.parameters(), lr=0.1, grad_mults={weight: torch.ones(4, 4, 1, 1)})
+    with pytest.raises(ValueError, match="NaN"):
+        RepOptSGD(model.parameters(), lr=0.1,
+                  grad_mults={weight: torch.full_like(weight, float("nan"))})
+    with pytest.raises(ValueError, match="grad_mults= goes with"):
+        RepOptSGD(model, lr=0.1, grad_mults={})
+    with pytest.raises(ValueError, match="nesterov"):
+        RepOptSGD(model, lr=0.1, nesterov=True)
+
+
+def test_param_grad_mults_keys_are_the_parameters():
+    model = small_model()
+    masks = param_grad_mults(model, power=1)
+    assert list(masks) == [model[0].weight]
