@@ -1,0 +1,174 @@
+"""The paper's story end to end on one data set (default: the built-in digits).
+
+1. Hyper-Search the RepOpt-VGG scales (HS model, ordinary training) -> scale file;
+2. train RepOpt-VGG with those scales (RepOptSGD: a plain VGG with gradient masks);
+3. train RepVGG (multi-branch training blocks) with the same deploy structure;
+4. train the plain VGG of that structure with plain SGD;
+5. fuse all three, check fused == unfused, and tabulate top-1 (train form and fused), train
+   images/s, params and MACs (train form and deploy form), plus plots: identity variance ratio per
+   block (RepOpt fig. 4) and validation top-1 per epoch.
+
+Writes OUT/<model>/ run folders and OUT/report/ (summary.md, summary.json, PNGs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", help="data spec (default digits)")
+    parser.add_argument("--arch", default="a0", help="deploy structure shared by the three (a0, a1, ...)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per trained model")
+    parser.add_argument("--hs-epochs", type=int, default=8, help="Hyper-Search epochs")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, dataset, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs, labels = [], []
+    for images, targets in DataLoader(dataset, batch_size=batch_size):
+        outputs.append(model(images))
+        labels.append(targets)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def _compare_forms(run_dir: Path, dataset, image_size: int) -> dict[str, Any]:
+    """Top-1 of the trained model and of its fused copy, their max logit difference, sizes."""
+    from ..checkpoint import load_model
+    from ..deploy.fuse import reparameterize
+    from ..models.summary import count_macs, count_params
+
+    model, _ = load_model(run_dir, weights="last")
+    fused = reparameterize(model)
+    logits, labels = _logits(model, dataset)
+    fused_logits, _ = _logits(fused, dataset)
+    return {
+        "top1": (logits.argmax(1) == labels).float().mean().item(),
+        "top1_fused": (fused_logits.argmax(1) == labels).float().mean().item(),
+        "max_abs_diff": (fused_logits - logits).abs().max().item(),
+        "params": count_params(model),
+        "params_fused": count_params(fused),
+        "macs": count_macs(model, image_size),
+        "macs_fused": count_macs(fused, image_size),
+        "model": model,
+    }
+
+
+def _plot_curves(runs: dict[str, Path], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, run_dir in runs.items():
+        with open(run_dir / "log.csv") as f:
+            rows = list(csv.DictReader(f))
+        ax.plot([int(r["epoch"]) for r in rows], [float(r["top1"]) for r in rows], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    lines = [
+        f"# reparam demo: {settings['data']}, deploy structure {settings['arch'].upper()}",
+        "",
+        f"Command: `{settings['command']}`  ",
+        f"{settings['epochs']} epochs per model ({settings['hs_epochs']} for Hyper-Search), "
+        f"{settings['image_size']}x{settings['image_size']}, batch {settings['batch_size']}, "
+        f"seed {settings['seed']}, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        "| model | optimizer | top-1 | top-1 fused | max abs logit diff | train img/s | "
+        "params (train) | params (deploy) | MMACs (train) | MMACs (deploy) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['optimizer']} | {r['top1']:.4f} | {r['top1_fused']:.4f} | "
+            f"{r['max_abs_diff']:.1e} | {r['train_images_per_s']:.0f} | {r['params'] / 1e6:.2f}M | "
+            f"{r['params_fused'] / 1e6:.2f}M | {r['macs'] / 1e6:.1f} | {r['macs_fused'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model, write_json
+    from ..data import load_data
+    from ..hypersearch import hyper_search, identity_variance_ratios, plot_identity_variance
+    from ..train import fit, resolve_config
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    common = {"data": args.data, "epochs": args.epochs, "image_size": args.image_size,
+              "batch_size": args.batch_size, "seed": args.seed}
+    repopt, repvgg, vgg = (f"{family}_{args.arch}" for family in ARCH_FAMILIES)
+
+    print(f"[1/5] Hyper-Search for {repopt} on {args.data}", file=sys.stderr)
+    scales = report / f"{repopt}-scales.safetensors"
+    search = hyper_search(repopt, args.data, scales, epochs=args.hs_epochs, batch_size=args.batch_size,
+                          image_size=args.image_size, seed=args.seed, run_dir=out / f"{repopt}_hs")
+
+    runs: dict[str, Path] = {}
+    plan = [(repopt, {"scales": str(scales)}, "RepOptSGD"), (repvgg, {}, "SGD"), (vgg, {}, "SGD")]
+    metrics = {}
+    for step, (name, model_kwargs, _) in enumerate(plan, start=2):
+        print(f"[{step}/5] training {name}", file=sys.stderr)
+        runs[name] = out / name
+        config = resolve_config("basic", {**common, "model": name, "model_kwargs": model_kwargs,
+                                          "out": str(runs[name])})
+        metrics[name] = fit(config)
+
+    print("[5/5] fusing, evaluating, plotting", file=sys.stderr)
+    val = load_data(args.data, args.image_size).val
+    rows, ratios = [], {}
+    probe = torch.stack([val[i][0] for i in range(min(128, len(val)))])
+    hs_model, _ = load_model(out / f"{repopt}_hs", weights="last")
+    ratios[f"{repopt} HS model"] = identity_variance_ratios(hs_model, probe)
+    for name, optimizer in ((p[0], p[2]) for p in plan):
+        forms = _compare_forms(runs[name], val, args.image_size)
+        block_ratios = identity_variance_ratios(forms.pop("model"), probe)
+        if block_ratios:  # the plain VGG has no identity path
+            ratios[name] = block_ratios
+        rows.append({"name": name, "optimizer": optimizer,
+                     "train_images_per_s": metrics[name]["train_images_per_s"], **forms})
+    plot_identity_variance(ratios, report / "identity_variance.png")
+    _plot_curves(runs, report / "val_top1.png")
+
+    settings = {**common, "arch": args.arch, "hs_epochs": args.hs_epochs,
+                "command": " ".join(["reparam", *sys.argv[1:]])}
+    summary = {"settings": settings, "hypersearch": {k: search[k] for k in ("top1", "epochs", "seconds")},
+               "models": rows, "identity_variance": ratios,
+               "seconds": time.perf_counter() - started}
+    write_json(summary, report / "summary.json")
+    table = _markdown(rows, settings)
+    (report / "summary.md").write_text(table)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(table)
+        print(f"report: {report}/ (summary.md, summary.json, identity_variance.png, val_top1.png); "
+              f"{summary['seconds']:.0f} s in all")
+    return 0
