@@ -1,0 +1,137 @@
+"""Train a model into a run folder (config.json, metrics.json, log.csv, TensorBoard, checkpoints).
+
+Every field of the recipe can be overridden: the flags below, or --set KEY=VALUE for any field
+(e.g. --set ema=true --set drop_path_rate=0.1). Presets: basic (default), resnet-rs,
+resnet-rs50 ... resnet-rs420; or a YAML/JSON recipe file. --list-recipes shows them.
+
+Examples:
+  reparam train --model repvgg_a0 --data digits --epochs 8 --image-size 32
+  reparam train --recipe resnet-rs50 --data folder:imagenet --out runs/rs50
+  reparam train --out runs/rs50 --resume                # continue an interrupted run
+  torchrun --nproc_per_node=4 -m reparam train --model repvgg_b1 --data cifar10:DIR ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# CLI flag -> (config field, type, help); everything else goes through --set
+_FLAGS: list[tuple[str, str, Any, str]] = [
+    ("--model", "model", str, "registered model name (reparam models)"),
+    ("--data", "data", str, "digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--batch-size", "batch_size", int, "global batch size (all processes)"),
+    ("--image-size", "image_size", int, "input resolution"),
+    ("--lr", "lr", float, "absolute learning rate (default: lr_per_256 x batch/256)"),
+    ("--optimizer", "optimizer", str, "sgd | adamw"),
+    ("--weight-decay", "weight_decay", float, "weight decay"),
+    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear warmup length in epochs"),
+    ("--randaugment", "randaugment", str, "timm RandAugment string, e.g. rand-m15-n2-mmax15"),
+    ("--drop-rate", "drop_rate", float, "dropout before the classifier"),
+    ("--drop-path-rate", "drop_path_rate", float, "stochastic depth rate (residual models)"),
+    ("--grad-clip", "grad_clip", float, "clip the global gradient norm"),
+    ("--accum-steps", "accum_steps", int, "gradient accumulation steps"),
+    ("--seed", "seed", int, "random seed"),
+    ("--workers", "workers", int, "data loader worker processes"),
+    ("--threads", "threads", int, "torch CPU threads per process"),
+    ("--out", "out", str, "run folder (default runs/<model>-<data>)"),
+]
+_SWITCHES = [
+    ("ema", "EMA of weights and BN buffers (evaluated too)"),
+    ("amp", "bf16 autocast"),
+    ("channels_last", "channels_last memory format"),
+    ("compile", "torch.compile the model"),
+    ("nesterov", "Nesterov momentum for sgd"),
+    ("grad_mult", "RepOpt gradient multipliers when the model has them"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="basic", help="preset name or .yaml/.json recipe file")
+    for flag, dest, kind, help_text in _FLAGS:
+        parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_text)
+    for name, help_text in _SWITCHES:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                            action=argparse.BooleanOptionalAction, help=help_text)
+    parser.add_argument("--scales", default=None, metavar="FILE",
+                        help="RepOpt scales file, passed as model_kwargs['scales']")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any recipe field (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from last.state.pt (its config.json is reused)")
+    parser.add_argument("--list-recipes", action="store_true", help="print the presets as JSON and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print metrics as one JSON object on stdout")
+
+
+def _explicit(args: argparse.Namespace) -> dict[str, Any]:
+    from ..train import parse_overrides
+
+    values = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS if hasattr(args, dest)}
+    values.update({name: getattr(args, name) for name, _ in _SWITCHES if hasattr(args, name)})
+    values.update(parse_overrides(args.overrides))
+    if args.scales is not None:
+        kwargs = values.get("model_kwargs", {})
+        if isinstance(kwargs, str):
+            from ..train.recipe import _parse_value
+
+            kwargs = _parse_value(kwargs)
+        values["model_kwargs"] = {**kwargs, "scales": args.scales}
+    return values
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The resolved :class:`TrainConfig` for parsed CLI arguments (saved config on --resume)."""
+    from ..checkpoint import read_json
+    from ..cli import UserError
+    from ..train import RecipeError, TrainConfig, resolve_config
+
+    explicit = _explicit(args)
+    try:
+        if args.resume:
+            if "out" not in explicit:
+                raise UserError("--resume needs --out DIR (the run folder to continue)")
+            saved = Path(explicit["out"]) / "config.json"
+            if not saved.is_file():
+                raise UserError(f"{saved}: not found; nothing to resume")
+            values = {**read_json(saved), "stop_after_steps": None, **explicit, "resume": True}
+            return TrainConfig.from_dict(values)
+        config = resolve_config(args.recipe, explicit)
+    except RecipeError as err:
+        raise UserError(str(err)) from None
+    if "out" not in explicit:
+        data_name = config.data.split(":")[0]
+        config.out = str(Path("runs") / f"{config.model}-{data_name}")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..train import TrainingError, fit, recipes
+
+    if args.list_recipes:
+        print(json.dumps(recipes(), indent=2, sort_keys=True))
+        return 0
+    config = build_config(args)
+    try:
+        metrics = fit(config, progress=not args.no_progress)
+    except (TrainingError, ValueError) as err:
+        raise UserError(str(err)) from None
+    if metrics.get("interrupted"):  # saved; planned stops exit 0, signals 128 + signal number
+        return 128 + metrics["signal"] if metrics.get("signal") else 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        ema = f", top1_ema {metrics['top1_ema']:.4f}" if "top1_ema" in metrics else ""
+        print(f"{config.model} on {config.data}: top1 {metrics['top1']:.4f}{ema} after "
+              f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "
+              f"({metrics['train_images_per_s']:.0f} img/s); run folder {config.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,415 @@
+"""The training loop: :func:`fit` (**contract**) trains one :class:`TrainConfig` into a run folder.
+
+Per optimizer step ``t`` (0-based, ``T`` in all): lambda of annealed activations
+``= LambdaSchedule.value(t, T, steps_per_epoch)``; learning rate ``= cosine(t + 1)`` with linear
+warmup from ``warmup_lr_init`` (timm ``CosineLRScheduler``, ``step_update``); forward/backward of
+``accum_steps`` micro-batches (bf16 autocast when ``amp``); non-finite loss -> :class:`TrainingError`;
+optional grad-norm clip; optimizer step; EMA update. After each epoch: evaluation (raw and EMA),
+``log.csv``, TensorBoard, ``last.*`` (and ``best.safetensors`` when top-1 improved).
+
+Data order is a function of ``(seed, epoch)`` (sampler and loader generator reseeded per epoch),
+and every RNG state is checkpointed, so a resumed run reproduces an uninterrupted one bit for bit
+on CPU (from any step with ``workers=0``; from epoch ends with worker processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from ..checkpoint import CheckpointError, save_weights, write_json
+from . import distributed
+from .checkpointing import (
+    BEST_WEIGHTS,
+    get_rng_state,
+    load_training_state,
+    save_training_state,
+    set_rng_state,
+    write_log_csv,
+)
+from .optim_factory import create_optimizer
+from .recipe import TrainConfig
+from .setup import build_data, build_ema, build_model, build_scheduler, lambda_schedule
+
+__all__ = ["TrainingError", "classification_loss", "fit"]
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "top1", "top1_ema",
+              "train_images_per_s", "seconds"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, inconsistent resume)."""
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and returns.
+    A second signal interrupts at once (the previous checkpoint stays intact)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second signal: stop now, without saving
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def fit(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``config.out`` and return the metrics (``metrics.json``'s content).
+
+    With ``config.resume`` the run continues from ``out/last.state.pt``. When stopped early
+    (signal or ``stop_after_steps``) the result has ``"interrupted": true`` and no metrics file
+    is written. Raises :class:`TrainingError` on a non-finite loss (last checkpoint kept).
+    """
+    joined = not torch.distributed.is_initialized()
+    info = distributed.setup(config.device)
+    try:
+        return _Trainer(config, info, progress).run()
+    finally:
+        if joined:  # leave a process group the caller created alone
+            distributed.cleanup()
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, info: distributed.DistInfo, progress: bool):
+        config = dataclasses.replace(config)  # resolved below; the caller's object stays as given
+        self.info, self.progress = info, progress
+        self.out = Path(config.out)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)  # identical model init on every rank
+        self.data = build_data(config)
+        if config.num_classes is None:
+            config.num_classes = self.data.num_classes
+        elif config.num_classes != self.data.num_classes:
+            raise TrainingError(f"num_classes={config.num_classes} but data {config.data!r} has "
+                                f"{self.data.num_classes} classes")
+        config.lr = config.resolved_lr
+        self.config = config
+        self.model = build_model(config, info.device, info.distributed)
+        self.optimizer = create_optimizer(self.model, config)
+        per_rank = config.batch_size // info.world_size
+        if per_rank * info.world_size != config.batch_size:
+            raise TrainingError(f"batch_size {config.batch_size} is not divisible by the "
+                                f"{info.world_size} processes")
+        if per_rank % config.accum_steps:
+            raise TrainingError(f"per-process batch {per_rank} is not divisible by accum_steps "
+                                f"{config.accum_steps}")
+        self.sampler = distributed.ResumableSampler(self.data.train, info, config.seed, per_rank)
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(
+            self.data.train, batch_size=per_rank, sampler=self.sampler, drop_last=True,
+            num_workers=config.workers, generator=self.loader_generator,
+            pin_memory=info.device.type == "cuda", worker_init_fn=_seed_worker,
+        )
+        self.steps_per_epoch = len(self.sampler) // per_rank
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"training set of {len(self.data.train)} images is smaller than "
+                                f"one batch of {config.batch_size}")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch, self.total_steps)
+        self.ema = build_ema(self.model, config)
+        self.anneal = lambda_schedule(self.model, config)
+        self.train_model: nn.Module = self.model
+        if info.distributed:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if config.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.epoch, self.batch, self.global_step = 0, 0, 0
+        self.best_top1, self.train_seconds, self.seconds, self.images = -1.0, 0.0, 0.0, 0
+        self.rows: list[dict[str, Any]] = []
+        self.epoch_sums: list[float] = [0.0, 0, 0]
+        self.best_source: str | None = None
+        self.writer = None
+
+    # ------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        config, info = self.config, self.info
+        torch.manual_seed(config.seed + info.rank)  # augmentation / dropout streams per rank
+        random.seed(config.seed + info.rank)
+        np.random.seed(config.seed + info.rank)
+        if config.resume:
+            self._restore()
+        else:
+            self._start_folder()
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out), purge_step=self.global_step or None)
+        session_steps, stopped = 0, False
+        with _StopFlag() as stop:
+            while self.epoch < config.epochs:
+                session_steps, stopped = self._train_epoch(stop, session_steps)
+                if stopped:
+                    self._save_last()
+                    break
+                self._end_epoch()
+                if self.epoch < config.epochs and self._should_stop(stop, session_steps):
+                    stopped = True
+                    break
+            if stopped and info.is_main:
+                why = f"signal {stop.signal}" if stop.signal else f"stop_after_steps={config.stop_after_steps}"
+                print(f"reparam train: stopped by {why} at step {self.global_step} (epoch "
+                      f"{self.epoch + 1}, batch {self.batch}); saved {self.out}/last.*; continue "
+                      f"with --resume --out {self.out}", file=sys.stderr)
+        if self.writer is not None:
+            self.writer.close()
+        if stopped:
+            return {"interrupted": True, "global_step": self.global_step, "epoch": self.epoch,
+                    "signal": stop.signal}
+        metrics = self._metrics()
+        if info.is_main:
+            write_json(metrics, self.out / "metrics.json")
+        distributed.barrier(info)
+        return metrics
+
+    def _start_folder(self) -> None:
+        """Refuse (on every rank) to overwrite a run; rank 0 writes ``config.json``."""
+        for name in ("metrics.json", "last.state.pt"):
+            if (self.out / name).exists():
+                raise TrainingError(f"{self.out} already holds a run ({name}); pass --resume to "
+                                    "continue it or choose another --out")
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.config.to_dict(), self.out / "config.json")
+
+    # ----------------------------------------------------------------------------- epoch
+    def _should_stop(self, stop: _StopFlag, session_steps: int) -> bool:
+        """A signal arrived (on any rank) or this session's step budget is spent."""
+        budget = self.config.stop_after_steps
+        local = stop.signal is not None or (budget is not None and session_steps >= budget)
+        return distributed.reduce_sum(self.info, [float(local)])[0] > 0
+
+    def _train_epoch(self, stop: _StopFlag, session_steps: int) -> tuple[int, bool]:
+        """Train the rest of the current epoch; ``(session_steps, stopped mid-epoch)``."""
+        config, info = self.config, self.info
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.skip_batches = self.batch
+        self.loader_generator.manual_seed(config.seed * 100_003 + self.epoch)
+        self.model.train()
+        if self.batch == 0:
+            self.epoch_sums = [0.0, 0, 0]  # loss sum (per step), correct, seen
+        bar = _progress_bar(self.progress and info.is_main, self.steps_per_epoch, self.batch,
+                            f"epoch {self.epoch + 1}/{config.epochs}")
+        start = time.perf_counter()
+        stopped = False
+        for images, labels in self.loader:
+            step_loss, step_correct = self._train_step(images, labels)
+            self.epoch_sums[0] += step_loss
+            self.epoch_sums[1] += step_correct
+            self.epoch_sums[2] += labels.numel()
+            self.images += labels.numel() * info.world_size
+            self.batch += 1
+            self.global_step += 1
+            session_steps += 1
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                            refresh=False)
+            bar.update(1)
+            if self.global_step % config.log_every == 0 and self.writer is not None:
+                self.writer.add_scalar("train/loss", step_loss, self.global_step)
+                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+            if self.batch < self.steps_per_epoch and self._should_stop(stop, session_steps):
+                stopped = True
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        self.train_seconds += elapsed
+        self.seconds += elapsed
+        if not stopped:
+            loss, correct, seen = distributed.reduce_sum(info, self.epoch_sums)
+            self._epoch_train = {"train_loss": loss / info.world_size / self.steps_per_epoch,
+                                 "train_top1": correct / max(1, seen)}
+        return session_steps, stopped
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        config, device = self.config, self.info.device
+        if self.anneal is not None:
+            from reparam.models.annealed import set_lambda
+
+            set_lambda(self.model, self.anneal.value(self.global_step, self.total_steps, self.steps_per_epoch))
+        self.scheduler.step_update(self.global_step + 1)
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value, correct = 0.0, 0
+        chunks = list(zip(images.chunk(config.accum_steps), labels.chunk(config.accum_steps)))
+        for index, (x, y) in enumerate(chunks):
+            sync = index == len(chunks) - 1 or not isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+            context = contextlib.nullcontext() if sync else self.train_model.no_sync()
+            with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+                logits = self.train_model(x)
+                loss = classification_loss(logits, y, config.label_smoothing)
+            (loss / len(chunks)).backward()
+            loss_value += loss.item() / len(chunks)
+            correct += int((logits.argmax(1) == y).sum())
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss is {loss_value} at step {self.global_step} (epoch {self.epoch + 1}, batch "
+                f"{self.batch + 1}); training stopped, the last good checkpoint in {self.out} is "
+                "intact (lower the lr, enable grad_clip, or check the data)"
+            )
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step + 1)
+        return loss_value, correct
+
+    def _end_epoch(self) -> None:
+        info = self.info
+        start = time.perf_counter()
+        val_loss, top1 = self._evaluate(self.model)
+        top1_ema = self._evaluate(self.ema.module)[1] if self.ema is not None else None
+        self.seconds += time.perf_counter() - start
+        self.epoch += 1
+        self.batch = 0
+        row = {"epoch": self.epoch, "step": self.global_step,
+               "lr": self.optimizer.param_groups[0]["lr"], **self._epoch_train,
+               "val_loss": val_loss, "top1": top1, "top1_ema": top1_ema,
+               "train_images_per_s": self.images / max(self.train_seconds, 1e-9),
+               "seconds": self.seconds}
+        self.rows.append(row)
+        candidates = [(top1, "raw")] + ([(top1_ema, "ema")] if top1_ema is not None else [])
+        best, source = max(candidates, key=lambda c: c[0])
+        if info.is_main:
+            if best > self.best_top1:
+                module = self.model if source == "raw" else self.ema.module
+                save_weights(module.state_dict(), self.out / BEST_WEIGHTS,
+                             metadata={"epoch": str(self.epoch), "source": source})
+            write_log_csv(self.rows, LOG_FIELDS, self.out / "log.csv")
+            for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
+                if row[key] is not None:
+                    self.writer.add_scalar(f"epoch/{key}", row[key], self.epoch)
+        if best > self.best_top1:
+            self.best_top1, self.best_source = best, source
+        self._save_last()
+
+    @torch.no_grad()
+    def _evaluate(self, model: nn.Module) -> tuple[float, float]:
+        """(mean loss, top-1) over the validation set, sharded over ranks and summed exactly."""
+        info, config = self.info, self.config
+        shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))
+        loader = DataLoader(shard, batch_size=max(1, config.batch_size // info.world_size),
+                            num_workers=config.workers)
+        was_training = model.training
+        model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for images, labels in loader:
+            images, labels = images.to(info.device), labels.to(info.device)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.amp):
+                logits = model(images).float()
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+            count += labels.numel()
+        model.train(was_training)
+        loss_sum, correct, count = distributed.reduce_sum(info, [loss_sum, correct, count])
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "best_top1": self.best_top1, "best_source": self.best_source,
+            "train_seconds": self.train_seconds, "seconds": self.seconds, "images": self.images,
+            "epoch_sums": list(self.epoch_sums),
+            "rows": self.rows, "world_size": self.info.world_size,
+            "config": self.config.to_dict(),
+        }
+
+    def _save_last(self) -> None:
+        rng = distributed.all_gather_objects(self.info, get_rng_state())
+        if self.info.is_main:
+            save_training_state(self.out, self.model.state_dict(), {**self._state(), "rng": rng})
+        distributed.barrier(self.info)
+
+    def _restore(self) -> None:
+        weights, state = load_training_state(self.out)
+        changed = self.config.changes_from(state["config"])
+        if changed:
+            raise CheckpointError(f"{self.out}: cannot resume with a different config ({changed})")
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.best_top1, self.best_source = state["best_top1"], state["best_source"]
+        self.train_seconds, self.seconds = state["train_seconds"], state["seconds"]
+        self.images, self.rows = state["images"], list(state["rows"])
+        self.epoch_sums = list(state["epoch_sums"])
+        if state["world_size"] == self.info.world_size:
+            set_rng_state(state["rng"][self.info.rank])
+        else:
+            log.warning("resuming with %d processes (saved with %d): RNG streams restart",
+                        self.info.world_size, state["world_size"])
+        if self.batch and self.config.workers:
+            log.warning("mid-epoch resume with workers>0: augmentation differs from an "
+                        "uninterrupted run for the rest of this epoch")
+
+    def _metrics(self) -> dict[str, Any]:
+        last = self.rows[-1]
+        metrics = {
+            "model": self.config.model, "data": self.config.data, "epochs": self.epoch,
+            "steps": self.global_step, "top1": last["top1"], "val_loss": last["val_loss"],
+            "best_top1": self.best_top1, "best_source": self.best_source,
+            "train_loss": last["train_loss"], "train_top1": last["train_top1"],
+            "train_images_per_s": last["train_images_per_s"], "seconds": self.seconds,
+            "world_size": self.info.world_size, "device": str(self.info.device),
+        }
+        if last["top1_ema"] is not None:
+            metrics["top1_ema"] = last["top1_ema"]
+        return metrics
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy with label smoothing ``e`` (at least float32, also under bf16 autocast):
+    ``(1 - e) * CE(p, y) + e * mean_k(-log p_k)``."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """NumPy in loader workers: seed from the worker's torch seed (itself from (seed, epoch))."""
+    np.random.seed(torch.initial_seed() % 2**32)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not enabled,
+                leave=False, dynamic_ncols=True)
+

@@ -1,0 +1,94 @@
+"""Optimizer construction: weight-decay parameter groups, SGD/AdamW or their RepOpt forms.
+
+Weight-decay exemption rules (``wd_exempt``):
+
+- ``"bn"``: only normalisation-layer parameters (BN/GN/LN weight and bias) get no decay
+  (TF ResNet-RS);
+- ``"1d"``: every parameter with ``ndim <= 1`` (biases, norm affines, scalars) gets no decay
+  (timm's rule);
+- ``"none"``: every parameter decays.
+
+If ``reparam.optim.grad_mults(model)`` is non-empty and ``config.grad_mult`` is true, the optimizer
+is ``RepOptSGD`` / ``RepOptAdamW`` with ``grad_mults={param: mask}`` (gradient re-param).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .recipe import TrainConfig
+
+__all__ = ["create_optimizer", "model_grad_mults", "weight_decay_groups"]
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, exempt: str) -> list[dict[str, Any]]:
+    """Two param groups ``[{decay}, {no decay, weight_decay=0}]`` (empty groups dropped).
+
+    Each group also carries ``"names"`` (parameter names) for inspection; optimizers ignore it.
+    """
+    if exempt not in ("bn", "1d", "none"):
+        raise ValueError(f"wd_exempt must be 'bn', '1d' or 'none', got {exempt!r}")
+    norm_params: set[int] = set()
+    if exempt == "bn":
+        for module in model.modules():
+            if isinstance(module, _NORM_TYPES):
+                norm_params.update(id(p) for p in module.parameters(recurse=False))
+    decay: tuple[list, list] = ([], [])
+    no_decay: tuple[list, list] = ([], [])
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = (exempt == "bn" and id(param) in norm_params) or (exempt == "1d" and param.ndim <= 1)
+        group = no_decay if skip else decay
+        group[0].append(param)
+        group[1].append(name)
+    groups = [
+        {"params": decay[0], "names": decay[1], "weight_decay": weight_decay},
+        {"params": no_decay[0], "names": no_decay[1], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def model_grad_mults(model: nn.Module, power: int = 2) -> dict[str, torch.Tensor]:
+    """``reparam.optim.grad_mults(model, power)`` (power 2 for SGD, 1 for AdamW), or ``{}``
+    while that package is not installed."""
+    try:
+        from reparam.optim import grad_mults
+    except ModuleNotFoundError as err:
+        if err.name in ("reparam.optim",):
+            return {}
+        raise
+    return grad_mults(model, power=power)
+
+
+def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer a config asks for, over :func:`weight_decay_groups` (see module docstring)."""
+    groups = weight_decay_groups(model, config.weight_decay, config.wd_exempt)
+    for group in groups:
+        del group["names"]
+    lr = config.resolved_lr
+    power = 1 if config.optimizer == "adamw" else 2
+    mults = model_grad_mults(model, power) if config.grad_mult else {}
+    if mults:
+        from reparam.optim import RepOptAdamW, RepOptSGD
+
+        params = dict(model.named_parameters())
+        unknown = sorted(set(mults) - set(params))
+        if unknown:
+            raise ValueError(f"grad_mults names parameters the model lacks: {unknown[:5]}")
+        by_param = {params[name]: mask.to(params[name].device) for name, mask in mults.items()}
+        if config.optimizer == "sgd":
+            return RepOptSGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
+                             weight_decay=config.weight_decay, grad_mults=by_param)
+        return RepOptAdamW(groups, lr=lr, betas=config.betas, eps=config.eps,
+                           weight_decay=config.weight_decay, grad_mults=by_param)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps,
+                             weight_decay=config.weight_decay)

@@ -1,0 +1,334 @@
+"""Training recipes: one typed :class:`TrainConfig`, named presets, files and overrides.
+
+Resolution order (later wins): ``TrainConfig`` defaults (= the ``basic`` preset) -> the named
+preset or recipe file (``.yaml``/``.yml``/``.json``, a flat mapping of field names, which may
+name a base preset under ``recipe``) -> explicit overrides (``--lr 0.2``, ``--set key=value``).
+The fully resolved config (including the absolute ``lr`` and ``num_classes`` from the data) is
+what the run folder's ``config.json`` holds.
+
+ResNet-RS numbers: Bello et al. 2021, "Revisiting ResNets" (https://arxiv.org/abs/2103.07579),
+section 4 + appendix, and the reference configs in tensorflow/tpu
+``models/official/resnet/resnet_rs/configs``; per-size dropout / stochastic depth as in
+``keras.applications.resnet_rs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
+
+__all__ = ["RecipeError", "TrainConfig", "load_recipe", "parse_overrides", "recipes", "resolve_config"]
+
+
+class RecipeError(ValueError):
+    """A recipe name, file or override is unknown or has a value of the wrong type."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Defaults are the ``basic`` recipe (small data, CPU).
+
+    ``lr`` is absolute; when ``None`` it resolves to ``lr_per_256 * batch_size / 256`` (linear
+    scaling rule). ``batch_size`` is the global batch (all processes, all accumulation steps).
+    """
+
+    # what to train
+    model: str = "repvgg_a0"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    num_classes: int | None = None  # from the data set when None
+    image_size: int = 32
+    recipe: str = "basic"
+    # schedule
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float | None = None
+    lr_per_256: float = 0.1
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    warmup_lr_init: float = 0.0
+    # optimizer
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    wd_exempt: Literal["bn", "1d", "none"] = "1d"  # params without weight decay
+    grad_mult: bool = True  # use RepOpt gradient multipliers when the model has them
+    grad_clip: float | None = None  # max global grad norm
+    accum_steps: int = 1
+    # regularisation
+    label_smoothing: float = 0.1
+    drop_rate: float | None = None  # dropout before the classifier (model default when None)
+    drop_path_rate: float | None = None  # stochastic depth (residual models only)
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup: bool = False  # timm ModelEmaV3 warmup: decay = 1 - (1 + step) ** -2/3, capped
+    # augmentation
+    randaugment: str | None = None  # timm string, e.g. "rand-m15-n2-mmax15"
+    hflip: bool = False
+    crop_padding: int = 2
+    # depth re-param (annealed activations)
+    anneal_kind: Literal["linear", "cosine"] = "linear"
+    anneal_fraction: float = 1.0
+    anneal_per: Literal["iteration", "epoch"] = "iteration"
+    # execution
+    amp: bool = False  # bf16 autocast (cpu and cuda)
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False  # SyncBatchNorm under DDP (cuda only)
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    seed: int = 0
+    workers: int = 0
+    threads: int | None = None  # torch CPU threads per process (torch's default when None)
+    out: str = "runs/train"
+    resume: bool = False
+    log_every: int = 10  # TensorBoard scalars every N steps
+    stop_after_steps: int | None = None  # stop (resumably) after N optimizer steps of this session
+
+    # fields that may differ between a run and its resumption
+    RESUME_FREE: typing.ClassVar[frozenset[str]] = frozenset(
+        {"resume", "workers", "threads", "out", "log_every", "stop_after_steps", "compile",
+         "device"}
+    )
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON/YAML give lists
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`RecipeError` naming the first field with an impossible value."""
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "image_size": self.image_size >= 8,
+            "accum_steps": self.accum_steps >= 1 and self.batch_size % self.accum_steps == 0,
+            "lr": self.lr is None or self.lr > 0,
+            "lr_per_256": self.lr_per_256 > 0,
+            "warmup_epochs": self.warmup_epochs >= 0,  # capped at the run length
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "ema_decay": 0 < self.ema_decay < 1,
+            "optimizer": self.optimizer in ("sgd", "adamw"),
+            "wd_exempt": self.wd_exempt in ("bn", "1d", "none"),
+            "anneal_kind": self.anneal_kind in ("linear", "cosine"),
+            "anneal_per": self.anneal_per in ("iteration", "epoch"),
+            "anneal_fraction": 0 < self.anneal_fraction <= 1,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "workers": self.workers >= 0,
+            "threads": self.threads is None or self.threads >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                extra = " (must divide batch_size)" if name == "accum_steps" else ""
+                raise RecipeError(f"config field {name!r} has an invalid value {getattr(self, name)!r}{extra}")
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else self.lr_per_256 * self.batch_size / 256
+
+    def changes_from(self, saved: dict[str, Any]) -> str:
+        """``"lr: 0.1 -> 0.2, ..."`` for fields (other than :attr:`RESUME_FREE`) that differ from a
+        saved config; empty when this config may resume that run."""
+        current = self.to_dict()
+        changed = sorted(k for k in current if k not in self.RESUME_FREE and saved.get(k) != current[k])
+        return ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys and wrongly typed values raise :class:`RecipeError`."""
+        fields = _field_types()
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise RecipeError(f"unknown config keys {unknown}; known keys: {sorted(fields)}")
+        return cls(**{k: _coerce(k, v, fields[k]) for k, v in data.items()})
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check (and gently convert: int->float, str from the CLI) ``value`` against ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"config field {name!r}: {value!r} is not one of {list(args)}")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict:
+        if isinstance(value, str):
+            value = _parse_value(value)
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin is tuple:
+        if isinstance(value, str):
+            value = [float(v) for v in value.split(",")]
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+    else:
+        return value
+    raise RecipeError(f"config field {name!r}: expected {_hint_name(hint)}, got {value!r}")
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# presets: field overrides on top of the TrainConfig defaults
+
+_RESNET_RS = {
+    # Bello et al. 2021, section 4 / appendix: 350 epochs, batch 4096, SGD momentum 0.9,
+    # lr 0.1 x batch/256, cosine with 5 warmup epochs, wd 4e-5 (BN exempt), label smoothing 0.1,
+    # EMA 0.9999, RandAugment N=2 M=15, dropout 0.25 before the FC, zero-init last BN gamma.
+    "epochs": 350,
+    "batch_size": 4096,
+    "lr_per_256": 0.1,
+    "warmup_epochs": 5.0,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 4e-5,
+    "wd_exempt": "bn",
+    "label_smoothing": 0.1,
+    "ema": True,
+    "ema_decay": 0.9999,
+    "randaugment": "rand-m15-n2-mmax15",
+    "hflip": True,
+    "crop_padding": 0,
+    "drop_rate": 0.25,
+    "drop_path_rate": 0.0,
+    "image_size": 224,
+    "amp": True,
+}
+
+# depth -> (RandAugment magnitude, dropout, stochastic depth rate); resolution from the model file
+RESNET_RS_SIZES: dict[int, tuple[int, float, float]] = {
+    50: (10, 0.25, 0.0),
+    101: (15, 0.25, 0.0),
+    152: (15, 0.25, 0.0),
+    200: (15, 0.25, 0.1),
+    270: (15, 0.25, 0.1),
+    350: (15, 0.4, 0.1),
+    420: (15, 0.4, 0.1),
+}
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "basic": {},
+    "resnet-rs": dict(_RESNET_RS, model="resnet_rs", model_kwargs={"depth": 50}, image_size=160),
+}
+for _depth, (_magnitude, _dropout, _sd) in RESNET_RS_SIZES.items():
+    _PRESETS[f"resnet-rs{_depth}"] = dict(
+        _RESNET_RS,
+        model="resnet_rs",
+        model_kwargs={"depth": _depth},
+        image_size=RESNET_RS_IMAGE_SIZES[_depth],
+        randaugment=f"rand-m{_magnitude}-n2-mmax{max(10, _magnitude)}",
+        drop_rate=_dropout,
+        drop_path_rate=_sd,
+    )
+
+
+def recipes() -> dict[str, dict[str, Any]]:
+    """Named presets: name -> the fields it sets on top of the :class:`TrainConfig` defaults."""
+    return {name: dict(values) for name, values in _PRESETS.items()}
+
+
+def load_recipe(name_or_file: str) -> dict[str, Any]:
+    """The field values of a preset name or a YAML/JSON recipe file (which may set ``recipe`` to
+    a preset it extends). Raises :class:`RecipeError` for unknown names and unreadable files."""
+    if name_or_file in _PRESETS:
+        return dict(_PRESETS[name_or_file], recipe=name_or_file)
+    path = Path(name_or_file)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise RecipeError(
+            f"unknown recipe {name_or_file!r}: expected a preset ({', '.join(_PRESETS)}) "
+            "or a .yaml/.yml/.json file"
+        )
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise RecipeError(f"{path}: not a valid recipe file ({err})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    base = data.get("recipe", "basic")
+    if base not in _PRESETS:
+        raise RecipeError(f"{path}: 'recipe' must name a preset ({', '.join(_PRESETS)}), got {base!r}")
+    return {**_PRESETS[base], **data, "recipe": str(path)}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.2", "ema=true", "model_kwargs={width: 2}"]`` -> ``{"lr": "0.2", ...}`` (typed
+    later by :meth:`TrainConfig.from_dict`)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- recipe (preset or file) <- overrides, validated."""
+    values = load_recipe(recipe)
+    overrides = dict(overrides or {})
+    if "model" in overrides and overrides["model"] != values.get("model") and "model_kwargs" not in overrides:
+        values.pop("model_kwargs", None)  # a preset's model_kwargs belong to the preset's model
+    values.update(overrides)
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,93 @@
+"""Builders that turn a :class:`TrainConfig` into the loop's parts: data, model, schedule, EMA,
+lambda schedule. Other teams' packages (``reparam.data``, ``reparam.models.annealed``) are imported
+here, lazily, so the engine imports without them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .recipe import TrainConfig
+
+__all__ = ["build_data", "build_ema", "build_model", "build_scheduler", "lambda_schedule"]
+
+
+def build_data(config: TrainConfig) -> Any:
+    """``reparam.data.load_data`` with the recipe's train transform (flip, padded crop,
+    RandAugment) and the plain eval transform."""
+    from reparam.data import load_data
+    from reparam.data.transforms import eval_transform, train_transform
+
+    train_tf = train_transform(config.image_size, hflip=config.hflip,
+                               crop_padding=config.crop_padding, randaugment=config.randaugment)
+    return load_data(config.data, config.image_size, train_transform=train_tf,
+                     eval_transform=eval_transform(config.image_size))
+
+
+def build_model(config: TrainConfig, device: torch.device, distributed: bool = False) -> nn.Module:
+    """``create_model(model, num_classes, **model_kwargs, drop_rate=, drop_path_rate=)`` on
+    ``device`` (dropout and stochastic depth passed only when the recipe sets them)."""
+    from ..models import create_model
+
+    kwargs = dict(config.model_kwargs)
+    if config.drop_rate is not None:
+        kwargs["drop_rate"] = config.drop_rate
+    if config.drop_path_rate:
+        kwargs["drop_path_rate"] = config.drop_path_rate
+    try:
+        model = create_model(config.model, num_classes=config.num_classes, **kwargs)
+    except TypeError as err:
+        extra = {k: kwargs[k] for k in ("drop_rate", "drop_path_rate") if k in kwargs}
+        raise ValueError(f"model {config.model!r} does not accept {extra or kwargs} ({err}); "
+                         "stochastic depth (drop_path_rate) needs a residual model") from None
+    if config.sync_bn and distributed and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
+                    total_steps: int) -> Any:
+    """timm ``CosineLRScheduler`` counted in optimizer steps: linear warmup over
+    ``warmup_epochs * steps_per_epoch`` steps from ``warmup_lr_init`` to ``lr``, then
+    ``lr_t = min_lr + (lr - min_lr) (1 + cos(pi t / T')) / 2`` over the remaining ``T'`` steps."""
+    from timm.scheduler import CosineLRScheduler
+
+    warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    timm_log = logging.getLogger("timm.scheduler.cosine_lr")
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)  # its "no effect" warning when warmup fills a short run
+    try:
+        return CosineLRScheduler(
+            optimizer, t_initial=max(1, total_steps - warmup), lr_min=config.min_lr, warmup_t=warmup,
+            warmup_lr_init=config.warmup_lr_init, warmup_prefix=True, t_in_epochs=False,
+        )
+    finally:
+        timm_log.setLevel(level)
+
+
+def build_ema(model: nn.Module, config: TrainConfig) -> Any:
+    """timm ``ModelEmaV3`` (weights and BN buffers) when the recipe turns EMA on, else ``None``."""
+    if not config.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
+
+
+def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
+    """``LambdaSchedule`` for models with annealed activations (depth re-param), else ``None``."""
+    try:
+        from reparam.models.annealed import LambdaSchedule, has_annealing
+    except ModuleNotFoundError as err:
+        if err.name == "reparam.models.annealed":
+            return None
+        raise
+    if not has_annealing(model):
+        return None
+    return LambdaSchedule(kind=config.anneal_kind, fraction=config.anneal_fraction, per=config.anneal_per)

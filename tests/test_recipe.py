@@ -1,0 +1,95 @@
+"""Recipes: presets, files, overrides, validation, round trip into config.json."""
+
+import json
+
+import pytest
+
+from reparam.cli import build_parser
+from reparam.commands.train import build_config
+from reparam.train import (
+    RecipeError,
+    TrainConfig,
+    load_recipe,
+    parse_overrides,
+    recipes,
+    resolve_config,
+)
+
+
+def test_presets_resolve_and_round_trip():
+    names = set(recipes())
+    assert {"basic", "resnet-rs"} | {f"resnet-rs{d}" for d in (50, 101, 152, 200, 270, 350, 420)} <= names
+    for name in names:
+        config = resolve_config(name)
+        assert config.recipe == name
+        assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_resnet_rs_numbers():
+    rs = resolve_config("resnet-rs")
+    assert (rs.epochs, rs.batch_size, rs.lr_per_256, rs.warmup_epochs) == (350, 4096, 0.1, 5.0)
+    assert rs.resolved_lr == pytest.approx(1.6)  # 0.1 x 4096 / 256
+    assert (rs.optimizer, rs.momentum, rs.nesterov) == ("sgd", 0.9, False)
+    assert (rs.weight_decay, rs.wd_exempt, rs.label_smoothing) == (4e-5, "bn", 0.1)
+    assert (rs.ema, rs.ema_decay, rs.drop_rate) == (True, 0.9999, 0.25)
+    rs50, rs200, rs350 = (resolve_config(f"resnet-rs{d}") for d in (50, 200, 350))
+    assert rs50.randaugment == "rand-m10-n2-mmax10" and rs50.image_size == 160
+    assert rs200.randaugment == "rand-m15-n2-mmax15" and rs200.drop_path_rate == 0.1
+    assert rs200.model == "resnet_rs" and rs200.model_kwargs == {"depth": 200}
+    assert (rs350.image_size, rs350.drop_rate) == (320, 0.4)
+    for name in recipes():  # a magnitude above 10 must lift timm's cap with mmax
+        ra = resolve_config(name).randaugment
+        if ra:
+            parts = dict((p[0], p[1:]) for p in ra.split("-")[1:] if not p.startswith("mmax"))
+            mmax = [int(p[4:]) for p in ra.split("-") if p.startswith("mmax")]
+            assert int(parts["m"]) <= (mmax[0] if mmax else 10)
+
+
+def test_recipe_files(tmp_path):
+    yaml_file = tmp_path / "r.yaml"
+    yaml_file.write_text("recipe: resnet-rs\nepochs: 90\nbetas: [0.8, 0.99]\nmodel_kwargs: {width: 2}\n")
+    config = resolve_config(str(yaml_file), {"lr": "0.3"})
+    assert (config.epochs, config.betas, config.lr, config.weight_decay) == (90, (0.8, 0.99), 0.3, 4e-5)
+    assert config.model_kwargs == {"width": 2} and config.recipe == str(yaml_file)
+    json_file = tmp_path / "r.json"
+    json_file.write_text(json.dumps({"ema": True, "batch_size": 32}))
+    assert load_recipe(str(json_file))["ema"] is True
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+    with pytest.raises(RecipeError, match="unknown recipe"):
+        load_recipe("resnet-rs9000")
+    (tmp_path / "bad.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="mapping"):
+        load_recipe(str(tmp_path / "bad.yaml"))
+
+
+def test_overrides_are_typed_and_validated():
+    values = parse_overrides(["ema=true", "grad_clip=none", "drop-path-rate=0.1", "epochs=3"])
+    config = resolve_config("basic", values)
+    assert config.ema is True and config.grad_clip is None and config.drop_path_rate == 0.1
+    assert config.epochs == 3
+    for bad, message in [({"epochs": "x"}, "expected int"), ({"optimizer": "lamb"}, "not one of"),
+                         ({"ema": "maybe"}, "expected bool"), ({"epochs": 0}, "'epochs'"),
+                         ({"accum_steps": 3}, "divide"), ({"nope": 1}, "unknown config keys")]:
+        with pytest.raises(RecipeError, match=message):
+            resolve_config("basic", bad)
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        parse_overrides(["lr"])
+
+
+def test_changing_the_model_drops_the_presets_model_kwargs():
+    assert resolve_config("resnet-rs200", {"model": "repvgg_a0"}).model_kwargs == {}
+    assert resolve_config("resnet-rs200", {"model": "resnet_rs"}).model_kwargs == {"depth": 200}
+
+
+def test_cli_flags_map_to_fields(tmp_path):
+    args = build_parser().parse_args([
+        "train", "--model", "vgg_a0", "--data", "synthetic:64", "--epochs", "3", "--lr", "0.05",
+        "--ema", "--no-nesterov", "--scales", "s.safetensors", "--set", "hflip=true",
+        "--recipe", "resnet-rs", "--out", str(tmp_path)])
+    config = build_config(args)
+    assert (config.model, config.data, config.epochs, config.lr, config.ema) == ("vgg_a0", "synthetic:64", 3, 0.05, True)
+    assert config.model_kwargs == {"scales": "s.safetensors"} and config.hflip is True
+    assert config.weight_decay == 4e-5  # from the preset
+    default_out = build_config(build_parser().parse_args(["train", "--data", "cifar10:/x"]))
+    assert default_out.out == "runs/repvgg_a0-cifar10"
