@@ -12,7 +12,9 @@ No function here keeps state or touches ``nn.Module`` parameters in place.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,10 @@ __all__ = [
     "identity_kernel",
     "add_branches",
     "conv_macs",
+    "ConvSpec",
+    "ExactRegion",
+    "Composition",
+    "compose",
 ]
 
 
@@ -104,8 +110,16 @@ def add_branches(branches: Iterable[Kernel]) -> Kernel:
     if not branches:
         raise ValueError("add_branches needs at least one branch")
     size = max(b.weight.shape[-1] for b in branches)
-    weight = sum(pad_kernel(b.weight, size) for b in branches)
-    bias = sum(b.bias for b in branches)
+    first = branches[0].weight
+    weight = torch.zeros(*first.shape[:2], size, size, dtype=first.dtype, device=first.device)
+    bias = torch.zeros_like(branches[0].bias)
+    for branch in branches:
+        k = branch.weight.shape[-1]
+        if (size - k) % 2:
+            raise ValueError(f"cannot centre a {k}x{k} kernel in {size}x{size}")
+        p = (size - k) // 2
+        weight[..., p : p + k, p : p + k] += branch.weight
+        bias += branch.bias
     return Kernel(weight, bias)
 
 
@@ -123,3 +137,186 @@ def conv_macs(
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     return oh * ow * out_channels * (in_channels // groups) * kh * kw
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """A convolution as data with its geometry: ``conv2d(pad(x, padding, padding_mode), W, b,
+    stride, groups=groups)``; ``padding_mode`` is ``"zeros"`` or ``"circular"``."""
+
+    kernel: Kernel
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    padding_mode: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if self.padding_mode not in ("zeros", "circular"):
+            raise ValueError(
+                f"padding_mode must be 'zeros' or 'circular', got {self.padding_mode!r}"
+            )
+        w = self.kernel.weight
+        if w.dim() != 4 or w.shape[-1] != w.shape[-2]:
+            raise ValueError(
+                f"ConvSpec needs a square [C_out, C_in/groups, k, k] kernel, got {tuple(w.shape)}"
+            )
+        if self.stride < 1 or self.padding < 0 or w.shape[0] % self.groups:
+            raise ValueError(
+                f"bad geometry: stride {self.stride}, padding {self.padding}, groups {self.groups} "
+                f"for {w.shape[0]} output channels"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        return self.kernel.weight.shape[1] * self.groups
+
+    @property
+    def kernel_size(self) -> int:
+        return self.kernel.weight.shape[-1]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Apply the convolution (the reference semantics of this spec)."""
+        if self.padding_mode == "circular" and self.padding:
+            x = F.pad(x, [self.padding] * 4, mode="circular")
+            padding = 0
+        else:
+            padding = self.padding
+        w, b = self.kernel
+        return F.conv2d(x, w, b, self.stride, padding, groups=self.groups)
+
+
+@dataclass(frozen=True)
+class ExactRegion:
+    """Where a composed conv equals the two-conv chain.
+
+    ``everywhere``: exact on every output pixel (``reason`` says which exact mode applies).
+    Otherwise only interior pixels are guaranteed: a ring of up to ``border`` output pixels on each
+    side is wrong, because the chain pads the intermediate with zeros while the composed conv
+    sees conv1's response to the padded input there. :meth:`mask` gives the exact pixels for an
+    input size.
+    """
+
+    everywhere: bool
+    border: int
+    reason: str
+    first: tuple[int, int, int]  # conv1 (k, stride, padding)
+    second: tuple[int, int, int]  # conv2 (k, stride, padding)
+
+    def mask(self, height: int, width: int) -> Tensor:
+        """Boolean ``[H_out, W_out]`` mask of the output pixels that are exact for an input of
+        ``height x width``: those whose conv2 window lies inside the intermediate map."""
+
+        def axis(size: int) -> Tensor:
+            k1, s1, p1 = self.first
+            k2, s2, p2 = self.second
+            mid = (size + 2 * p1 - k1) // s1 + 1
+            out = (mid + 2 * p2 - k2) // s2 + 1
+            start = torch.arange(out) * s2 - p2
+            if self.everywhere:
+                return torch.ones(out, dtype=torch.bool)
+            return (start >= 0) & (start + k2 <= mid)
+
+        return axis(height)[:, None] & axis(width)[None, :]
+
+
+@dataclass(frozen=True)
+class Composition:
+    """``conv2(conv1(x))`` as one conv: ``weight``, ``bias``, ``stride``, ``padding`` (plus
+    ``groups`` and ``padding_mode``) and the ``exact_region`` where it equals the chain."""
+
+    weight: Tensor
+    bias: Tensor
+    stride: int
+    padding: int
+    exact_region: ExactRegion
+    groups: int = 1
+    padding_mode: str = "zeros"
+
+    def __iter__(self):
+        """Unpacks as ``W, b, stride, padding, exact_region = compose(conv1, conv2)``."""
+        return iter((self.weight, self.bias, self.stride, self.padding, self.exact_region))
+
+    @property
+    def spec(self) -> ConvSpec:
+        """The composed conv as a :class:`ConvSpec` (to apply it or compose it further)."""
+        return ConvSpec(Kernel(self.weight, self.bias), self.stride, self.padding, self.groups,
+                        self.padding_mode)
+
+
+def _dense(weight: Tensor, groups: int) -> Tensor:
+    """Grouped ``[C_out, C_in/g, k, k]`` -> the dense block-diagonal ``[C_out, C_in, k, k]``."""
+    if groups == 1:
+        return weight
+    out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
+    blocks = weight.reshape(groups, out_per_group, in_per_group, *weight.shape[2:])
+    dense = weight.new_zeros(groups, out_per_group, groups, in_per_group, *weight.shape[2:])
+    index = torch.arange(groups, device=weight.device)
+    dense[index, :, index] = blocks
+    return dense.reshape(weight.shape[0], groups * in_per_group, *weight.shape[2:])
+
+
+def compose(
+    conv1: ConvSpec, conv2: ConvSpec, *, intermediate_padding: str = "zeros"
+) -> Composition:
+    """Sequential convolutions as one: ``conv2(conv1(x)) = conv(x; W, b, S, P)``.
+
+    Geometry: ``K = k1 + (k2 - 1) s1``, ``S = s1 s2``, ``P = p1 + s1 p2``.
+    Weights (cross-correlation, no flips): ``W[o, i, u] = sum_{m, a, q: u = q + s1 a}
+    W2[o, m, a] W1[m, i, q]`` (conv1's kernel convolved with conv2's kernel dilated by ``s1``),
+    ``b = b2 + sum_{m, a} W2[o, m, a] b1[m]``. Groups: equal groups stay grouped (depthwise
+    after depthwise is depthwise); different groups give a dense (``groups=1``) kernel.
+
+    Exactness (``exact_region``):
+
+    - conv2 has no padding (``p2 = 0``, e.g. a ``1x1`` after a ``k x k``; also "pad the input
+      once by ``P``, then valid convs"): exact everywhere;
+    - circular padding on both, conv1 stride 1 and "same" (``2 p1 = k1 - 1``): exact everywhere
+      (apply the result with circular padding ``P``; torch needs ``P <= H``);
+    - ``intermediate_padding="bias"`` with conv1 a ``1x1`` without padding: the chain pads the
+      intermediate with ``b1`` instead of zeros (DiverseBranchBlock's fix): exact everywhere;
+    - otherwise (zero padding between): exact only in the interior; a ring of up to
+      ``ceil(p2 / s2)`` output pixels per side is wrong.
+    """
+    if intermediate_padding not in ("zeros", "bias"):
+        raise ValueError(
+            f"intermediate_padding must be 'zeros' or 'bias', got {intermediate_padding!r}"
+        )
+    w1, b1 = conv1.kernel
+    w2, b2 = conv2.kernel
+    mid = w1.shape[0]
+    if conv2.in_channels != mid:
+        raise ValueError(f"conv2 expects {conv2.in_channels} input channels, conv1 gives {mid}")
+    k1, s1, p1 = conv1.kernel_size, conv1.stride, conv1.padding
+    k2, s2, p2 = conv2.kernel_size, conv2.stride, conv2.padding
+    groups = conv1.groups if conv1.groups == conv2.groups else 1
+    if groups == 1:
+        w1, w2 = _dense(w1, conv1.groups), _dense(w2, conv2.groups)
+    out_per_group = w2.shape[0] // groups
+    # conv_transpose2d(input=W1 as [C_in/g, C_mid, k1, k1], weight [C_mid, C_out/g, k2, k2],
+    # dilation s1) computes sum_{m, a, q: u = q + s1 a} W1[m, i, q] W2[o, m, a]
+    w2_t = (
+        w2.reshape(groups, out_per_group, mid // groups, k2, k2)
+        .transpose(1, 2)
+        .reshape(mid, out_per_group, k2, k2)
+    )
+    weight = F.conv_transpose2d(w1.transpose(0, 1), w2_t, groups=groups, dilation=s1)
+    weight = weight.transpose(0, 1)
+    mid_per_group = mid // groups
+    bias = b2 + torch.einsum(
+        "gom,gm->go",
+        w2.sum((2, 3)).reshape(groups, out_per_group, mid_per_group),
+        b1.reshape(groups, mid_per_group),
+    ).reshape(-1)
+    both_circular = conv1.padding_mode == conv2.padding_mode == "circular"
+    if p2 == 0:
+        everywhere, reason = True, "conv2 has no padding"
+    elif both_circular and s1 == 1 and 2 * p1 == k1 - 1:
+        everywhere, reason = True, "circular padding, conv1 stride 1 and 'same'"
+    elif intermediate_padding == "bias" and k1 == 1 and p1 == 0 and conv2.padding_mode == "zeros":
+        everywhere, reason = True, "1x1 conv1, intermediate padded with its bias"
+    else:
+        everywhere, reason = False, "zero padding between the convs: interior only"
+    region = ExactRegion(
+        everywhere, 0 if everywhere else -(-p2 // s2), reason, (k1, s1, p1), (k2, s2, p2)
+    )
+    return Composition(weight, bias, s1 * s2, p1 + s1 * p2, region, groups, conv1.padding_mode)

@@ -1,6 +1,12 @@
-"""Model families; importing this package registers them (with timm too, as ``reparam_<name>``)."""
+"""Model families; importing this package registers them (with timm too, as ``reparam_<name>``).
 
-from . import repvgg  # noqa: F401  (registers repvgg_* and vgg_*)
+- ``repvgg``: ``repvgg_*`` (RepVGG training form) and ``vgg_*`` (plain VGG, same deploy form)
+- ``repopt_vgg``: ``repopt_vgg_*`` (RepOpt-VGG targets) and ``repopt_vgg_*_hs`` (Hyper-Search)
+- ``reducenet``: ``reducenet*``; ``vanillanet``: ``vanillanet_*`` (depth re-param)
+- ``resnet_rs``: ``resnet_rs`` and ``resnet_rs_tiny``
+"""
+
+from . import reducenet, repopt_vgg, repvgg, resnet_rs, vanillanet  # noqa: F401 (registration)
 from .registry import TIMM_PREFIX, create_model, list_models, register_model
 
 __all__ = ["TIMM_PREFIX", "create_model", "list_models", "register_model"]

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import CheckpointError, save_weights, write_json
+from ..models.annealed import set_lambda
 from . import distributed
 from .checkpointing import (
     BEST_WEIGHTS,
@@ -250,10 +251,10 @@ class _Trainer:
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         config, device = self.config, self.info.device
+        lam = None
         if self.anneal is not None:
-            from reparam.models.annealed import set_lambda
-
-            set_lambda(self.model, self.anneal.value(self.global_step, self.total_steps, self.steps_per_epoch))
+            lam = self.anneal.value(self.global_step, self.total_steps, self.steps_per_epoch)
+            set_lambda(self.model, lam)
         self.scheduler.step_update(self.global_step + 1)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -282,6 +283,8 @@ class _Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step + 1)
+            if lam is not None:  # lambda is a schedule value, not a weight to average
+                set_lambda(self.ema.module, lam)
         return loss_value, correct
 
     def _end_epoch(self) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..optim import RepOptAdamW, RepOptSGD, grad_mults
 from .recipe import TrainConfig
 
-__all__ = ["create_optimizer", "model_grad_mults", "weight_decay_groups"]
+__all__ = ["create_optimizer", "weight_decay_groups"]
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -54,18 +55,6 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, exempt: str) -> l
     return [g for g in groups if g["params"]]
 
 
-def model_grad_mults(model: nn.Module, power: int = 2) -> dict[str, torch.Tensor]:
-    """``reparam.optim.grad_mults(model, power)`` (power 2 for SGD, 1 for AdamW), or ``{}``
-    while that package is not installed."""
-    try:
-        from reparam.optim import grad_mults
-    except ModuleNotFoundError as err:
-        if err.name in ("reparam.optim",):
-            return {}
-        raise
-    return grad_mults(model, power=power)
-
-
 def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer a config asks for, over :func:`weight_decay_groups` (see module docstring)."""
     groups = weight_decay_groups(model, config.weight_decay, config.wd_exempt)
@@ -73,10 +62,8 @@ def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
         del group["names"]
     lr = config.resolved_lr
     power = 1 if config.optimizer == "adamw" else 2
-    mults = model_grad_mults(model, power) if config.grad_mult else {}
+    mults = grad_mults(model, power=power) if config.grad_mult else {}
     if mults:
-        from reparam.optim import RepOptAdamW, RepOptSGD
-
         params = dict(model.named_parameters())
         unknown = sorted(set(mults) - set(params))
         if unknown:

@@ -82,12 +82,8 @@ def build_ema(model: nn.Module, config: TrainConfig) -> Any:
 
 def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
     """``LambdaSchedule`` for models with annealed activations (depth re-param), else ``None``."""
-    try:
-        from reparam.models.annealed import LambdaSchedule, has_annealing
-    except ModuleNotFoundError as err:
-        if err.name == "reparam.models.annealed":
-            return None
-        raise
+    from ..models.annealed import LambdaSchedule, has_annealing
+
     if not has_annealing(model):
         return None
     return LambdaSchedule(kind=config.anneal_kind, fraction=config.anneal_fraction, per=config.anneal_per)

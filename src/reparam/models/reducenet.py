@@ -1,0 +1,249 @@
+"""ReduceNet: depth re-parameterized residual nets that deploy as one 3x3 conv per block.
+
+Training block (https://github.com/ohmydroid/reducenet, re-designed per BRIEF section 4)::
+
+    y = BN2(conv1x1(A_lambda(BN1(conv3x3(x))))) + shortcut(x);  out = ReLU(y)  (the kept ReLU)
+
+``conv3x3`` (stride ``s``) widens to ``expansion * C_out`` channels, ``A_lambda`` anneals from ReLU
+to the identity, ``shortcut`` is the identity when ``s = 1`` and ``C_in = C_out``, a 1x1-BN
+projection otherwise (``projection=True``, default) or absent (``projection=False``, the seed's
+choice). At ``lambda = 1`` the block is one exact 3x3 conv: ``compose(3x3, 1x1)`` (``p2 = 0``:
+exact everywhere) plus the Dirac kernel or the projection kernel padded to 3x3. Deploy:
+``Sequential(conv=Conv2d(3x3, bias), act=ReLU)``, the plain VGG block.
+
+``keep_relu=False`` drops the kept ReLU and anneals the stem's activation too: the deployed
+network is then one affine map (see ``benchmarks/depth_reparam.py``). ``plain=True`` builds the
+deploy-shaped network trained directly (``conv3x3-BN + shortcut -> ReLU``), the baseline.
+
+Layouts (``stem`` -> ``stages`` -> global average pool -> ``fc``; no max pool, stride-2 3x3 convs
+downsample; train depth counts convs + fc, deploy depth after fusion):
+
+- ``reducenet20``: CIFAR, stem 3x3/1 16, stages 16/32/64 x 3 blocks (strides 1, 2, 2): 20 -> 11.
+- ``reducenet56``: CIFAR, same with 9 blocks per stage: 56 -> 29 (the seed's "ResNet-29").
+- ``reducenet18_imagenet``: stem 3x3/2 64, stages 64/128/256/512 x 2 blocks, all first blocks
+  stride 2 (total stride 32): 18 -> 10. ``reducenet34_imagenet``: 3/4/6/3 blocks: 34 -> 18.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
+from ..kernels import ConvSpec, Kernel, add_branches, compose, identity_kernel
+from ..testing import randomize_batchnorm_
+from ..verify import CheckResult, compare
+from .annealed import AnnealedActivation, set_lambda
+from .layers import ConvBN, conv_from_kernel
+from .registry import register_model
+
+__all__ = [
+    "ReduceBlock",
+    "ReduceNet",
+    "reducenet18_imagenet",
+    "reducenet20",
+    "reducenet34_imagenet",
+    "reducenet56",
+    "verify_reducenet_deploy",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ReduceBlock(nn.Module):
+    """One ReduceNet block (see module docstring); ``plain=True`` drops the 1x1 and ``A_lambda``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expansion: float = 2.0,
+        keep_relu: bool = True,
+        projection: bool = True,
+        plain: bool = False,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.plain = plain
+        middle = out_channels if plain else max(1, round(expansion * out_channels))
+        self.conv3x3 = ConvBN(in_channels, middle, 3, stride)
+        if not plain:
+            self.act = AnnealedActivation()
+            self.conv1x1 = ConvBN(middle, out_channels, 1)
+        self.identity = stride == 1 and in_channels == out_channels
+        self.shortcut = ConvBN(in_channels, out_channels, 1, stride) if (
+            projection and not self.identity
+        ) else None
+        self.out_act = nn.ReLU() if keep_relu else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv3x3(x)
+        if not self.plain:
+            y = self.conv1x1(self.act(y))
+        if self.identity:
+            y = y + x
+        elif self.shortcut is not None:
+            y = y + self.shortcut(x)
+        return self.out_act(y) if self.out_act is not None else y
+
+    def macs_per_pixel(self) -> tuple[int, int]:
+        """MACs per output pixel ``(before, after)`` fusion; the fused block is one 3x3 conv."""
+        before = 9 * self.in_channels * self.conv3x3.conv.out_channels
+        if not self.plain:
+            before += self.conv1x1.conv.in_channels * self.out_channels
+        if self.shortcut is not None:
+            before += self.in_channels * self.out_channels
+        return before, 9 * self.in_channels * self.out_channels
+
+    def kernel(self) -> Kernel:
+        """The block as one 3x3 conv (stride ``s``, padding 1): ``compose(3x3, 1x1)`` + shortcut."""
+        main = self.conv3x3.kernel()
+        if not self.plain:
+            composed = compose(ConvSpec(main, self.stride, 1), ConvSpec(self.conv1x1.kernel()))
+            if not composed.exact_region.everywhere:  # cannot happen for 3x3 then 1x1
+                raise FusionError(f"3x3 then 1x1 composition is not exact: {composed.exact_region}")
+            main = Kernel(composed.weight, composed.bias)
+        branches = [main]
+        if self.identity:
+            weight = main.weight
+            dirac = identity_kernel(self.out_channels, 3, dtype=weight.dtype, device=weight.device)
+            branches.append(Kernel(dirac, torch.zeros_like(main.bias)))
+        elif self.shortcut is not None:
+            branches.append(self.shortcut.kernel())
+        return add_branches(branches)
+
+    def fuse(self) -> nn.Sequential:
+        if not self.plain:
+            self.act.check_fusable()
+        in_train = train_mode_batchnorms(self)
+        if in_train:
+            raise FusionError(f"BatchNorm layers {in_train} are in train mode; call .eval() first")
+        before, after = self.macs_per_pixel()
+        if after > before:
+            log.warning("fusing a ReduceNet block %d->%d (narrow middle) increases MACs/pixel "
+                        "%d -> %d", self.in_channels, self.out_channels, before, after)
+        # geometry template only (channels, stride): the middle width is gone after fusion
+        template = nn.Conv2d(self.in_channels, self.out_channels, 1, self.stride, device="meta")
+        layers = OrderedDict(conv=conv_from_kernel(self.kernel(), template))
+        if self.out_act is not None:
+            layers["act"] = nn.ReLU()
+        return nn.Sequential(layers)
+
+
+class ReduceNet(nn.Module):
+    """``stem`` (conv3x3-BN-act) -> ``stages`` of :class:`ReduceBlock` -> GAP -> dropout -> ``fc``.
+
+    The first block of stage ``i`` has stride ``strides[i]``. The stem activation is ReLU, or an
+    annealed activation when ``keep_relu=False`` (then nothing nonlinear is left after fusion;
+    with ``plain=True`` as well, a deep linear network trained directly).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int],
+        widths: Sequence[int],
+        strides: Sequence[int],
+        stem_width: int,
+        stem_stride: int = 1,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        expansion: float = 2.0,
+        keep_relu: bool = True,
+        projection: bool = True,
+        plain: bool = False,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if not len(depths) == len(widths) == len(strides):
+            raise ValueError(f"depths {depths}, widths {widths}, strides {strides}: lengths differ")
+        stem_act = nn.ReLU() if keep_relu else nn.Identity() if plain else AnnealedActivation()
+        self.stem = nn.Sequential(
+            OrderedDict(conv=ConvBN(in_channels, stem_width, 3, stem_stride), act=stem_act)
+        )
+        stages, channels = [], stem_width
+        for depth, width, stride in zip(depths, widths, strides):
+            blocks = []
+            for index in range(depth):
+                blocks.append(ReduceBlock(channels, width, stride if index == 0 else 1, expansion,
+                                          keep_relu, projection, plain))
+                channels = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.fc(self.head_drop(torch.flatten(self.pool(x), 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_CIFAR = {"widths": (16, 32, 64), "strides": (1, 2, 2), "stem_width": 16, "stem_stride": 1}
+_IMAGENET = {"widths": (64, 128, 256, 512), "strides": (2, 2, 2, 2), "stem_width": 64,
+             "stem_stride": 2}
+
+
+@register_model
+def reducenet20(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
+    """ReduceNet-20, CIFAR layout (ResNet-20 shaped): 3 blocks per stage, 20 layers -> 11 deployed.
+
+    kwargs: ``expansion`` (2.0), ``keep_relu`` (True), ``projection`` (True), ``plain`` (False),
+    ``drop_rate``, ``in_channels``.
+    """
+    return ReduceNet((3, 3, 3), num_classes=num_classes, **{**_CIFAR, **kwargs})
+
+
+@register_model
+def reducenet56(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
+    """ReduceNet-56, CIFAR layout (ResNet-56 shaped): 9 blocks/stage, 56 layers -> 29 deployed."""
+    return ReduceNet((9, 9, 9), num_classes=num_classes, **{**_CIFAR, **kwargs})
+
+
+@register_model
+def reducenet18_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
+    """ReduceNet-18, ImageNet layout (ResNet-18 shaped, stride-2 3x3 convs instead of the 7x7 stem
+    and max pool): 2 blocks per stage, widths 64-512, 18 layers -> 10 deployed."""
+    return ReduceNet((2, 2, 2, 2), num_classes=num_classes, **{**_IMAGENET, **kwargs})
+
+
+@register_model
+def reducenet34_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
+    """ReduceNet-34, ImageNet layout (ResNet-34 shaped): 3/4/6/3 blocks, 34 -> 18 layers."""
+    return ReduceNet((3, 4, 6, 3), num_classes=num_classes, **{**_IMAGENET, **kwargs})
+
+
+def verify_reducenet_deploy(tolerance: float = 1e-10) -> CheckResult:
+    """Fused vs training-form ReduceNet in float64 at ``lambda = 1``: random BN statistics and
+    affine parameters; kept ReLU or all-linear; projection or no shortcut at stride 2;
+    expansion 2 and 1.5; CIFAR (strides 1, 2) and ImageNet layouts; odd and even input sizes."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    variants = [
+        (reducenet20, {"expansion": 2.0}),
+        (reducenet20, {"expansion": 1.5, "keep_relu": False, "projection": False}),
+        (reducenet18_imagenet, {"widths": (8, 16, 24, 32), "stem_width": 8}),
+    ]
+    pairs = []
+    for build, kwargs in variants:
+        model = build(num_classes=7, **kwargs).double()
+        randomize_batchnorm_(model, generator).eval()
+        set_lambda(model, 1.0)
+        fused = reparameterize(model)
+        for batch, size in ((2, 16), (1, 17), (3, 33)):
+            x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
+            with torch.no_grad():
+                pairs.append((fused.forward_features(x), model.forward_features(x)))
+                pairs.append((fused(x), model(x)))
+    return compare(pairs, tolerance)

@@ -1,0 +1,289 @@
+"""VanillaNet (Chen et al. 2023, https://arxiv.org/abs/2305.12972): shallow, wide, no shortcuts.
+
+Training form (depth ``L`` = stem + ``L - 2`` blocks + head, each fusing to one layer):
+
+- ``stem``: ``conv4x4/4-BN -> A_lambda -> conv1x1-BN -> series activation``
+- ``block``: ``conv1x1-BN -> A_lambda -> conv1x1-BN -> [max pool s] -> series activation``
+- ``head``: ``GAP -> dropout -> fc-BN -> A_lambda -> fc``
+- series activation: ``ReLU -> depthwise (2n+1)x(2n+1) conv -> BN`` (``n = act_num = 3``)
+
+At ``lambda = 1`` each pair of convs around ``A_lambda`` composes exactly (the second is 1x1 with
+no padding), giving the deploy form of the paper: ``conv4x4/4``; ``conv1x1 -> [max pool] -> ReLU
+-> depthwise conv``; ``GAP -> fc``. Fusing below ``lambda = 1`` is a :class:`FusionError` (the
+official ``switch_to_deploy`` silently fuses at any lambda).
+
+Configurations (widths ``dims`` and pool strides) are those of the official models; ImageNet
+top-1: VanillaNet-5 72.49 ... VanillaNet-13 82.05. ``width_multiplier`` scales every width (the
+official widths are 512-4096: use e.g. ``1/32`` on small data). Small inputs: max pools use
+``ceil_mode=True``, so any input of at least ``stem_stride`` pixels works (identical to the
+official model when the sizes divide, e.g. 224); ``stem_stride`` (default 4, the official
+patchify stem) may be lowered for small images. BN eps is 1e-6 and weights are truncated-normal
+(std 0.02) as in the official code.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
+from ..kernels import ConvSpec, Kernel, compose, fold_bn
+from ..testing import randomize_batchnorm_
+from ..verify import CheckResult, compare
+from .annealed import AnnealedActivation, set_lambda
+from .layers import conv_from_kernel
+from .registry import register_model
+
+__all__ = [
+    "VANILLANET_ARCHS",
+    "SeriesActivation",
+    "VanillaBlock",
+    "VanillaHead",
+    "VanillaNet",
+    "VanillaStem",
+    "verify_vanillanet_deploy",
+]
+
+BN_EPS = 1e-6
+
+
+def _conv_bn_kernel(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Kernel:
+    return fold_bn(conv.weight, bn, conv.bias)
+
+
+def _check_eval(module: nn.Module) -> None:
+    in_train = train_mode_batchnorms(module)
+    if in_train:
+        raise FusionError(f"BatchNorm layers {in_train} are in train mode; call .eval() first")
+
+
+class SeriesActivation(nn.Module):
+    """``BN(depthwise_conv(ReLU(x)))``, kernel ``2 act_num + 1``; deploy: ReLU then a biased
+    depthwise conv (BN folded)."""
+
+    def __init__(self, channels: int, act_num: int = 3):
+        super().__init__()
+        k = 2 * act_num + 1
+        self.act = nn.ReLU()
+        self.conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
+        self.bn = nn.BatchNorm2d(channels, eps=BN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(self.act(x)))
+
+    def fuse(self) -> nn.Sequential:
+        _check_eval(self)
+        conv = conv_from_kernel(fold_bn(self.conv.weight, self.bn), self.conv)
+        return nn.Sequential(OrderedDict(act=nn.ReLU(), conv=conv))
+
+
+class _AnnealedPair(nn.Module):
+    """``BN2(conv2(A_lambda(BN1(conv1(x)))))`` with ``conv2`` a 1x1: fuses into one ``conv1``-shaped
+    conv, exactly (``compose`` with ``p2 = 0``)."""
+
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    conv2: nn.Conv2d
+    bn2: nn.BatchNorm2d
+
+    def _pair(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+
+    def fused_conv(self) -> nn.Conv2d:
+        self.act.check_fusable()
+        _check_eval(self)
+        c1 = self.conv1
+        composed = compose(
+            ConvSpec(_conv_bn_kernel(c1, self.bn1), c1.stride[0], c1.padding[0]),
+            ConvSpec(_conv_bn_kernel(self.conv2, self.bn2)),
+        )
+        conv = nn.Conv2d(c1.in_channels, self.conv2.out_channels, c1.kernel_size, c1.stride,
+                         c1.padding, dtype=composed.weight.dtype, device=composed.weight.device)
+        with torch.no_grad():  # no conv_from_kernel: the 4x4/4 stem has no padding
+            conv.weight.copy_(composed.weight)
+            conv.bias.copy_(composed.bias)
+        return conv
+
+
+class VanillaStem(_AnnealedPair):
+    """``conv s x s / s -> BN -> A_lambda -> conv1x1 -> BN -> series activation``."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 4, act_num: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, stride, stride)
+        self.bn1 = nn.BatchNorm2d(channels, eps=BN_EPS)
+        self.act = AnnealedActivation()
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+        self.bn2 = nn.BatchNorm2d(channels, eps=BN_EPS)
+        self.series = SeriesActivation(channels, act_num)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.series(self._pair(x))
+
+    def fuse(self) -> nn.Sequential:
+        return nn.Sequential(OrderedDict(conv=self.fused_conv(), series=self.series.fuse()))
+
+
+class VanillaBlock(_AnnealedPair):
+    """``conv1x1-BN -> A_lambda -> conv1x1-BN -> [max pool] -> series activation``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, act_num: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 1)
+        self.bn1 = nn.BatchNorm2d(in_channels, eps=BN_EPS)
+        self.act = AnnealedActivation()
+        self.conv2 = nn.Conv2d(in_channels, out_channels, 1)
+        self.bn2 = nn.BatchNorm2d(out_channels, eps=BN_EPS)
+        self.pool = nn.MaxPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+        self.series = SeriesActivation(out_channels, act_num)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.series(self.pool(self._pair(x)))
+
+    def fuse(self) -> nn.Sequential:
+        return nn.Sequential(
+            OrderedDict(conv=self.fused_conv(), pool=self.pool, series=self.series.fuse())
+        )
+
+
+class VanillaHead(nn.Module):
+    """``GAP -> dropout -> fc1 -> BN -> A_lambda -> fc2``; deploy ``GAP -> dropout -> fc``."""
+
+    def __init__(self, channels: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc1 = nn.Linear(channels, num_classes)
+        self.bn = nn.BatchNorm1d(num_classes, eps=BN_EPS)
+        self.act = AnnealedActivation()
+        self.fc2 = nn.Linear(num_classes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.drop(torch.flatten(self.pool(x), 1))
+        return self.fc2(self.act(self.bn(self.fc1(x))))
+
+    def fuse(self) -> nn.Sequential:
+        self.act.check_fusable()
+        _check_eval(self)
+        first = fold_bn(self.fc1.weight, self.bn, self.fc1.bias)
+        composed = compose(
+            ConvSpec(Kernel(first.weight[..., None, None], first.bias)),
+            ConvSpec(Kernel(self.fc2.weight[..., None, None].detach(), self.fc2.bias.detach())),
+        )
+        fc = nn.Linear(self.fc1.in_features, self.fc2.out_features,
+                       dtype=composed.weight.dtype, device=composed.weight.device)
+        fc.weight.data.copy_(composed.weight[..., 0, 0])
+        fc.bias.data.copy_(composed.bias)
+        return nn.Sequential(
+            OrderedDict(pool=self.pool, flatten=nn.Flatten(1), drop=self.drop, fc=fc)
+        )
+
+
+class VanillaNet(nn.Module):
+    """``stem`` -> ``stages`` (one :class:`VanillaBlock` each) -> ``head``; ``dims[i] -> dims[i+1]``
+    in block ``i`` with max-pool stride ``strides[i]``."""
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        strides: Sequence[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        act_num: int = 3,
+        stem_stride: int = 4,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if len(dims) != len(strides) + 1:
+            raise ValueError(f"VanillaNet needs len(dims) == len(strides) + 1: {dims}, {strides}")
+        self.stem = VanillaStem(in_channels, dims[0], stem_stride, act_num)
+        self.stages = nn.Sequential(
+            *(VanillaBlock(dims[i], dims[i + 1], s, act_num) for i, s in enumerate(strides))
+        )
+        self.num_features = dims[-1]
+        self.head = VanillaHead(dims[-1], num_classes, drop_rate)
+        self.apply(_init_weights)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+_S, _M, _L, _XL = 128 * 4, 256 * 4, 512 * 4, 1024 * 4
+# depth -> (dims, max-pool strides): the official configurations
+VANILLANET_ARCHS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    5: ((_S, _M, _L, _XL), (2, 2, 2)),
+    6: ((_S, _M, _L, _XL, _XL), (2, 2, 2, 1)),
+    7: ((_S, _S, _M, _L, _XL, _XL), (1, 2, 2, 2, 1)),
+    8: ((_S, _S, _M, _L, _L, _XL, _XL), (1, 2, 2, 1, 2, 1)),
+    9: ((_S, _S, _M) + (_L,) * 3 + (_XL, _XL), (1, 2, 2, 1, 1, 2, 1)),
+    10: ((_S, _S, _M) + (_L,) * 4 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 2, 1)),
+    11: ((_S, _S, _M) + (_L,) * 5 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 2, 1)),
+    12: ((_S, _S, _M) + (_L,) * 6 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 2, 1)),
+    13: ((_S, _S, _M) + (_L,) * 7 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1)),
+}
+
+
+def vanillanet(depth: int, num_classes: int = 1000, width_multiplier: float = 1.0,
+               **kwargs: Any) -> VanillaNet:
+    """VanillaNet-``depth`` (5 ... 13) with every width scaled by ``width_multiplier``."""
+    if depth not in VANILLANET_ARCHS:
+        raise ValueError(f"VanillaNet depth must be one of {sorted(VANILLANET_ARCHS)}, got {depth}")
+    dims, strides = VANILLANET_ARCHS[depth]
+    dims = tuple(max(1, round(d * width_multiplier)) for d in dims)
+    return VanillaNet(dims, strides, num_classes=num_classes, **kwargs)
+
+
+def _entrypoint(depth: int):
+    def entrypoint(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+        return vanillanet(depth, num_classes, **kwargs)
+
+    dims, strides = VANILLANET_ARCHS[depth]
+    entrypoint.__name__ = entrypoint.__qualname__ = f"vanillanet_{depth}"
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = (f"VanillaNet-{depth} (https://arxiv.org/abs/2305.12972): widths {dims}, "
+                          f"pool strides {strides}. kwargs: width_multiplier, stem_stride, "
+                          "act_num, drop_rate, in_channels.")
+    return entrypoint
+
+
+for _depth in VANILLANET_ARCHS:
+    register_model(_entrypoint(_depth))
+
+
+def verify_vanillanet_deploy(tolerance: float = 1e-10) -> CheckResult:
+    """Fused vs training-form VanillaNet in float64 at ``lambda = 1``: random BN statistics and
+    affine parameters, VanillaNet-5 and -7 (pool strides 1 and 2) at width 1/32, stem strides
+    4 and 2, odd and even input sizes (ceil-mode pools on odd maps)."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    pairs = []
+    for depth, stem_stride in ((5, 4), (7, 2)):
+        model = vanillanet(depth, 7, 1 / 32, stem_stride=stem_stride).double()
+        for module in model.modules():  # biases and weights away from the tiny official init
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, std=0.3, generator=generator)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, std=0.3, generator=generator)
+        randomize_batchnorm_(model, generator).eval()
+        set_lambda(model, 1.0)
+        fused = reparameterize(model)
+        for batch, size in ((2, 32), (1, 36), (3, 23)):
+            x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
+            with torch.no_grad():
+                pairs.append((fused.forward_features(x), model.forward_features(x)))
+                pairs.append((fused(x), model(x)))
+    return compare(pairs, tolerance)
