@@ -186,7 +186,8 @@ def test_amp_and_channels_last_switch_independently(tmp_path, swap_model):
 
 
 def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
-    annealed = pytest.importorskip("reparam.models.annealed")
+    from reparam.models import annealed
+
     model = reparam.create_model("reducenet20", num_classes=10)
     assert lambda_schedule(reparam.create_model("resnet_rs_tiny", num_classes=3), TrainConfig()) is None
     schedule = lambda_schedule(model, TrainConfig(anneal_kind="cosine", anneal_fraction=0.5))
@@ -197,3 +198,17 @@ def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
     # lambda was set before steps 0, 1, 2 of 8; the last value is the one saved
     assert lams and all(v.item() == pytest.approx(schedule.value(2, 8, 4)) for v in lams)
     assert schedule.value(2, 8, 4) == pytest.approx(0.75)
+
+
+def test_ema_copy_follows_lambda_and_fuses(tmp_path):
+    """EMA averages buffers; lambda is a schedule value, so the EMA copy must carry it exactly."""
+    from reparam.checkpoint import load_state
+
+    config = tiny_config(tmp_path, model="reducenet20", epochs=2, ema=True, ema_decay=0.9)
+    fit(config, progress=False)
+    ema_state = load_state(tmp_path / "run" / "last.state.pt")["ema"]
+    lams = [v for k, v in ema_state.items() if k.endswith("lam")]
+    assert lams and all(v.item() == 1.0 for v in lams)
+    ema_model = reparam.create_model("reducenet20", num_classes=10)
+    ema_model.load_state_dict(ema_state)
+    reparam.reparameterize(ema_model.eval())  # refused if any lambda < 1
