@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["randomize_batchnorm_"]
+__all__ = ["fused_output_pairs", "randomize_batchnorm_"]
 
 
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
@@ -26,3 +26,20 @@ def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = N
                     values = torch.rand(tensor.shape, generator=generator, dtype=torch.float64)
                     tensor.data.copy_(values * (high - low) + low)
     return model
+
+
+@torch.no_grad()
+def fused_output_pairs(
+    model: nn.Module,
+    fused: nn.Module,
+    shapes: tuple[tuple[int, int], ...],
+    generator: torch.Generator | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """``(fused, model)`` output pairs, features and logits, on random float64 images of each
+    ``(batch, size)``: the inputs of :func:`reparam.verify.compare`."""
+    pairs = []
+    for batch, size in shapes:
+        x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
+        pairs.append((fused.forward_features(x), model.forward_features(x)))
+        pairs.append((fused(x), model(x)))
+    return pairs

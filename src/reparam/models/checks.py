@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..deploy.fuse import reparameterize
-from ..testing import randomize_batchnorm_
+from ..testing import fused_output_pairs, randomize_batchnorm_
 from ..verify import CheckResult, compare
 from .layers import RepVGGBlock
 from .vggnet import VGGNet
@@ -23,11 +23,5 @@ def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
         depths=(2, 3, 2, 1), widths=(16, 24, 32, 48), num_classes=7, groups_map={2: 2, 4: 4},
     ).double()
     randomize_batchnorm_(model, generator).eval()
-    fused = reparameterize(model)
-    pairs = []
-    for batch, size in ((1, 32), (3, 33), (2, 17)):
-        x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
-        with torch.no_grad():
-            pairs.append((fused.forward_features(x), model.forward_features(x)))
-            pairs.append((fused(x), model(x)))
+    pairs = fused_output_pairs(model, reparameterize(model), ((1, 32), (3, 33), (2, 17)), generator)
     return compare(pairs, tolerance)

@@ -36,11 +36,12 @@ from torch import Tensor, nn
 
 from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
 from ..kernels import ConvSpec, Kernel, add_branches, compose, identity_kernel
-from ..testing import randomize_batchnorm_
+from ..testing import fused_output_pairs, randomize_batchnorm_
 from ..verify import CheckResult, compare
 from .annealed import AnnealedActivation, set_lambda
 from .layers import ConvBN, conv_from_kernel
 from .registry import register_model
+from .vggnet import PooledClassifier
 
 __all__ = [
     "ReduceBlock",
@@ -136,7 +137,7 @@ class ReduceBlock(nn.Module):
         return nn.Sequential(layers)
 
 
-class ReduceNet(nn.Module):
+class ReduceNet(PooledClassifier):
     """``stem`` (conv3x3-BN-act) -> ``stages`` of :class:`ReduceBlock` -> GAP -> dropout -> ``fc``.
 
     The first block of stage ``i`` has stride ``strides[i]``. The stem activation is ReLU, or an
@@ -175,19 +176,7 @@ class ReduceNet(nn.Module):
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.head_drop(torch.flatten(self.pool(x), 1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        self.build_head(channels, num_classes, drop_rate)
 
 
 _CIFAR = {"widths": (16, 32, 64), "strides": (1, 2, 2), "stem_width": 16, "stem_stride": 1}
@@ -240,10 +229,5 @@ def verify_reducenet_deploy(tolerance: float = 1e-10) -> CheckResult:
         model = build(num_classes=7, **kwargs).double()
         randomize_batchnorm_(model, generator).eval()
         set_lambda(model, 1.0)
-        fused = reparameterize(model)
-        for batch, size in ((2, 16), (1, 17), (3, 33)):
-            x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
-            with torch.no_grad():
-                pairs.append((fused.forward_features(x), model.forward_features(x)))
-                pairs.append((fused(x), model(x)))
+        pairs += fused_output_pairs(model, reparameterize(model), ((2, 16), (1, 17), (3, 33)), generator)
     return compare(pairs, tolerance)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
 from ..kernels import ConvSpec, Kernel, compose, fold_bn
-from ..testing import randomize_batchnorm_
+from ..testing import fused_output_pairs, randomize_batchnorm_
 from ..verify import CheckResult, compare
 from .annealed import AnnealedActivation, set_lambda
 from .layers import conv_from_kernel
@@ -280,10 +280,5 @@ def verify_vanillanet_deploy(tolerance: float = 1e-10) -> CheckResult:
                     nn.init.normal_(module.bias, std=0.3, generator=generator)
         randomize_batchnorm_(model, generator).eval()
         set_lambda(model, 1.0)
-        fused = reparameterize(model)
-        for batch, size in ((2, 32), (1, 36), (3, 23)):
-            x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)
-            with torch.no_grad():
-                pairs.append((fused.forward_features(x), model.forward_features(x)))
-                pairs.append((fused(x), model(x)))
+        pairs += fused_output_pairs(model, reparameterize(model), ((2, 32), (1, 36), (3, 23)), generator)
     return compare(pairs, tolerance)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockSpec", "VGGNet", "repvgg_widths", "groups_every_other"]
+__all__ = ["BlockSpec", "PooledClassifier", "VGGNet", "repvgg_widths", "groups_every_other"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,33 @@ def groups_every_other(groups: int, depths: Sequence[int]) -> dict[int, int]:
     return {layer: groups for layer in range(2, sum(depths) + 1, 2)}
 
 
-class VGGNet(nn.Module):
+class PooledClassifier(nn.Module):
+    """Base of the backbones here: ``stem -> stages -> global average pool -> dropout -> fc``.
+
+    Subclasses set ``stem`` and ``stages`` and call :meth:`build_head`; timm-style
+    ``forward_features`` / ``forward_head`` split.
+    """
+
+    stem: nn.Module
+    stages: nn.Module
+
+    def build_head(self, channels: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        self.num_features = channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        return self.fc(self.head_drop(torch.flatten(self.pool(x), 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class VGGNet(PooledClassifier):
     """A VGG-style backbone with a pluggable block (see module docstring)."""
 
     def __init__(
@@ -70,16 +96,4 @@ class VGGNet(nn.Module):
                 channels, layer = width, layer + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(channels, num_classes)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor) -> Tensor:
-        return self.fc(self.head_drop(torch.flatten(self.pool(x), 1)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        self.build_head(channels, num_classes, drop_rate)
