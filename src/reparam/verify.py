@@ -9,8 +9,8 @@ Each check is a function ``() -> CheckResult`` named in :data:`CHECKS` as ``"mod
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -20,6 +20,11 @@ __all__ = ["CHECKS", "CheckResult", "compare", "run_checks"]
 # check name -> "module:function" (add one line per check)
 CHECKS: dict[str, str] = {
     "repvgg_deploy": "reparam.models.checks:verify_repvgg_deploy",
+    "csla_vs_repopt_sgd": "reparam.optim.checks:verify_csla_vs_repopt_sgd",
+    "csla_vs_repopt_adamw": "reparam.optim.checks:verify_csla_vs_repopt_adamw",
+    "onnx_vs_torch": "reparam.deploy.onnx_export:verify_onnx_vs_torch",
+    "reducenet_deploy": "reparam.models.reducenet:verify_reducenet_deploy",
+    "vanillanet_deploy": "reparam.models.vanillanet:verify_vanillanet_deploy",
 }
 
 

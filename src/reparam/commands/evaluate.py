@@ -1,0 +1,57 @@
+"""Top-1 of a run folder, checkpoint, fused model folder or ONNX file on a data set's val split.
+
+  reparam eval runs/a0 --data digits
+  reparam eval deploy/a0 --data digits            (fused folder)
+  reparam eval deploy/a0/model.int8.onnx --data digits --json
+
+Reports top1 (fraction, as in metrics.json), n_images, seconds (time spent in the model) and images_per_s. The image size
+defaults to the model's own (the run's image_size, or the size the ONNX file was exported at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", metavar="MODEL", help="run folder, .safetensors, fused folder or .onnx"
+    )
+    parser.add_argument(
+        "--data", default="digits", help="data spec (default digits); its val split is used"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="evaluation batch size (default 64)"
+    )
+    parser.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    parser.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..data import load_data
+    from ..deploy.predict import evaluate, open_model
+
+    predictor = open_model(args.model, args.threads)
+    image_size = args.image_size or predictor.image_size
+    if not image_size:
+        raise UserError(
+            f"{args.model}: the model does not record its image size; pass --image-size"
+        )
+    bundle = load_data(args.data, image_size)
+    metrics = evaluate(
+        predictor, bundle.val, bundle.num_classes, args.batch_size, progress=not args.json
+    )
+    metrics.update(data=args.data, image_size=image_size)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(
+            f"{args.model} ({metrics['kind']}) on {args.data} val: top-1 {100 * metrics['top1']:.2f}% "
+            f"of {metrics['n_images']} images, {metrics['seconds']:.2f} s in the model"
+        )
+    return 0

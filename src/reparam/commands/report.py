@@ -1,0 +1,34 @@
+"""Markdown + PNG plots from run folders, deploy folders (--int8) and PTQ comparison folders.
+
+  reparam report runs/a0 deploy/a0 --out report/     report/report.md + *.png
+
+Deploy folders give per-layer weight statistics, weight violins and per-layer SQNR bars;
+comparison folders (reparam deploy --compare) the PTQ-drop table as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources", nargs="+", metavar="DIR", help="run, deploy or comparison folders"
+    )
+    parser.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
+    parser.add_argument(
+        "--json", action="store_true", help="print {report, plots} as JSON on stdout"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    report = write_report(args.sources, args.out)
+    plots = sorted(str(p) for p in report.parent.glob("*.png"))
+    if args.json:
+        print(json.dumps({"report": str(report), "plots": plots}, indent=2))
+    else:
+        print(f"wrote {report} and {len(plots)} plot(s)")
+    return 0

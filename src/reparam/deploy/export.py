@@ -1,0 +1,127 @@
+"""Fused model folders: write, read, and rebuild the fused structure from a run's config.
+
+A fused folder (**contract**) holds ``fused.safetensors`` (the state dict of the deploy model)
+and ``config.json``: the run's config (``model``, ``num_classes``, ``model_kwargs``, ...) plus
+``"fused": true``. :func:`build_deploy_model` turns such a config into the fused module
+(create -> eval -> any annealing lambda set to 1 -> :func:`reparameterize`), and
+:func:`load_fused` loads the weights into it (strict: every key must match).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..checkpoint import CheckpointError, load_weights, read_json, save_weights, write_json
+from .fuse import reparameterize, train_mode_batchnorms
+
+__all__ = [
+    "DeployError",
+    "FUSED_CONFIG",
+    "FUSED_WEIGHTS",
+    "build_deploy_model",
+    "fuse_for_deploy",
+    "fused_folder_of",
+    "is_fused_folder",
+    "load_fused",
+    "save_fused",
+]
+
+log = logging.getLogger(__name__)
+
+FUSED_WEIGHTS = "fused.safetensors"
+FUSED_CONFIG = "config.json"
+
+
+class DeployError(CheckpointError):
+    """A deployable model or its inputs do not fit: wrong input size, corrupted ONNX file,
+    calibration data of the wrong shape, ONNX output that differs from torch."""
+
+
+def _set_lambda_to_one(model: nn.Module) -> None:
+    """Annealed models (``reparam.models.annealed``, when that family exists): lambda = 1."""
+    try:
+        annealed = importlib.import_module("reparam.models.annealed")
+    except ModuleNotFoundError:
+        return
+    if annealed.has_annealing(model):
+        annealed.set_lambda(model, 1.0)
+
+
+def build_deploy_model(config: dict[str, Any]) -> nn.Module:
+    """The fused (deploy) structure of ``config["model"]``, weights not loaded (**contract**).
+
+    ``create_model(model, num_classes, **model_kwargs).eval()``, annealing lambda set to 1, then
+    :func:`reparameterize`; the parameters hold whatever the fresh model folds to.
+    """
+    from ..models import create_model
+
+    for key in ("model", "num_classes"):
+        if key not in config:
+            raise CheckpointError(f"model config is missing key {key!r} (has {sorted(config)})")
+    model = create_model(
+        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
+    ).eval()
+    _set_lambda_to_one(model)
+    return reparameterize(model)
+
+
+def fuse_for_deploy(model: nn.Module) -> nn.Module:
+    """Fused copy of a trained model; a model left in train mode is fused from eval mode (logged).
+
+    An annealed model whose lambda is below 1 is refused by its ``check_fusable``
+    (:class:`~reparam.deploy.fuse.FusionError`): forcing lambda would change its function.
+    """
+    if train_mode_batchnorms(model):
+        log.info("model is in train mode: fusing an eval-mode copy (BatchNorm running statistics)")
+    return reparameterize(model, switch_to_eval=True)
+
+
+def save_fused(fused: nn.Module, config: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+    """Write ``fused.safetensors`` + ``config.json`` (``config`` with ``"fused": true``)."""
+    out_dir = Path(out_dir)
+    save_weights(
+        fused.state_dict(), out_dir / FUSED_WEIGHTS, metadata={"model": str(config["model"])}
+    )
+    write_json({**config, "fused": True}, out_dir / FUSED_CONFIG)
+    return out_dir
+
+
+def is_fused_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / FUSED_WEIGHTS).is_file()
+
+
+def fused_folder_of(path: str | os.PathLike) -> Path | None:
+    """The fused folder ``path`` names (the folder itself or its ``fused.safetensors``), else None."""
+    path = Path(path)
+    folder = path.parent if path.name == FUSED_WEIGHTS else path
+    return folder if folder.is_dir() and is_fused_folder(folder) else None
+
+
+def load_fused(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a fused model from its folder; returns ``(model in eval mode, config)``."""
+    folder = Path(folder)
+    config = read_json(folder / FUSED_CONFIG)
+    if not config.get("fused"):
+        raise CheckpointError(
+            f'{folder / FUSED_CONFIG}: not a fused model config (no "fused": true)'
+        )
+    model = build_deploy_model(config)
+    state = load_weights(folder / FUSED_WEIGHTS)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        raise CheckpointError(
+            f"{folder / FUSED_WEIGHTS}: does not fit {config['model']!r}: {err}"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder / FUSED_WEIGHTS}: does not match the fused {config['model']!r}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.eval(), config

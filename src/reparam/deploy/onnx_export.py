@@ -1,0 +1,161 @@
+"""ONNX export (torch's dynamo exporter) and ONNX Runtime sessions.
+
+Exported graphs take ``input`` ``[batch, 3, S, S]`` (batch dynamic, ``S`` fixed at export) and
+return ``logits`` ``[batch, classes]``. :func:`check_onnx_vs_torch` compares ONNX Runtime with
+torch on the same inputs; ``reparam deploy`` refuses a file whose relative error exceeds 1e-4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..verify import CheckResult, compare
+from .export import DeployError
+
+__all__ = [
+    "ONNX_TOLERANCE",
+    "check_onnx_vs_torch",
+    "export_onnx",
+    "input_shape",
+    "open_session",
+    "run_session",
+    "verify_onnx_vs_torch",
+]
+
+ONNX_TOLERANCE = 1e-4  # max |ort - torch| / max |torch| in float32
+INPUT, OUTPUT = "input", "logits"
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """onnxscript / onnx_ir log every optimizer pass at INFO; keep only their warnings."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    image_size: int,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Export an eval-mode float32 model with a dynamic batch dimension; one self-contained file.
+
+    The exporter's progress lines go to stderr (stdout is reserved for ``--json``).
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float()
+    example = torch.zeros(2, 3, image_size, image_size)
+    with contextlib.redirect_stdout(sys.stderr), _quiet_exporter_logs(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+    proto = onnx.load(str(path))
+    for key, value in {"image_size": str(image_size), **(metadata or {})}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def open_session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime CPU session; a missing or corrupted file raises :class:`DeployError`."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"{path}: ONNX file not found")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DeployError(f"{path}: not a loadable ONNX model ({first_line})") from None
+
+
+def input_shape(session) -> tuple[int, int, int]:
+    """``(channels, height, width)`` the session expects (batch excluded)."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        raise DeployError(
+            f"ONNX input has shape {shape}; expected [batch, C, H, W] with fixed C, H, W"
+        )
+    return tuple(shape[1:])
+
+
+def run_session(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Logits for a float32 batch ``[N, C, H, W]``; a shape the model was not exported for raises
+    :class:`DeployError` naming both shapes."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    expected = input_shape(session)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise DeployError(
+            f"ONNX model expects inputs [N, {', '.join(map(str, expected))}], "
+            f"got {list(images.shape)} "
+            f"(pass --image-size {expected[-1]})"
+        )
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def check_onnx_vs_torch(
+    model: nn.Module,
+    onnx_path: str | os.PathLike,
+    images: torch.Tensor,
+    tolerance: float = ONNX_TOLERANCE,
+) -> CheckResult:
+    """ONNX Runtime vs torch on ``images`` (float32); passed when relative error <= tolerance."""
+    with torch.no_grad():
+        reference = model.eval().float()(images.float())
+    logits = torch.from_numpy(run_session(open_session(onnx_path), images))
+    return compare([(logits, reference)], tolerance)
+
+
+def verify_onnx_vs_torch(tolerance: float = ONNX_TOLERANCE) -> CheckResult:
+    """``reparam verify`` check: fused RepVGG-A0 (10 classes, random BN statistics) exported to
+    ONNX; ORT vs torch at batch 3 (not the export batch), 32x32, float32."""
+    import tempfile
+
+    from ..models import create_model
+    from ..testing import randomize_batchnorm_
+    from .fuse import reparameterize
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = (
+        randomize_batchnorm_(create_model("repvgg_a0", num_classes=10), generator).float().eval()
+    )
+    fused = reparameterize(model)
+    images = torch.randn(3, 3, 32, 32, generator=generator)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(fused, Path(tmp) / "model.onnx", 32)
+        return check_onnx_vs_torch(model, path, images, tolerance)

@@ -1,0 +1,199 @@
+"""``reparam deploy`` as a function: fuse -> fused folder -> ONNX (checked) -> INT8 + analysis.
+
+Deploy folder layout (**contract**)::
+
+    fused.safetensors, config.json   the fused model (see reparam.deploy.export)
+    model.onnx                       FP32, dynamic batch, checked against torch   (--onnx / --int8)
+    model.int8.onnx                  QDQ INT8                                      (--int8)
+    deploy.json                      what was done: ONNX check, INT8 settings, summary figures
+    quant.json                       per-layer weight statistics + end-to-end INT8 figures (--int8)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import write_json
+from .export import DeployError, fuse_for_deploy, fused_folder_of, load_fused, save_fused
+from .onnx_export import ONNX_TOLERANCE, check_onnx_vs_torch, export_onnx, open_session, run_session
+from .predict import Predictor, predict_dataset, session_latency_ms
+from .quant_stats import output_metrics, weight_stats
+from .quantize import QuantSettings, calibration_images, quantize_onnx
+
+__all__ = ["ONNX_NAME", "INT8_NAME", "deploy", "load_source"]
+
+log = logging.getLogger(__name__)
+
+ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+
+
+def load_source(source: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(fused model, config)`` from a run folder, a ``.safetensors`` checkpoint or a fused folder;
+    an unfused model is fused here (logged)."""
+    from ..checkpoint import load_model
+
+    folder = fused_folder_of(source)
+    if folder is not None:
+        return load_fused(folder)
+    model, config = load_model(source)
+    log.info("fusing %s (%s) for deployment", config["model"], source)
+    return fuse_for_deploy(model), config
+
+
+def _onnx_predictor(path: Path, threads: int | None) -> tuple[Predictor, Any]:
+    session = open_session(path, threads)
+    return Predictor(lambda images: run_session(session, images), "onnx", str(path), None), session
+
+
+def deploy(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    onnx: bool = False,
+    int8: bool = False,
+    calib_data: str | None = None,
+    settings: QuantSettings | None = None,
+    image_size: int | None = None,
+    latency_batch: int = 32,
+    latency_repeats: int = 30,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the deploy folder (module docstring) and return ``deploy.json``'s content.
+
+    INT8 needs ``calib_data`` (a data spec): calibration uses ``settings.calib_images`` images of
+    its train split, the end-to-end figures its val split. ONNX Runtime output differing from
+    torch by more than ``ONNX_TOLERANCE`` (relative) raises :class:`DeployError`.
+    """
+    out_dir = Path(out_dir)
+    if image_size is not None and image_size < 1:
+        raise DeployError(f"image_size must be a positive number of pixels, got {image_size}")
+    fused, config = load_source(source)
+    image_size = image_size or config.get("image_size")
+    if (onnx or int8) and not image_size:
+        raise DeployError(f"{source}: config.json has no image_size; pass --image-size")
+    bundle = _calibration_data(calib_data, image_size, config) if int8 else None
+    save_fused(fused, config, out_dir)
+    summary: dict[str, Any] = {
+        "source": str(source),
+        "model": config["model"],
+        "out": str(out_dir),
+        "fused": str(out_dir / "fused.safetensors"),
+        "image_size": image_size,
+    }
+    if not (onnx or int8):
+        write_json(summary, out_dir / "deploy.json")
+        return summary
+
+    onnx_path = export_onnx(fused, out_dir / ONNX_NAME, image_size, {"model": str(config["model"])})
+    probe = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    check = check_onnx_vs_torch(fused, onnx_path, probe)
+    summary["onnx"] = {"path": str(onnx_path), **check.to_dict(), "tolerance": ONNX_TOLERANCE}
+    if not check.passed:
+        raise DeployError(
+            f"{onnx_path}: ONNX Runtime differs from torch by {check.max_rel_err:.2e} "
+            f"(relative, max abs {check.max_abs_err:.2e}; tolerance {ONNX_TOLERANCE})"
+        )
+    log.info("ONNX written to %s; max abs error vs torch %.2e", onnx_path, check.max_abs_err)
+    if int8:
+        summary["int8"] = _quantize_and_measure(
+            fused,
+            config,
+            onnx_path,
+            out_dir,
+            calib_data,
+            bundle,
+            settings or QuantSettings(),
+            latency_batch,
+            latency_repeats,
+            threads,
+            progress,
+        )
+    summary = _finite(summary)
+    write_json(summary, out_dir / "deploy.json")
+    return summary
+
+
+def _calibration_data(calib_data: str | None, image_size: int, config: dict[str, Any]):
+    """The data bundle for INT8 (checked before any export work is done)."""
+    from ..data import load_data
+
+    if not calib_data:
+        raise DeployError(
+            "--int8 needs --calib-data SPEC (images to calibrate activation ranges on)"
+        )
+    bundle = load_data(calib_data, image_size)
+    if bundle.num_classes != config["num_classes"]:
+        raise DeployError(
+            f"{calib_data} has {bundle.num_classes} classes; {config['model']} was "
+            f"trained for {config['num_classes']}"
+        )
+    return bundle
+
+
+def _quantize_and_measure(
+    fused,
+    config,
+    onnx_path: Path,
+    out_dir: Path,
+    calib_data: str,
+    bundle,
+    settings: QuantSettings,
+    latency_batch: int,
+    latency_repeats: int,
+    threads: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    images = calibration_images(bundle.train, settings.calib_images)
+    int8_path = out_dir / INT8_NAME
+    done = quantize_onnx(onnx_path, int8_path, images, settings)
+    log.info("INT8 model written to %s (%s)", int8_path, settings)
+
+    fp32, fp32_session = _onnx_predictor(onnx_path, threads)
+    int8, int8_session = _onnx_predictor(int8_path, threads)
+    reference, labels, _ = predict_dataset(fp32, bundle.val, progress=progress)
+    quantized, _, _ = predict_dataset(int8, bundle.val, progress=progress)
+    end_to_end = output_metrics(reference, quantized, labels)
+    end_to_end["top1_drop"] = end_to_end["top1_fp32"] - end_to_end["top1_int8"]
+    latency = {
+        "fp32": session_latency_ms(fp32_session, latency_batch, latency_repeats),
+        "int8": session_latency_ms(int8_session, latency_batch, latency_repeats),
+        "intra_op_threads": threads or "onnxruntime default (one per physical core)",
+    }
+    latency["speedup"] = latency["fp32"]["median_ms"] / latency["int8"]["median_ms"]
+    layers = weight_stats(fused)
+    report = {
+        "model": config["model"],
+        "data": calib_data,
+        "eval_split": "val",
+        **done,
+        "end_to_end": end_to_end,
+        "latency": latency,
+        "layers": layers,
+    }
+    write_json(_finite(report), out_dir / "quant.json")
+    return {
+        "path": str(int8_path),
+        "settings": settings.to_dict(),
+        **end_to_end,
+        "latency_fp32_ms": latency["fp32"]["median_ms"],
+        "latency_int8_ms": latency["int8"]["median_ms"],
+        "speedup": latency["speedup"],
+        "float_nodes": done["float_nodes"],
+    }
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf/nan: write them as strings (``"inf"``)."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

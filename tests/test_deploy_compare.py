@@ -1,0 +1,50 @@
+"""``reparam deploy --compare``: identical INT8 settings for every model, one PTQ table."""
+
+from __future__ import annotations
+
+import json
+
+import reparam
+from reparam.checkpoint import read_json, save_weights, write_json
+from reparam.cli import main
+from reparam.testing import randomize_batchnorm_
+
+
+def test_compare_run_folders_prints_the_table(tmp_path, capsys):
+    sources = []
+    for name in ("repvgg_a0", "vgg_a0"):
+        model = randomize_batchnorm_(reparam.create_model(name, num_classes=10))
+        save_weights(model.state_dict(), tmp_path / name / "best.safetensors")
+        write_json(
+            {"model": name, "num_classes": 10, "image_size": 16}, tmp_path / name / "config.json"
+        )
+        sources.append(str(tmp_path / name))
+    argv = [
+        "deploy",
+        "--compare",
+        *sources,
+        "--calib-data",
+        "synthetic:40",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--image-size",
+        "16",
+        "--calib-images",
+        "8",
+        "--granularity",
+        "per-tensor",
+        "--latency-repeats",
+        "1",
+        "--latency-batch",
+        "2",
+    ]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "per-tensor weights, minmax calibration on 8 images" in table
+    assert "| repvgg_a0 |" in table and "| vgg_a0 |" in table
+    result = read_json(tmp_path / "cmp" / "compare.json")
+    assert [r["model"] for r in result["rows"]] == ["repvgg_a0", "vgg_a0"]
+    assert result["settings"]["calib_images"] == 8
+    assert json.dumps(result)  # plain JSON all the way down
+    assert main(["deploy", "--compare", *sources, "--out", str(tmp_path / "x")]) == 2
+    assert "--compare needs --calib-data" in capsys.readouterr().err

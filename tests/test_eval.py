@@ -1,0 +1,75 @@
+"""``reparam eval``: run folder, fused folder and ONNX give the same top-1; clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import reparam
+from reparam.checkpoint import save_weights, write_json
+from reparam.cli import main
+from reparam.testing import randomize_batchnorm_
+
+DATA = "synthetic:60"  # 12 val images, 10 classes
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    model = randomize_batchnorm_(reparam.create_model("repvgg_a0", num_classes=10))
+    save_weights(model.state_dict(), root / "run" / "best.safetensors")
+    write_json(
+        {"model": "repvgg_a0", "num_classes": 10, "image_size": 16}, root / "run" / "config.json"
+    )
+    assert main(["deploy", str(root / "run"), "--out", str(root / "dep"), "--onnx"]) == 0
+    return root
+
+
+def _eval(argv, capsys) -> dict:
+    assert main(["eval", *argv, "--data", DATA, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_run_fused_and_onnx_agree(folders, capsys):
+    capsys.readouterr()
+    sources = {
+        "checkpoint": folders / "run",
+        "fused": folders / "dep",
+        "fused_file": folders / "dep" / "fused.safetensors",
+        "onnx": folders / "dep" / "model.onnx",
+    }
+    results = {label: _eval([str(path)], capsys) for label, path in sources.items()}
+    for label, metrics in results.items():
+        assert (
+            metrics["kind"] == label.removesuffix("_file")
+            and metrics["n_images"] == 12
+            and metrics["image_size"] == 16
+        )
+        assert metrics["seconds"] > 0
+    assert len({m["top1"] for m in results.values()}) == 1
+
+
+def test_wrong_input_size_for_onnx(folders, capsys):
+    code = main(["eval", str(folders / "dep" / "model.onnx"), "--data", DATA, "--image-size", "24"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expects inputs [N, 3, 16, 16]" in err and "--image-size 16" in err
+
+
+def test_corrupted_onnx(folders, tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    assert main(["eval", str(bad), "--data", DATA]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+
+
+def test_class_count_mismatch_and_missing_model(folders, tmp_path, capsys):
+    model = reparam.create_model("vgg_a0", num_classes=3)
+    save_weights(model.state_dict(), tmp_path / "run" / "best.safetensors")
+    write_json(
+        {"model": "vgg_a0", "num_classes": 3, "image_size": 16}, tmp_path / "run" / "config.json"
+    )
+    assert main(["eval", str(tmp_path / "run"), "--data", DATA]) == 2
+    assert "predicts 3 classes; the data has 10" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nothing.onnx"), "--data", DATA]) == 2
+    assert "not found" in capsys.readouterr().err
