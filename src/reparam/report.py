@@ -6,7 +6,10 @@
   per-layer table, per-layer weight violins of the fused model (RepOpt fig. 10 style) and per-layer
   weight SQNR bars (per-tensor and per-channel int8);
 - comparison folder (``compare.json``, ``reparam deploy --compare``): the PTQ-drop table, each of
-  its deploy folders as above, and all models' per-layer SQNR in one plot.
+  its deploy folders as above, and all models' per-layer SQNR in one plot;
+- run folders of models with identity paths (RepVGG, RepOpt-VGG, Hyper-Search models): the
+  identity variance ratio per block (RepOpt paper fig. 4) on 128 validation images, as a table
+  and one plot for all of them.
 """
 
 from __future__ import annotations
@@ -181,6 +184,21 @@ def _run_section(run_dir: Path, out_dir: Path, tag: str) -> list[str]:
     return lines
 
 
+def identity_variance(run_dir: Path, images: int = 128) -> dict[str, float]:
+    """``Var(identity) / Var(block output)`` per block of the run's last weights, measured on the
+    first ``images`` validation images of its data (empty for models without identity paths)."""
+    import torch
+
+    from .checkpoint import load_model
+    from .data import load_data
+    from .hypersearch import identity_variance_ratios
+
+    model, config = load_model(run_dir, weights="last")
+    val = load_data(config["data"], config["image_size"]).val
+    probe = torch.stack([val[i][0] for i in range(min(images, len(val)))])
+    return identity_variance_ratios(model, probe)
+
+
 def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Write ``report.md`` and its PNGs into ``out_dir`` for run, deploy and comparison folders."""
     from .deploy.compare import format_table
@@ -190,6 +208,7 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# reparam report", ""]
     quants: dict[str, dict[str, Any]] = {}
+    identity_ratios: dict[str, dict[str, float]] = {}
     for index, source in enumerate(map(Path, sources)):
         tag = f"{index:02d}_{source.name}"
         if (source / "compare.json").is_file():
@@ -207,6 +226,9 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
             quants[f"{quant['model']} ({source.name})"] = quant
         elif (source / "metrics.json").is_file():
             lines += _run_section(source, out_dir, tag)
+            ratios = identity_variance(source)
+            if ratios:
+                identity_ratios[source.name] = ratios
         else:
             raise DeployError(
                 f"{source}: not a run folder (metrics.json), deploy folder (quant.json) "
@@ -215,6 +237,17 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
     if len(quants) > 1:
         bars = plot_sqnr_bars(quants, out_dir / "sqnr_all.png")
         lines += ["## Per-layer weight SQNR, all models", "", f"![sqnr]({bars.name})", ""]
+    if identity_ratios:
+        from .hypersearch import plot_identity_variance
+
+        plot = plot_identity_variance(identity_ratios, out_dir / "identity_variance.png")
+        lines += ["## Identity variance ratio per block (RepOpt fig. 4)", "",
+                  "| run | blocks | min | median | max |", "|---|---|---|---|---|"]
+        for name, ratios in identity_ratios.items():
+            values = sorted(ratios.values())
+            lines.append(f"| {name} | {len(values)} | {values[0]:.3g} | "
+                         f"{values[len(values) // 2]:.3g} | {values[-1]:.3g} |")
+        lines += ["", f"![identity variance]({plot.name})", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -1,0 +1,20 @@
+"""`reparam report` on run folders: metrics, curves and the identity variance plot (RepOpt fig. 4)."""
+
+from reparam.report import write_report
+from reparam.train import fit, resolve_config
+
+
+def test_report_plots_identity_variance_for_models_with_identity_paths(tmp_path):
+    runs = []
+    for name in ("repvgg_a0", "vgg_a0"):
+        out = tmp_path / name
+        fit(resolve_config("basic", {"model": name, "data": "synthetic:48", "epochs": 1,
+                                     "batch_size": 16, "threads": 1, "out": str(out)}),
+            progress=False)
+        runs.append(out)
+    report = write_report(runs, tmp_path / "report")
+    text = report.read_text()
+    assert "Identity variance ratio" in text
+    assert "| repvgg_a0 | 17 |" in text  # 17 RepVGG-A0 blocks have an identity branch
+    assert "| vgg_a0 |" not in text  # the plain VGG has none
+    assert (tmp_path / "report" / "identity_variance.png").stat().st_size > 0
