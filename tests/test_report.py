@@ -14,7 +14,7 @@ def test_report_plots_identity_variance_for_models_with_identity_paths(tmp_path)
         runs.append(out)
     report = write_report(runs, tmp_path / "report")
     text = report.read_text()
-    assert "Identity variance ratio" in text
-    assert "| repvgg_a0 | 17 |" in text  # 17 RepVGG-A0 blocks have an identity branch
-    assert "| vgg_a0 |" not in text  # the plain VGG has none
+    section = text.split("## Identity variance ratio per block")[1]
+    assert "| repvgg_a0 | 17 |" in section  # 17 RepVGG-A0 blocks have an identity branch
+    assert "| vgg_a0 |" not in section  # the plain VGG has none
     assert (tmp_path / "report" / "identity_variance.png").stat().st_size > 0
