@@ -22,17 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_row(name: str, image_size: int, num_classes: int) -> dict:
-    from ..deploy.fuse import FusionError, reparameterize
+    from ..deploy.fuse import reparameterize
     from ..models import create_model
+    from ..models.annealed import has_annealing, set_lambda
     from ..models.summary import count_macs, count_params
 
     model = create_model(name, num_classes=num_classes).eval()
     row = {"model": name, "params": count_params(model), "macs": count_macs(model, image_size)}
-    try:
-        fused = reparameterize(model)
-        row.update(fused_params=count_params(fused), fused_macs=count_macs(fused, image_size))
-    except FusionError as err:  # e.g. annealed models before lambda reaches 1
-        row.update(fused_params=None, fused_macs=None, fused_note=str(err))
+    if has_annealing(model):  # the deploy form is what the model fuses to at the end (lambda = 1)
+        set_lambda(model, 1.0)
+    fused = reparameterize(model)
+    row.update(fused_params=count_params(fused), fused_macs=count_macs(fused, image_size))
     return row
 
 
@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(names))
         return 0
 
-    def millions(value: int | None) -> str:
-        return "-" if value is None else f"{value / 1e6:.2f}M"
+    def millions(value: int) -> str:
+        return f"{value / 1e6:.2f}M"
 
-    def giga(value: int | None) -> str:
-        return "-" if value is None else f"{value / 1e9:.3f}G"
+    def giga(value: int) -> str:
+        return f"{value / 1e9:.3f}G"
 
     print(f"{'model':<24} {'params':>9} {'MACs':>9} {'fused params':>13} {'fused MACs':>11}   @ {args.image_size}px")
     for r in rows:
