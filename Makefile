@@ -19,6 +19,9 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -n 2
 
+bench: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/run_speed.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 

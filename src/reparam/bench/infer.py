@@ -1,0 +1,233 @@
+"""``reparam bench infer``: latency and images/s of each deploy path, side by side.
+
+Per model, the variants (all float32 unless named otherwise):
+
+- ``train_form``: the model as trained, eval mode, torch eager;
+- ``fused``: ``reparam.reparameterize(model)`` (timm models: ``timm.utils.reparameterize_model``);
+- ``onnx_fp32`` / ``onnx_int8``: the fused model exported with ``reparam.deploy`` and run by ONNX
+  Runtime, FP32 and INT8 QDQ (per-channel MinMax on random calibration images: a speed figure
+  only; accuracy of INT8 is the deployment benchmarks' job).
+
+BatchNorm running statistics are randomised first, so the fusion is not a no-op; annealed
+activations (ReduceNet, VanillaNet) are set to lambda = 1, their state at the end of training. Each record
+holds ``max_abs_diff_vs_train_form`` (the variant's logits vs the train form's; ``max_rel_...``
+divides by the largest train-form logit) and, for timm's fused RepVGG when ours is in the same
+run and timm's weights map onto ours (``reparam.models.timm_compat``),
+``max_abs_diff_vs_reparam_fused`` / ``max_rel_diff_vs_reparam_fused``: the two fused models given
+equal weights.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .machine import machine_info
+from .subjects import TIMM_PREFIX, ModelSpec, build_model
+from .timing import interleaved_windows
+
+__all__ = ["InferBenchConfig", "randomize_batchnorm", "run_infer_bench"]
+
+Progress = Callable[[str], None]
+Runner = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class InferBenchConfig:
+    specs: tuple[ModelSpec, ...]
+    batch_sizes: tuple[int, ...] = (1, 32)
+    image_size: int = 32
+    num_classes: int = 100
+    steps: int = 10
+    warmup: int = 3
+    repeats: int = 5
+    threads: int = 2
+    onnx: bool = True
+    command: str = ""
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random affine parameters and running statistics (in place)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+                if module.affine:
+                    module.weight.copy_(0.5 + torch.rand(n, generator=generator))
+                    module.bias.copy_(0.1 * torch.randn(n, generator=generator))
+    return model
+
+
+def _fuse(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    if spec.is_timm:
+        from timm.utils.model import reparameterize_model
+
+        return reparameterize_model(model, inplace=False).eval()
+    import reparam
+
+    return reparam.reparameterize(model)
+
+
+def _end_of_training(spec: ModelSpec, model: nn.Module) -> nn.Module:
+    """Annealed activations at lambda = 1 (their state when training ends): then they fuse."""
+    if not spec.is_timm:
+        from ..models.annealed import has_annealing, set_lambda
+
+        if has_annealing(model):
+            set_lambda(model, 1.0)
+    return model
+
+
+def _torch_runner(model: nn.Module) -> Runner:
+    def run(images: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return model(images)
+
+    return run
+
+
+def _timed_call(run: Runner, images: Tensor) -> Callable[[], None]:
+    def call() -> None:
+        run(images)
+
+    return call
+
+
+def _session(path: Path, threads: int):
+    """An ORT CPU session whose idle threads sleep instead of spinning: spinning threads would
+    steal the cores from whichever variant runs next in the interleaved rounds."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runners(
+    fused: nn.Module, image_size: int, threads: int, folder: Path, name: str
+) -> dict[str, Runner]:
+    from ..deploy.onnx_export import export_onnx, run_session
+    from ..deploy.quantize import QuantSettings, quantize_onnx
+
+    fp32 = export_onnx(fused, folder / f"{name}.onnx", image_size)
+    generator = torch.Generator().manual_seed(1)
+    calibration = torch.randn(32, 3, image_size, image_size, generator=generator)
+    int8 = folder / f"{name}.int8.onnx"
+    quantize_onnx(fp32, int8, calibration.numpy(), QuantSettings(calib_images=32))
+    runners = {}
+    for variant, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+        session = _session(path, threads)
+        runners[variant] = lambda images, s=session: torch.from_numpy(run_session(s, images))
+    return runners
+
+
+def _timm_to_ours(
+    models: dict[ModelSpec, nn.Module], spec: ModelSpec, num_classes: int
+) -> nn.Module | None:
+    """Our model of the same name loaded with timm ``spec``'s weights, or None when not mappable."""
+    ours = [s for s in models if s.name == spec.name[len(TIMM_PREFIX) :]]
+    if not ours or not spec.name.startswith(TIMM_PREFIX + "repvgg_"):
+        return None
+    from ..models.timm_compat import load_timm_repvgg_state
+
+    mapped = build_model(ours[0], num_classes)
+    load_timm_repvgg_state(mapped, models[spec].state_dict())
+    return mapped.eval()
+
+
+def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[str, Any]]:
+    """One record per (model, variant, batch size)."""
+    torch.set_num_threads(config.threads)
+    specs = tuple(dict.fromkeys(ModelSpec(s.name) for s in config.specs))  # optimizer irrelevant
+    models: dict[ModelSpec, nn.Module] = {}
+    for spec in specs:
+        torch.manual_seed(0)
+        model = _end_of_training(spec, build_model(spec, config.num_classes))
+        models[spec] = randomize_batchnorm(model).eval()
+    probe = torch.randn(
+        8, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2)
+    )
+    runners: list[tuple[ModelSpec, str, Runner, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
+        for spec in specs:
+            progress(f"infer: preparing {spec.label}")
+            model = models[spec]
+            fused = _fuse(spec, model)
+            variants: dict[str, Runner] = {
+                "train_form": _torch_runner(model),
+                "fused": _torch_runner(fused),
+            }
+            if config.onnx and not spec.is_timm:
+                variants |= _onnx_runners(
+                    fused, config.image_size, config.threads, Path(tmp), spec.name
+                )
+            reference = variants["train_form"](probe)
+            scale = float(reference.abs().max())
+            extra_of: dict[str, dict[str, Any]] = {}
+            for variant, run in variants.items():
+                counted = model if variant == "train_form" else fused
+                diff = float((run(probe) - reference).abs().max())
+                extra_of[variant] = {
+                    "max_abs_diff_vs_train_form": diff,
+                    "max_rel_diff_vs_train_form": diff / scale,
+                    "parameters": sum(p.numel() for p in counted.parameters()),
+                }
+            mapped = _timm_to_ours(models, spec, config.num_classes) if spec.is_timm else None
+            if mapped is not None:
+                ours_fused = _fuse(ModelSpec(spec.name[len(TIMM_PREFIX) :]), mapped)
+                theirs, ours = variants["fused"](probe), _torch_runner(ours_fused)(probe)
+                diff = float((theirs - ours).abs().max())
+                extra_of["fused"]["max_abs_diff_vs_reparam_fused"] = diff
+                extra_of["fused"]["max_rel_diff_vs_reparam_fused"] = diff / float(ours.abs().max())
+            runners.extend(
+                (spec, variant, run, extra_of[variant]) for variant, run in variants.items()
+            )
+        inputs = {
+            b: torch.randn(b, 3, config.image_size, config.image_size) for b in config.batch_sizes
+        }
+        keys = [(entry, b) for entry in runners for b in config.batch_sizes]
+        machine_before = machine_info()
+        windows = interleaved_windows(
+            [_timed_call(entry[2], inputs[b]) for entry, b in keys],
+            config.steps,
+            config.warmup,
+            config.repeats,
+            on_round=lambda r: progress(f"infer: round {r + 1}/{config.repeats} done"),
+        )
+    machine = machine_before | {"load_average_after": machine_info()["load_average"]}
+    results = []
+    for ((spec, variant, _, extra), batch), variant_windows in zip(keys, windows):
+        latency_ms = [1e3 * w.seconds_per_call for w in variant_windows]
+        results.append(
+            {
+                "benchmark": "infer",
+                "model": spec.label,
+                "variant": variant,
+                "runtime": "onnxruntime" if variant.startswith("onnx") else "torch_eager",
+                "batch_size": batch,
+                "image_size": config.image_size,
+                "num_classes": config.num_classes,
+                "latency_ms": statistics.median(latency_ms),
+                "images_per_s": batch / (statistics.median(latency_ms) / 1e3),
+                "window_latency_ms": latency_ms,
+                **extra,
+                "steps": config.steps,
+                "warmup": config.warmup,
+                "repeats": config.repeats,
+                "machine": machine,
+                "command": config.command,
+            }
+        )
+    return results
