@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
 
 bench: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH benchmarks/run_speed.sh
+	BIN=$(BIN) benchmarks/run_speed.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
