@@ -18,8 +18,7 @@ from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
 
 DT = torch.float64
-ANCHORS = Path("/work/shared/anchors/repopt-scales")
-needs_anchors = pytest.mark.skipif(not ANCHORS.is_dir(), reason="official scale files not present")
+ANCHORS = Path(__file__).parent / "fixtures" / "repopt-scales"  # the official files (MIT)
 
 
 def expected_mult(block: RepOptVGGBlock) -> torch.Tensor:
@@ -34,7 +33,6 @@ def expected_mult(block: RepOptVGGBlock) -> torch.Tensor:
     return mult
 
 
-@needs_anchors
 @pytest.mark.parametrize("arch, n_keys", [("b1", 79), ("l2", 139)])
 def test_official_scales_load_and_grad_mults_match_the_formula(arch, n_keys):
     path = ANCHORS / f"RepOpt-VGG-{arch.upper()}-scales.pth"
@@ -52,7 +50,6 @@ def test_official_scales_load_and_grad_mults_match_the_formula(arch, n_keys):
         assert torch.equal(got, expected_mult(block)), name
 
 
-@needs_anchors
 def test_scales_for_another_model_are_refused(tmp_path):
     with pytest.raises(ScaleError, match="wrong shape"):
         reparam.create_model("repopt_vgg_b2", scales=ANCHORS / "RepOpt-VGG-B1-scales.pth",
