@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reparam.kernels import ConvSpec, Kernel, compose, identity_kernel
+from reparam.testing import rel_err
 
 DT = torch.float64
 TOL = 1e-10
@@ -19,9 +20,6 @@ def random_spec(out_ch, in_ch, k, stride=1, padding=0, groups=1, mode="zeros", g
     bias = torch.randn(out_ch, dtype=DT, generator=gen)
     return ConvSpec(Kernel(weight, bias), stride, padding, groups, mode)
 
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()  # 0 if both all 0
 
 
 @st.composite

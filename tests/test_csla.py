@@ -8,12 +8,10 @@ from torch import nn
 
 from reparam.csla import Branch, CSLABlock, CSLASpec, attach, grad_mult, init_weight, specs_of
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
+from reparam.testing import rel_err
 
 DT = torch.float64
 
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def test_grad_mult_is_the_brief_formula_for_a_repopt_block():

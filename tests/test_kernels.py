@@ -8,14 +8,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reparam.kernels import Kernel, add_branches, conv_macs, fold_bn, identity_kernel, pad_kernel
-from reparam.testing import randomize_batchnorm_
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @st.composite

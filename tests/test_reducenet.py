@@ -12,14 +12,11 @@ from reparam import FusionError, reparameterize
 from reparam.models import create_model, list_models
 from reparam.models.annealed import AnnealedActivation, has_annealing, set_lambda
 from reparam.models.reducenet import ReduceBlock, verify_reducenet_deploy
-from reparam.testing import randomize_batchnorm_
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10
 
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()  # 0 if both all 0
 
 
 def ready(model, seed=0):

@@ -18,14 +18,11 @@ from reparam.models.vanillanet import (
     vanillanet,
     verify_vanillanet_deploy,
 )
-from reparam.testing import randomize_batchnorm_
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10
 
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()  # 0 if both all 0
 
 
 def ready(model, seed=0):

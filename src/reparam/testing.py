@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fused_output_pairs", "randomize_batchnorm_"]
+__all__ = ["fused_output_pairs", "randomize_batchnorm_", "rel_err"]
 
 
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
@@ -43,3 +43,8 @@ def fused_output_pairs(
         pairs.append((fused.forward_features(x), model.forward_features(x)))
         pairs.append((fused(x), model(x)))
     return pairs
+
+
+def rel_err(candidate: Tensor, reference: Tensor) -> float:
+    """``max|candidate - reference| / max|reference|`` (0 when both are all zeros)."""
+    return ((candidate - reference).abs().max() / reference.abs().max().clamp_min(1e-300)).item()
