@@ -179,3 +179,35 @@ def test_param_grad_mults_keys_are_the_parameters():
     model = small_model()
     masks = param_grad_mults(model, power=1)
     assert list(masks) == [model[0].weight]
+
+
+def test_cache_blocks_cover_in_order_and_never_straddle_the_masked_boundary():
+    from reparam.optim.sgd import cache_blocks
+
+    tensors = [torch.zeros(n) for n in (10, 300, 5, 5, 1000, 7, 7, 7)]  # float32: 4 bytes each
+    for n in range(len(tensors) + 1):
+        blocks = cache_blocks(tensors, n, block_bytes=400)
+        assert [i for a, b in blocks for i in range(a, b)] == list(range(len(tensors)))
+        assert all(not (a < n < b) for a, b in blocks)
+        assert all(b - a == 1 or sum(t.numel() * 4 for t in tensors[a:b]) <= 400 for a, b in blocks)
+
+
+def test_blocked_update_equals_one_block(monkeypatch):
+    """The cache-blocked momentum step is the same arithmetic, bit for bit."""
+    import reparam
+    import reparam.optim.sgd as sgd
+
+    def train(block_bytes):
+        monkeypatch.setattr(sgd.cache_blocks, "__defaults__", (block_bytes,))
+        torch.manual_seed(0)
+        model = reparam.create_model("repopt_vgg_a0", num_classes=3).double()
+        opt = sgd.RepOptSGD(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    tiny, whole = train(1), train(1 << 40)
+    assert all(torch.equal(a, b) for a, b in zip(tiny, whole))

@@ -10,7 +10,11 @@ from torch import Tensor, nn
 
 from .base import MaskedOptimizer
 
-__all__ = ["RepOptSGD"]
+__all__ = ["RepOptSGD", "cache_blocks"]
+
+# multi-tensor updates run over blocks of about this many bytes (a few MiB: the L2/L3 share of
+# one core), so the four passes of the momentum update hit cache instead of memory
+CACHE_BLOCK_BYTES = 4 << 20
 
 
 class RepOptSGD(MaskedOptimizer):
@@ -91,13 +95,31 @@ class RepOptSGD(MaskedOptimizer):
     def _in_place_momentum_step(self, params: list[Tensor], grads: list[Tensor], states: list[dict],
                                 bufs: list[Tensor], n: int, group: dict[str, Any]) -> None:
         """Same update without temporaries (heavy-ball momentum after the first step):
-        ``buf = m buf + (1 - dampening) (grad * M + wd W)``, ``W -= lr buf``."""
-        keep = 1 - group["dampening"]
-        torch._foreach_mul_(bufs, group["momentum"])
-        if n:
-            torch._foreach_addcmul_(bufs[:n], grads[:n], self._masks(states, n), value=keep)
-        if len(grads) > n:
-            torch._foreach_add_(bufs[n:], grads[n:], alpha=keep)
-        if group["weight_decay"]:
-            torch._foreach_add_(bufs, params, alpha=group["weight_decay"] * keep)
-        torch._foreach_add_(params, bufs, alpha=-group["lr"])
+        ``buf = m buf + (1 - dampening) (grad * M + wd W)``, ``W -= lr buf``, run block by block
+        (:func:`cache_blocks`) so each block's tensors stay in cache through the four passes."""
+        keep, masks = 1 - group["dampening"], self._masks(states, n)
+        for start, stop in cache_blocks(params, n):
+            p, g, b = params[start:stop], grads[start:stop], bufs[start:stop]
+            torch._foreach_mul_(b, group["momentum"])
+            if start < n:
+                torch._foreach_addcmul_(b, g, masks[start:stop], value=keep)
+            else:
+                torch._foreach_add_(b, g, alpha=keep)
+            if group["weight_decay"]:
+                torch._foreach_add_(b, p, alpha=group["weight_decay"] * keep)
+            torch._foreach_add_(p, b, alpha=-group["lr"])
+
+
+def cache_blocks(tensors: list[Tensor], n: int, block_bytes: int = CACHE_BLOCK_BYTES) -> list[tuple[int, int]]:
+    """Consecutive index ranges ``[start, stop)`` of about ``block_bytes`` each (a larger tensor is
+    a block of its own) that never straddle index ``n`` (masked tensors first, then plain ones)."""
+    blocks, start, size = [], 0, 0
+    for index, tensor in enumerate(tensors):
+        nbytes = tensor.numel() * tensor.element_size()
+        if index > start and (index == n or size + nbytes > block_bytes):
+            blocks.append((start, index))
+            start, size = index, 0
+        size += nbytes
+    if start < len(tensors):
+        blocks.append((start, len(tensors)))
+    return blocks
