@@ -54,8 +54,11 @@ DEFAULT_VARIANTS = "reducenet,plain,all_linear"
 
 def weight_layers(model: nn.Module) -> int:
     """Convs + linear layers on the main path (projection shortcuts are parallel, not depth)."""
-    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for n, m in model.named_modules()
-               if "shortcut" not in n)
+    return sum(
+        isinstance(m, (nn.Conv2d, nn.Linear))
+        for n, m in model.named_modules()
+        if "shortcut" not in n
+    )
 
 
 @torch.no_grad()
@@ -77,8 +80,10 @@ def affine_map(model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     ``f(e_i) - c``."""
     n = int(torch.tensor(shape).prod())
     c = model(torch.zeros(1, *shape, dtype=torch.float64))[0]
-    columns = [model(torch.eye(n, dtype=torch.float64)[i:i + 512].reshape(-1, *shape)) - c
-               for i in range(0, n, 512)]
+    columns = [
+        model(torch.eye(n, dtype=torch.float64)[i : i + 512].reshape(-1, *shape)) - c
+        for i in range(0, n, 512)
+    ]
     return torch.cat(columns).T, c
 
 
@@ -89,14 +94,27 @@ def affinity_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a: float 
     return ((fz - a * fx - (1 - a) * fy).abs().max() / fx.abs().max()).item()
 
 
-def run_variant(name: str, kwargs: dict, args: argparse.Namespace, workdir: Path,
-                data: DataBundle, val_loader: DataLoader) -> dict:
+def run_variant(
+    name: str,
+    kwargs: dict,
+    args: argparse.Namespace,
+    workdir: Path,
+    data: DataBundle,
+    val_loader: DataLoader,
+) -> dict:
     """Train one variant with the engine, fuse its final weights, evaluate the fused model."""
     config = TrainConfig(
-        model=args.model, model_kwargs=kwargs, data=args.data, num_classes=data.num_classes,
+        model=args.model,
+        model_kwargs=kwargs,
+        data=args.data,
+        num_classes=data.num_classes,
         epochs=args.epochs,
-        image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-        anneal_kind="cosine", anneal_fraction=args.anneal_fraction, anneal_per="iteration",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        anneal_kind="cosine",
+        anneal_fraction=args.anneal_fraction,
+        anneal_per="iteration",
         out=str(workdir / name),
     )
     start = time.perf_counter()
@@ -122,21 +140,24 @@ def run_variant(name: str, kwargs: dict, args: argparse.Namespace, workdir: Path
         "top1_unfused": top1(logits, labels),
         "top1_fused": top1(fused_logits, labels),
         "fused_vs_unfused_max_rel_err_fp32": (
-            (fused_logits - logits).abs().max() / logits.abs().max()).item(),
+            (fused_logits - logits).abs().max() / logits.abs().max()
+        ).item(),
         "train_seconds": seconds,
     }
     if kwargs.get("keep_relu") is False:  # nothing nonlinear left: check and extract the map
         fused64 = fused.double()
         images = torch.cat([x for x, _ in val_loader]).double()
         half = len(images) // 2
-        result["affinity_rel_err_fp64"] = affinity_error(fused64, images[:half],
-                                                          images[half:2 * half])
+        result["affinity_rel_err_fp64"] = affinity_error(
+            fused64, images[:half], images[half : 2 * half]
+        )
         weight, bias = affine_map(fused64, tuple(images.shape[1:]))
         map_logits = images.flatten(1) @ weight.T + bias
         reference = fused64(images)
         result["affine_map_shape"] = list(weight.shape)
         result["affine_map_vs_network_max_rel_err_fp64"] = (
-            (map_logits - reference).abs().max() / reference.abs().max()).item()
+            (map_logits - reference).abs().max() / reference.abs().max()
+        ).item()
         result["top1_affine_map"] = top1(map_logits, labels)
     return result
 

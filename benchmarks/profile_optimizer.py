@@ -91,19 +91,27 @@ def main() -> int:
         "SGD (torch default, for-loop on CPU)": torch.optim.SGD(model.parameters(), **settings),
         "SGD foreach": torch.optim.SGD(model.parameters(), foreach=True, **settings),
         "comparison: RepOptSGD update per tensor, in place": PerTensorMaskedSGD(
-            model, grad_mults(model)),
+            model, grad_mults(model)
+        ),
     }
     # the weights drift a little over the windows; every optimizer sees the same drift
-    windows = interleaved_windows([opt.step for opt in optimizers.values()], args.steps,
-                                  warmup=3, repeats=args.repeats)
-    step_ms = {name: statistics.median(1e3 * w.seconds_per_call for w in ws)
-               for name, ws in zip(optimizers, windows)}
+    windows = interleaved_windows(
+        [opt.step for opt in optimizers.values()], args.steps, warmup=3, repeats=args.repeats
+    )
+    step_ms = {
+        name: statistics.median(1e3 * w.seconds_per_call for w in ws)
+        for name, ws in zip(optimizers, windows)
+    }
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for _ in range(5):
             optimizers["RepOptSGD"].step()
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    masked = sum(p.numel() for s in optimizers["RepOptSGD"].state.values() if "grad_mult" in s
-                 for p in [s["grad_mult"]])
+    masked = sum(
+        p.numel()
+        for s in optimizers["RepOptSGD"].state.values()
+        if "grad_mult" in s
+        for p in [s["grad_mult"]]
+    )
     result = {
         "model": args.model,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -112,11 +120,16 @@ def main() -> int:
         "per_tensor_max_abs_diff_vs_repoptsgd_float64": per_tensor_matches_repoptsgd(args.model),
         "profile_repoptsgd_5_steps": table,
         "machine": machine_info(),
-        "command": shlex.join([".venv/bin/python", "benchmarks/profile_optimizer.py", *sys.argv[1:]]),
+        "command": shlex.join(
+            [".venv/bin/python", "benchmarks/profile_optimizer.py", *sys.argv[1:]]
+        ),
     }
     print(table, file=sys.stderr)
-    print("per-tensor loop vs RepOptSGD (float64, 3 steps): max abs diff "
-          f"{result['per_tensor_max_abs_diff_vs_repoptsgd_float64']:.3g}", file=sys.stderr)
+    print(
+        "per-tensor loop vs RepOptSGD (float64, 3 steps): max abs diff "
+        f"{result['per_tensor_max_abs_diff_vs_repoptsgd_float64']:.3g}",
+        file=sys.stderr,
+    )
     for name, ms in step_ms.items():
         print(f"{name:<40} {ms:8.3f} ms/step", file=sys.stderr)
     if args.out:

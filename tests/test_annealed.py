@@ -96,7 +96,7 @@ def test_schedule_ends_at_exactly_one(kind, per, fraction, epochs, steps_per_epo
     schedule = LambdaSchedule(kind, fraction, per)
     values = [schedule.value(s, total, steps_per_epoch) for s in range(total + 3)]
     assert values[total - 1] == 1.0  # the last training step runs at exactly 1.0
-    assert all(v == 1.0 for v in values[total - 1:])
+    assert all(v == 1.0 for v in values[total - 1 :])
     assert all(0.0 <= v <= 1.0 for v in values)
     assert all(a <= b for a, b in zip(values, values[1:]))
     units = total if per == "iteration" else -(-total // steps_per_epoch)

@@ -30,8 +30,15 @@ from reparam.bench.timing import interleaved_windows, paired_ratio
 from reparam.bench.train import TrainBenchConfig, run_train_bench
 from reparam.cli import UserError, main
 
-CONTRACT_KEYS = {"model", "batch_size", "image_size", "optimizer", "train_images_per_s",
-                 "peak_train_memory_mb", "machine"}
+CONTRACT_KEYS = {
+    "model",
+    "batch_size",
+    "image_size",
+    "optimizer",
+    "train_images_per_s",
+    "peak_train_memory_mb",
+    "machine",
+}
 MACHINE_KEYS = {"cpu_model", "cores", "torch_version", "threads"}
 
 
@@ -40,6 +47,7 @@ def _quiet(message: str) -> None:
 
 
 # --- memory accounting ---------------------------------------------------------------------------
+
 
 def test_storage_counter_counts_each_storage_once():
     base = torch.zeros(10, dtype=torch.float64)
@@ -78,8 +86,13 @@ def test_memory_breakdown_matches_hand_count_and_adds_up():
     assert memory.buffers_mb == 0
     # addmm saves its input [3, 4] (the weight is a parameter, not counted again); ReLU its output
     assert memory.activations_mb * MIB == (batch * 4 + batch * 8) * 8
-    parts = (memory.parameters_mb + memory.buffers_mb + memory.gradients_mb
-             + memory.optimizer_state_mb + memory.activations_mb)
+    parts = (
+        memory.parameters_mb
+        + memory.buffers_mb
+        + memory.gradients_mb
+        + memory.optimizer_state_mb
+        + memory.activations_mb
+    )
     assert memory.total_mb == parts
     record = memory.as_dict()
     assert record["total_mb"] == parts
@@ -112,6 +125,7 @@ def test_optimizer_tensors_include_masks_held_as_attributes():
 
 
 # --- max batch search ----------------------------------------------------------------------------
+
 
 @settings(max_examples=30, deadline=None)
 @given(
@@ -153,6 +167,7 @@ def test_exact_guess_costs_two_probes_and_prediction_is_floor():
 
 # --- interleaving ---------------------------------------------------------------------------------
 
+
 def test_interleaved_windows_rotate_order_and_average_the_phase():
     order = []
 
@@ -183,10 +198,15 @@ def _render_module():
 
 def test_render_headline_ratios_are_paired_per_round():
     def record(model, images_per_s, optimizer_ms, memory_mb, state_mb, activations_mb, max_batch):
-        return {"model": model, "batch_size": 32, "window_images_per_s": images_per_s,
-                "window_optimizer_step_ms": optimizer_ms, "peak_train_memory_mb": memory_mb,
-                "memory": {"activations_mb": activations_mb, "optimizer_state_mb": state_mb},
-                "max_batch_size": max_batch}
+        return {
+            "model": model,
+            "batch_size": 32,
+            "window_images_per_s": images_per_s,
+            "window_optimizer_step_ms": optimizer_ms,
+            "peak_train_memory_mb": memory_mb,
+            "memory": {"activations_mb": activations_mb, "optimizer_state_mb": state_mb},
+            "max_batch_size": max_batch,
+        }
 
     records = [
         record("repopt_vgg_a0", [200.0, 100.0, 300.0], [12.0, 12.0, 12.0], 90.0, 20.0, 6.0, 300),
@@ -224,9 +244,18 @@ BUDGET = 83.0  # MiB; vgg_a0 at 10 classes: ~80.7 MiB fixed, ~0.019 MiB per 8x8 
 
 
 def test_train_bench_json_schema_and_verified_max_batch():
-    config = TrainBenchConfig(specs=(ModelSpec("vgg_a0"),),
-                              batch_sizes=(2, 3), image_size=8, num_classes=10, steps=1, warmup=0,
-                              repeats=2, threads=1, memory_budget_mb=BUDGET, command="test")
+    config = TrainBenchConfig(
+        specs=(ModelSpec("vgg_a0"),),
+        batch_sizes=(2, 3),
+        image_size=8,
+        num_classes=10,
+        steps=1,
+        warmup=0,
+        repeats=2,
+        threads=1,
+        memory_budget_mb=BUDGET,
+        command="test",
+    )
     results = run_train_bench(config, _quiet, fresh_process=False)
     assert [(r["model"], r["batch_size"]) for r in results] == [("vgg_a0", 2), ("vgg_a0", 3)]
     small, large = results  # saved activations are exactly a * batch + c
@@ -250,12 +279,21 @@ def test_train_bench_json_schema_and_verified_max_batch():
 
 
 def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
-    config = InferBenchConfig(specs=(ModelSpec("repvgg_a0"), ModelSpec("timm:repvgg_a0")),
-                              batch_sizes=(1,), image_size=16, num_classes=10, steps=1, warmup=0,
-                              repeats=1, threads=1, onnx=False)
+    config = InferBenchConfig(
+        specs=(ModelSpec("repvgg_a0"), ModelSpec("timm:repvgg_a0")),
+        batch_sizes=(1,),
+        image_size=16,
+        num_classes=10,
+        steps=1,
+        warmup=0,
+        repeats=1,
+        threads=1,
+        onnx=False,
+    )
     results = run_infer_bench(config, _quiet)
     assert {(r["model"], r["variant"]) for r in results} == {
-        (m, v) for m in ("repvgg_a0", "timm:repvgg_a0") for v in ("train_form", "fused")}
+        (m, v) for m in ("repvgg_a0", "timm:repvgg_a0") for v in ("train_form", "fused")
+    }
     for record in results:
         assert record["max_rel_diff_vs_train_form"] < 1e-5  # float32
         assert record["latency_ms"] > 0 and MACHINE_KEYS <= record["machine"].keys()
@@ -264,14 +302,35 @@ def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
 
 
 def test_cli_prints_one_json_list_on_stdout(capsys):
-    code = main(["bench", "train", "--models", "timm:test_resnet", "--batch-size", "2",
-                 "--image-size", "8", "--num-classes", "10", "--steps", "1", "--warmup", "0",
-                 "--repeats", "1", "--threads", "1", "--json"])
+    code = main(
+        [
+            "bench",
+            "train",
+            "--models",
+            "timm:test_resnet",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "8",
+            "--num-classes",
+            "10",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     results = json.loads(captured.out)
     assert isinstance(results, list) and CONTRACT_KEYS <= results[0].keys()
     assert "max_batch_size" not in results[0]
     assert results[0]["command"].startswith(
-        "reparam bench train --models timm:test_resnet --batch-size 2")
+        "reparam bench train --models timm:test_resnet --batch-size 2"
+    )
     assert "reparam bench:" in captured.err

@@ -35,5 +35,8 @@ def test_bad_input_is_one_readable_line(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "missing"), "--data", "digits"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0] and err[0].startswith("reparam eval: error:")
-    assert main(["train", "--model", "vgg_a0", "--data", "imagenet", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--model", "vgg_a0", "--data", "imagenet", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "unknown data spec" in capsys.readouterr().err

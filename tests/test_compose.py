@@ -21,7 +21,6 @@ def random_spec(out_ch, in_ch, k, stride=1, padding=0, groups=1, mode="zeros", g
     return ConvSpec(Kernel(weight, bias), stride, padding, groups, mode)
 
 
-
 @st.composite
 def chains(draw):
     k1, k2 = draw(st.sampled_from([1, 2, 3, 4, 5])), draw(st.sampled_from([1, 3, 5]))
@@ -65,7 +64,7 @@ def test_compose_matches_chain_on_the_reported_region(chain):
     if not region.everywhere:
         assert region.border == -(-p2 // s2)
         assert not mask[0].any() and not mask[:, 0].any()  # the leading ring
-        assert mask[region.border:, region.border:].any()  # and an exact interior
+        assert mask[region.border :, region.border :].any()  # and an exact interior
         # the ring is really wrong (conv1's bias leaks into conv2's padding)
         assert (fused - reference)[..., ~mask].abs().amax() > 1e-6
 
@@ -77,7 +76,7 @@ def test_3x3_after_3x3_zero_padding_is_wrong_on_a_one_pixel_ring():
     assert (result.weight.shape[-1], result.padding, result.exact_region.border) == (5, 2, 1)
     assert "interior" in result.exact_region.reason
     x = torch.randn(1, 3, 9, 9, dtype=DT, generator=gen)
-    wrong = ((result.spec(x) - conv2(conv1(x))).abs().amax(dim=(0, 1)) > 1e-9)
+    wrong = (result.spec(x) - conv2(conv1(x))).abs().amax(dim=(0, 1)) > 1e-9
     ring = torch.ones(9, 9, dtype=torch.bool)
     ring[1:-1, 1:-1] = False
     assert torch.equal(wrong, ring)

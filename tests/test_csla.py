@@ -13,7 +13,6 @@ from reparam.testing import rel_err
 DT = torch.float64
 
 
-
 def test_grad_mult_is_the_brief_formula_for_a_repopt_block():
     s, t = torch.tensor([0.5, -2.0, 1.5]), torch.tensor([1.0, 0.3, -0.7])
     spec = CSLASpec(3, 3, (Branch(s, 3), Branch(t, 1)), identity=1.0)
@@ -39,23 +38,35 @@ def test_init_weight_is_eq14_with_fresh_branch_weights():
     assert rel_err(w, expected) <= 1e-15
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 5),)), "cannot be centred"),
-    (dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 2),)), "cannot be centred"),
-    (dict(in_channels=2, out_channels=4, branches=(Branch(1.0, 3),), identity=1.0), "in == out"),
-    (dict(in_channels=3, out_channels=4, branches=(Branch(1.0, 3),), groups=2), "divisible"),
-    (dict(in_channels=2, out_channels=2, branches=()), "at least one"),
-    (dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 3),), kernel_size=None), "linear"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 5),)), "cannot be centred"),
+        (dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 2),)), "cannot be centred"),
+        (
+            dict(in_channels=2, out_channels=4, branches=(Branch(1.0, 3),), identity=1.0),
+            "in == out",
+        ),
+        (dict(in_channels=3, out_channels=4, branches=(Branch(1.0, 3),), groups=2), "divisible"),
+        (dict(in_channels=2, out_channels=2, branches=()), "at least one"),
+        (
+            dict(in_channels=2, out_channels=2, branches=(Branch(1.0, 3),), kernel_size=None),
+            "linear",
+        ),
+    ],
+)
 def test_bad_specs_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CSLASpec(**kwargs)
 
 
-@pytest.mark.parametrize("scale, match", [
-    (torch.tensor([1.0, float("nan")]), "NaN"),
-    (torch.ones(3), "shape"),
-])
+@pytest.mark.parametrize(
+    "scale, match",
+    [
+        (torch.tensor([1.0, float("nan")]), "NaN"),
+        (torch.ones(3), "shape"),
+    ],
+)
 def test_bad_scales_are_refused(scale, match):
     with pytest.raises(ValueError, match=match):
         grad_mult(CSLASpec(2, 2, (Branch(scale, 3),)))
@@ -82,13 +93,16 @@ def csla_specs(draw):
     cin = groups * draw(st.integers(1, 2))
     cout = groups * draw(st.integers(1, 2))
     k = draw(st.sampled_from([1, 3, 5]))
-    sizes = draw(st.lists(st.sampled_from([s for s in (1, 3, 5) if s <= k]), min_size=1,
-                          max_size=3))
+    sizes = draw(
+        st.lists(st.sampled_from([s for s in (1, 3, 5) if s <= k]), min_size=1, max_size=3)
+    )
+
     def scale():
         if draw(st.booleans()):
             return draw(NONZERO)
         values = draw(st.lists(NONZERO, min_size=cout, max_size=cout))
         return torch.tensor(values, dtype=DT)
+
     branches = tuple(Branch(scale(), size) for size in sizes)
     stride = draw(st.sampled_from([1, 2]))
     identity = None
@@ -108,8 +122,10 @@ def _train(imaginary, target, reference_opt, repopt, steps, shape, seed=0):
             opt.step()
     x = torch.randn(*shape, generator=gen, dtype=DT)
     with torch.no_grad():
-        return (rel_err(target(x), imaginary(x)),
-                rel_err(target.weight, imaginary.equivalent_weight()))
+        return (
+            rel_err(target(x), imaginary(x)),
+            rel_err(target.weight, imaginary.equivalent_weight()),
+        )
 
 
 @settings(max_examples=20, deadline=None)
@@ -120,8 +136,14 @@ def test_repopt_sgd_trains_any_csla_spec_exactly(case, nesterov):
     imaginary = CSLABlock(spec, stride=stride, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=1e-2)
-    errs = _train(imaginary, target, torch.optim.SGD(imaginary.parameters(), **kw),
-                  RepOptSGD(target, **kw), steps=4, shape=(2, spec.in_channels, 7, 7))
+    errs = _train(
+        imaginary,
+        target,
+        torch.optim.SGD(imaginary.parameters(), **kw),
+        RepOptSGD(target, **kw),
+        steps=4,
+        shape=(2, spec.in_channels, 7, 7),
+    )
     assert max(errs) <= 1e-10, errs
 
 
@@ -133,8 +155,14 @@ def test_repopt_adamw_tracks_any_csla_spec_up_to_eps(case):
     imaginary = CSLABlock(spec, stride=stride, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-12, weight_decay=1e-2)
-    errs = _train(imaginary, target, torch.optim.AdamW(imaginary.parameters(), **kw),
-                  RepOptAdamW(target, **kw), steps=4, shape=(2, spec.in_channels, 7, 7))
+    errs = _train(
+        imaginary,
+        target,
+        torch.optim.AdamW(imaginary.parameters(), **kw),
+        RepOptAdamW(target, **kw),
+        steps=4,
+        shape=(2, spec.in_channels, 7, 7),
+    )
     assert max(errs) <= 1e-6, errs
 
 
@@ -142,11 +170,18 @@ def test_repopt_adamw_tracks_any_csla_spec_up_to_eps(case):
 @given(cin=st.integers(1, 5), cout=st.integers(1, 5), a=NONZERO, b=NONZERO, identity=st.booleans())
 def test_linear_branches_train_exactly(cin, cout, a, b, identity):
     identity = identity and cin == cout
-    spec = CSLASpec(cin, cout, (Branch(a), Branch(b)), kernel_size=None,
-                    identity=1.0 if identity else None)
+    spec = CSLASpec(
+        cin, cout, (Branch(a), Branch(b)), kernel_size=None, identity=1.0 if identity else None
+    )
     imaginary = CSLABlock(spec, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2)
-    errs = _train(imaginary, target, torch.optim.SGD(imaginary.parameters(), **kw),
-                  RepOptSGD(target, **kw), steps=4, shape=(3, cin))
+    errs = _train(
+        imaginary,
+        target,
+        torch.optim.SGD(imaginary.parameters(), **kw),
+        RepOptSGD(target, **kw),
+        steps=4,
+        shape=(3, cin),
+    )
     assert max(errs) <= 1e-10, errs

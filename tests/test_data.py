@@ -15,10 +15,16 @@ def write_cifar(root, classes: int, per_file: int = 6):
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     key = b"labels" if classes == 10 else b"fine_labels"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if classes == 10 else ["train", "test"]
+    names = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        if classes == 10
+        else ["train", "test"]
+    )
     for name in names:
-        batch = {b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-                 key: rng.integers(0, classes, per_file).tolist()}
+        batch = {
+            b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            key: rng.integers(0, classes, per_file).tolist(),
+        }
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
     return root
@@ -44,7 +50,9 @@ def test_digits_split_is_fixed_stratified_and_upsampled():
     image, label = a.train[0]
     assert image.shape == (3, 24, 24) and image.dtype == torch.float32 and 0 <= label < 10
     raw = a.train.images[0]
-    assert raw.dtype == torch.uint8 and torch.equal(raw[0], raw[1]) and raw.max() == 255  # grey -> 3 ch
+    assert (
+        raw.dtype == torch.uint8 and torch.equal(raw[0], raw[1]) and raw.max() == 255
+    )  # grey -> 3 ch
 
 
 def test_synthetic_sizes_and_bad_count():

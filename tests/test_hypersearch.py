@@ -32,8 +32,12 @@ DT = torch.float64
 
 def tiny_hs() -> VGGNet:
     """The HS model of ``tiny_target`` (same scale keys)."""
-    return VGGNet(lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups,
-                                    hs_init_scale(s)), (1, 2, 2, 1), (4, 4, 8, 8), num_classes=3)
+    return VGGNet(
+        lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
+        (1, 2, 2, 1),
+        (4, 4, 8, 8),
+        num_classes=3,
+    )
 
 
 def searched_scales(seed=0) -> dict:
@@ -55,8 +59,9 @@ def test_hs_model_has_the_target_scale_keys_and_hs_init():
     assert torch.allclose(hs_scales["stages.2.2.scale_1x1"], torch.full((192,), 1.0))
     assert torch.equal(hs_scales["stages.2.1.scale_identity"], torch.ones(192))
     assert math.isclose(hs_scales["stages.1.2.scale_conv"][0].item(), 1.0, rel_tol=1e-7)
-    assert math.isclose(hs_scales["stages.1.3.scale_conv"][0].item(), math.sqrt(2 / 3),
-                        rel_tol=1e-7)
+    assert math.isclose(
+        hs_scales["stages.1.3.scale_conv"][0].item(), math.sqrt(2 / 3), rel_tol=1e-7
+    )
 
 
 def test_hs_block_computes_bn_of_the_scaled_sum():
@@ -65,9 +70,13 @@ def test_hs_block_computes_bn_of_the_scaled_sum():
         block.scale_identity.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
     x = torch.randn(2, 4, 5, 5, dtype=DT)
     s = lambda v: v.view(1, -1, 1, 1)  # noqa: E731
-    expected = torch.relu(block.bn(s(block.scale_conv) * block.conv3x3(x)
-                                   + s(block.scale_1x1) * block.conv1x1(x)
-                                   + s(block.scale_identity) * x))
+    expected = torch.relu(
+        block.bn(
+            s(block.scale_conv) * block.conv3x3(x)
+            + s(block.scale_1x1) * block.conv1x1(x)
+            + s(block.scale_identity) * x
+        )
+    )
     assert torch.equal(block(x), expected)
 
 
@@ -78,8 +87,14 @@ def test_scale_file_round_trip(tmp_path):
     loaded, metadata = read_scale_file(path)
     assert loaded.keys() == scales.keys()
     assert all(torch.equal(loaded[k], scales[k]) for k in scales)
-    assert metadata == {"format": "reparam-scales/1", "model": "tiny", "data": "digits",
-                        "epochs": "3", "seed": "7", "top1": "0.875"}
+    assert metadata == {
+        "format": "reparam-scales/1",
+        "model": "tiny",
+        "data": "digits",
+        "epochs": "3",
+        "seed": "7",
+        "top1": "0.875",
+    }
     assert read_scales(path, model="tiny").keys() == scales.keys()
     with pytest.raises(ScaleError, match="searched for 'tiny', not 'repopt_vgg_a0'"):
         read_scales(path, model="repopt_vgg_a0")
@@ -91,8 +106,9 @@ def test_bad_scale_files_are_refused(tmp_path):
     with pytest.raises(ScaleError, match="not a reparam scale file"):
         read_scales(plain)
     with pytest.raises(ScaleError, match="non-finite"):
-        save_scale_file(tmp_path / "nan.safetensors", {"a": torch.tensor([float("nan")])},
-                        model="x")
+        save_scale_file(
+            tmp_path / "nan.safetensors", {"a": torch.tensor([float("nan")])}, model="x"
+        )
     pickled = tmp_path / "bad.pth"
     torch.save({"stage0.scale_conv.weight": torch.ones(2), "x": [1, 2]}, pickled)
     with pytest.raises(ScaleError, match="dict of tensors"):
@@ -100,12 +116,18 @@ def test_bad_scale_files_are_refused(tmp_path):
 
 
 def test_official_keys_are_renamed(tmp_path):
-    official = {"stage0.scale_conv.weight": torch.ones(4), "stage1.0.scale_1x1.weight": torch.ones(4),
-                "stage3.1.scale_identity.weight": torch.ones(8)}
+    official = {
+        "stage0.scale_conv.weight": torch.ones(4),
+        "stage1.0.scale_1x1.weight": torch.ones(4),
+        "stage3.1.scale_identity.weight": torch.ones(8),
+    }
     path = tmp_path / "official.pth"
     torch.save(official, path)
-    assert set(read_scales(path)) == {"stem.scale_conv", "stages.0.0.scale_1x1",
-                                      "stages.2.1.scale_identity"}
+    assert set(read_scales(path)) == {
+        "stem.scale_conv",
+        "stages.0.0.scale_1x1",
+        "stages.2.1.scale_identity",
+    }
 
 
 def test_searched_scales_reach_the_optimizer():
@@ -145,8 +167,12 @@ def test_repopt_vgg_with_searched_scales_trains_like_the_csla_model(tmp_path):
 
 def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):
     images = torch.randn(2, 3, 16, 16)
-    tiny_repvgg = VGGNet(lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
-                         (1, 2, 2, 1), (4, 4, 8, 8), num_classes=3)
+    tiny_repvgg = VGGNet(
+        lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
+        (1, 2, 2, 1),
+        (4, 4, 8, 8),
+        num_classes=3,
+    )
     results = {}
     for name, model in (("hs", tiny_hs()), ("repvgg", tiny_repvgg), ("repopt", tiny_target())):
         results[name] = identity_variance_ratios(model, images)
@@ -163,9 +189,27 @@ def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):
 
 def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, capsys):
     out = tmp_path / "a0.safetensors"
-    code = cli_main(["hypersearch", "--model", "repopt_vgg_a0", "--data", "synthetic:32",
-                     "--epochs", "1", "--batch-size", "16", "--image-size", "8", "--seed", "3",
-                     "--out", str(out), "--no-progress", "--json"])
+    code = cli_main(
+        [
+            "hypersearch",
+            "--model",
+            "repopt_vgg_a0",
+            "--data",
+            "synthetic:32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--image-size",
+            "8",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--json",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     scales, metadata = read_scale_file(out)
@@ -175,8 +219,20 @@ def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, ca
     assert math.isclose(float(metadata["top1"]), summary["top1"])
     model = reparam.create_model("repopt_vgg_a0", num_classes=10, scales=str(out))
     assert all(torch.equal(model_scales(model)[k], v) for k, v in scales.items())
-    assert cli_main(["hypersearch", "--model", "vgg_a0", "--data", "synthetic:32",
-                     "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        cli_main(
+            [
+                "hypersearch",
+                "--model",
+                "vgg_a0",
+                "--data",
+                "synthetic:32",
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "no Hyper-Search model" in capsys.readouterr().err
 
 
@@ -191,5 +247,7 @@ def test_ablation_overrides_build_valid_configs_and_models(tmp_path):
         model = tiny_target(**kwargs)
         assert config.grad_mult == (name not in ("no_grad_mult", "plain")), name
         if kwargs.get("scales") == str(path) and not kwargs.get("channel_average"):
-            assert torch.equal(model_scales(model)["stages.1.1.scale_conv"],
-                               searched_scales()["stages.1.1.scale_conv"])
+            assert torch.equal(
+                model_scales(model)["stages.1.1.scale_conv"],
+                searched_scales()["stages.1.1.scale_conv"],
+            )

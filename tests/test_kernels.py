@@ -14,7 +14,6 @@ DT = torch.float64
 TOL = 1e-10
 
 
-
 @st.composite
 def conv_geometry(draw):
     groups = draw(st.sampled_from([1, 2, 3]))
@@ -33,13 +32,25 @@ def conv_geometry(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(g=conv_geometry(), eps=st.sampled_from([1e-5, 1e-3, 0.1]), conv_bias=st.booleans(),
-       affine=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    g=conv_geometry(),
+    eps=st.sampled_from([1e-5, 1e-3, 0.1]),
+    conv_bias=st.booleans(),
+    affine=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_fold_bn_matches_conv_then_bn(g, eps, conv_bias, affine, seed):
     gen = torch.Generator().manual_seed(seed)
     k = g["kernel_size"]
-    conv = nn.Conv2d(g["in_channels"], g["out_channels"], k, g["stride"], k // 2, groups=g["groups"],
-                     bias=conv_bias).to(DT)
+    conv = nn.Conv2d(
+        g["in_channels"],
+        g["out_channels"],
+        k,
+        g["stride"],
+        k // 2,
+        groups=g["groups"],
+        bias=conv_bias,
+    ).to(DT)
     bn = nn.BatchNorm2d(g["out_channels"], eps=eps, affine=affine).to(DT)
     randomize_batchnorm_(bn, gen).eval()
     x = torch.randn(g["batch"], g["in_channels"], g["size"], g["size"], dtype=DT, generator=gen)
@@ -54,7 +65,9 @@ def test_fold_bn_matches_conv_then_bn(g, eps, conv_bias, affine, seed):
 def test_pad_kernel_is_the_same_conv(g, grow, seed):
     gen = torch.Generator().manual_seed(seed)
     k, target = g["kernel_size"], g["kernel_size"] + 2 * grow
-    w = torch.randn(g["out_channels"], g["in_channels"] // g["groups"], k, k, dtype=DT, generator=gen)
+    w = torch.randn(
+        g["out_channels"], g["in_channels"] // g["groups"], k, k, dtype=DT, generator=gen
+    )
     x = torch.randn(g["batch"], g["in_channels"], g["size"], g["size"], dtype=DT, generator=gen)
     small = F.conv2d(x, w, None, g["stride"], k // 2, groups=g["groups"])
     big = F.conv2d(x, pad_kernel(w, target), None, g["stride"], target // 2, groups=g["groups"])
@@ -74,8 +87,13 @@ def test_pad_kernel_rejects_impossible_sizes():
 
 
 @settings(max_examples=30, deadline=None)
-@given(groups=st.sampled_from([1, 2, 4]), per_group=st.integers(1, 4), k=st.sampled_from([1, 3, 5]),
-       size=st.integers(3, 9), seed=st.integers(0, 2**16))
+@given(
+    groups=st.sampled_from([1, 2, 4]),
+    per_group=st.integers(1, 4),
+    k=st.sampled_from([1, 3, 5]),
+    size=st.integers(3, 9),
+    seed=st.integers(0, 2**16),
+)
 def test_identity_kernel_is_identity_incl_depthwise(groups, per_group, k, size, seed):
     channels = groups * per_group
     gen = torch.Generator().manual_seed(seed)
@@ -95,7 +113,9 @@ def test_add_branches_equals_sum_of_convs(g, n, seed):
     branches, reference = [], 0
     for _ in range(n):
         k = int(torch.randint(0, 3, (1,), generator=gen)) * 2 + 1
-        w = torch.randn(g["out_channels"], g["in_channels"] // g["groups"], k, k, dtype=DT, generator=gen)
+        w = torch.randn(
+            g["out_channels"], g["in_channels"] // g["groups"], k, k, dtype=DT, generator=gen
+        )
         b = torch.randn(g["out_channels"], dtype=DT, generator=gen)
         branches.append(Kernel(w, b))
         reference = reference + F.conv2d(x, w, b, g["stride"], k // 2, groups=g["groups"])
@@ -109,10 +129,12 @@ def test_add_branches_equals_sum_of_convs(g, n, seed):
 @given(g=conv_geometry())
 def test_conv_macs_matches_torch_flop_counter(g):
     k = g["kernel_size"]
-    conv = nn.Conv2d(g["in_channels"], g["out_channels"], k, g["stride"], k // 2, groups=g["groups"])
+    conv = nn.Conv2d(
+        g["in_channels"], g["out_channels"], k, g["stride"], k // 2, groups=g["groups"]
+    )
     x = torch.randn(1, g["in_channels"], g["size"], g["size"])
     with FlopCounterMode(display=False) as counter:
         out = conv(x)
-    assert 2 * conv_macs(g["in_channels"], g["out_channels"], k, tuple(out.shape[-2:]), g["groups"]) == (
-        counter.get_total_flops()
-    )
+    assert 2 * conv_macs(
+        g["in_channels"], g["out_channels"], k, tuple(out.shape[-2:]), g["groups"]
+    ) == (counter.get_total_flops())

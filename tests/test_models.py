@@ -65,7 +65,10 @@ def test_fusing_a_train_mode_model_is_refused_unless_asked():
 
 def test_deploy_structures_line_up():
     """RepVGG and plain VGG of one arch fuse to identical structures (same keys and shapes)."""
-    fused = [reparam.reparameterize(reparam.create_model(n, num_classes=5).eval()) for n in ("repvgg_a0", "vgg_a0")]
+    fused = [
+        reparam.reparameterize(reparam.create_model(n, num_classes=5).eval())
+        for n in ("repvgg_a0", "vgg_a0")
+    ]
     shapes = [{k: v.shape for k, v in f.state_dict().items()} for f in fused]
     assert shapes[0] == shapes[1]
 

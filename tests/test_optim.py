@@ -25,8 +25,9 @@ def small_model(scale=2.0):
     """conv (CSLA: 3x3 * scale + 1x1 * -0.5 + identity) -> BN -> ReLU -> GAP -> linear."""
     conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
     attach(conv, CSLASpec(4, 4, (Branch(scale, 3), Branch(-0.5, 1)), identity=1.0))
-    return nn.Sequential(conv, nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3)).to(DT)
+    return nn.Sequential(
+        conv, nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).to(DT)
 
 
 def run(model, opt, steps, seed=0, scheduler=None):
@@ -48,19 +49,27 @@ def max_rel(a_list, b_list):
     return max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(a_list, b_list))
 
 
-@pytest.mark.parametrize("kw", [
-    dict(lr=0.1),
-    dict(lr=0.1, momentum=0.9, weight_decay=1e-3),
-    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    dict(lr=0.1, momentum=0.9, dampening=0.3),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=0.1),
+        dict(lr=0.1, momentum=0.9, weight_decay=1e-3),
+        dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        dict(lr=0.1, momentum=0.9, dampening=0.3),
+    ],
+)
 def test_unit_masks_equal_torch_sgd_with_groups_and_scheduler(kw):
     torch.manual_seed(0)
     a = small_model()
     b = small_model()
     b.load_state_dict(a.state_dict())
-    groups = lambda m: [{"params": [m[0].weight, m[5].weight]},  # noqa: E731
-                        {"params": [m[1].weight, m[1].bias, m[5].bias], "weight_decay": 0.0}]
+
+    def groups(m):
+        return [
+            {"params": [m[0].weight, m[5].weight]},
+            {"params": [m[1].weight, m[1].bias, m[5].bias], "weight_decay": 0.0},
+        ]
+
     ours = RepOptSGD(groups(a), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
     ref = torch.optim.SGD(groups(b), **kw)
     run(a, ours, 5, scheduler=torch.optim.lr_scheduler.StepLR(ours, 2, 0.5))
@@ -74,8 +83,11 @@ def test_unit_masks_equal_torch_adamw():
     a, b = small_model(), small_model()
     b.load_state_dict(a.state_dict())
     kw = dict(lr=1e-2, weight_decay=1e-2)
-    run(a, RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)},
-                       **kw), 5)
+    run(
+        a,
+        RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw),
+        5,
+    )
     run(b, torch.optim.AdamW(b.parameters(), **kw), 5)
     assert max_rel(clone_params(a), clone_params(b)) <= 1e-13
 
@@ -108,9 +120,13 @@ def test_masks_work_through_a_ddp_like_wrapper():
     assert max_rel(clone_params(wrapped), clone_params(plain)) == 0
 
 
-@pytest.mark.parametrize("cls, kw", [(RepOptSGD, dict(lr=0.05, momentum=0.9, nesterov=True,
-                                                      weight_decay=1e-3)),
-                                     (RepOptAdamW, dict(lr=1e-2))])
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (RepOptSGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        (RepOptAdamW, dict(lr=1e-2)),
+    ],
+)
 def test_state_dict_round_trip_resumes_exactly(cls, kw):
     torch.manual_seed(0)
     a = small_model()
@@ -167,8 +183,9 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="shape"):
         RepOptSGD(model.parameters(), lr=0.1, grad_mults={weight: torch.ones(4, 4, 1, 1)})
     with pytest.raises(ValueError, match="NaN"):
-        RepOptSGD(model.parameters(), lr=0.1,
-                  grad_mults={weight: torch.full_like(weight, float("nan"))})
+        RepOptSGD(
+            model.parameters(), lr=0.1, grad_mults={weight: torch.full_like(weight, float("nan"))}
+        )
     with pytest.raises(ValueError, match="grad_mults= goes with"):
         RepOptSGD(model, lr=0.1, grad_mults={})
     with pytest.raises(ValueError, match="nesterov"):

@@ -18,7 +18,9 @@ from reparam.train import (
 
 def test_presets_resolve_and_round_trip():
     names = set(recipes())
-    assert {"basic", "resnet-rs"} | {f"resnet-rs{d}" for d in (50, 101, 152, 200, 270, 350, 420)} <= names
+    assert {"basic", "resnet-rs"} | {
+        f"resnet-rs{d}" for d in (50, 101, 152, 200, 270, 350, 420)
+    } <= names
     for name in names:
         config = resolve_config(name)
         assert config.recipe == name
@@ -47,9 +49,16 @@ def test_resnet_rs_numbers():
 
 def test_recipe_files(tmp_path):
     yaml_file = tmp_path / "r.yaml"
-    yaml_file.write_text("recipe: resnet-rs\nepochs: 90\nbetas: [0.8, 0.99]\nmodel_kwargs: {width: 2}\n")
+    yaml_file.write_text(
+        "recipe: resnet-rs\nepochs: 90\nbetas: [0.8, 0.99]\nmodel_kwargs: {width: 2}\n"
+    )
     config = resolve_config(str(yaml_file), {"lr": "0.3"})
-    assert (config.epochs, config.betas, config.lr, config.weight_decay) == (90, (0.8, 0.99), 0.3, 4e-5)
+    assert (config.epochs, config.betas, config.lr, config.weight_decay) == (
+        90,
+        (0.8, 0.99),
+        0.3,
+        4e-5,
+    )
     assert config.model_kwargs == {"width": 2} and config.recipe == str(yaml_file)
     json_file = tmp_path / "r.json"
     json_file.write_text(json.dumps({"ema": True, "batch_size": 32}))
@@ -68,9 +77,14 @@ def test_overrides_are_typed_and_validated():
     config = resolve_config("basic", values)
     assert config.ema is True and config.grad_clip is None and config.drop_path_rate == 0.1
     assert config.epochs == 3
-    for bad, message in [({"epochs": "x"}, "expected int"), ({"optimizer": "lamb"}, "not one of"),
-                         ({"ema": "maybe"}, "expected bool"), ({"epochs": 0}, "'epochs'"),
-                         ({"accum_steps": 3}, "divide"), ({"nope": 1}, "unknown config keys")]:
+    for bad, message in [
+        ({"epochs": "x"}, "expected int"),
+        ({"optimizer": "lamb"}, "not one of"),
+        ({"ema": "maybe"}, "expected bool"),
+        ({"epochs": 0}, "'epochs'"),
+        ({"accum_steps": 3}, "divide"),
+        ({"nope": 1}, "unknown config keys"),
+    ]:
         with pytest.raises(RecipeError, match=message):
             resolve_config("basic", bad)
     with pytest.raises(RecipeError, match="KEY=VALUE"):
@@ -83,12 +97,37 @@ def test_changing_the_model_drops_the_presets_model_kwargs():
 
 
 def test_cli_flags_map_to_fields(tmp_path):
-    args = build_parser().parse_args([
-        "train", "--model", "vgg_a0", "--data", "synthetic:64", "--epochs", "3", "--lr", "0.05",
-        "--ema", "--no-nesterov", "--scales", "s.safetensors", "--set", "hflip=true",
-        "--recipe", "resnet-rs", "--out", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--model",
+            "vgg_a0",
+            "--data",
+            "synthetic:64",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.05",
+            "--ema",
+            "--no-nesterov",
+            "--scales",
+            "s.safetensors",
+            "--set",
+            "hflip=true",
+            "--recipe",
+            "resnet-rs",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     config = build_config(args)
-    assert (config.model, config.data, config.epochs, config.lr, config.ema) == ("vgg_a0", "synthetic:64", 3, 0.05, True)
+    assert (config.model, config.data, config.epochs, config.lr, config.ema) == (
+        "vgg_a0",
+        "synthetic:64",
+        3,
+        0.05,
+        True,
+    )
     assert config.model_kwargs == {"scales": "s.safetensors"} and config.hflip is True
     assert config.weight_decay == 4e-5  # from the preset
     default_out = build_config(build_parser().parse_args(["train", "--data", "cifar10:/x"]))

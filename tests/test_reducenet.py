@@ -18,7 +18,6 @@ DT = torch.float64
 TOL = 1e-10
 
 
-
 def ready(model, seed=0):
     """float64, random BN statistics, eval mode, lambda = 1."""
     model = model.double()
@@ -29,9 +28,14 @@ def ready(model, seed=0):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    in_ch=st.integers(1, 6), out_ch=st.integers(1, 6), stride=st.integers(1, 2),
-    expansion=st.sampled_from([0.5, 1.0, 2.0, 3.0]), keep_relu=st.booleans(),
-    projection=st.booleans(), plain=st.booleans(), size=st.integers(3, 12),
+    in_ch=st.integers(1, 6),
+    out_ch=st.integers(1, 6),
+    stride=st.integers(1, 2),
+    expansion=st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    keep_relu=st.booleans(),
+    projection=st.booleans(),
+    plain=st.booleans(),
+    size=st.integers(3, 12),
     seed=st.integers(0, 2**16),
 )
 def test_block_fuses_to_one_exact_3x3_conv(
@@ -43,7 +47,11 @@ def test_block_fuses_to_one_exact_3x3_conv(
     conv = fused.conv
     assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
     assert (conv.stride, conv.padding, conv.in_channels, conv.out_channels) == (
-        (stride, stride), (1, 1), in_ch, out_ch)
+        (stride, stride),
+        (1, 1),
+        in_ch,
+        out_ch,
+    )
     assert isinstance(getattr(fused, "act", None), nn.ReLU) == keep_relu
     x = torch.randn(2, in_ch, size, size + 1, dtype=DT)
     with torch.no_grad():
@@ -56,18 +64,26 @@ def test_shortcut_rules():
     assert ReduceBlock(8, 16, 1, projection=False).shortcut is None
 
 
-@pytest.mark.parametrize("name,train_depth,deploy_depth", [
-    ("reducenet20", 20, 11), ("reducenet56", 56, 29),
-    ("reducenet18_imagenet", 18, 10), ("reducenet34_imagenet", 34, 18),
-])
+@pytest.mark.parametrize(
+    "name,train_depth,deploy_depth",
+    [
+        ("reducenet20", 20, 11),
+        ("reducenet56", 56, 29),
+        ("reducenet18_imagenet", 18, 10),
+        ("reducenet34_imagenet", 34, 18),
+    ],
+)
 def test_layouts_and_depths(name, train_depth, deploy_depth):
     assert name in list_models()
     narrow = {"widths": (8, 8, 16, 16), "stem_width": 8} if "imagenet" in name else {}
     model = create_model(name, num_classes=10, **narrow).eval()
 
     def depth(m):  # weight layers on the main path (projection shortcuts excluded)
-        return sum(isinstance(x, (nn.Conv2d, nn.Linear)) for n, x in m.named_modules()
-                   if "shortcut" not in n)
+        return sum(
+            isinstance(x, (nn.Conv2d, nn.Linear))
+            for n, x in m.named_modules()
+            if "shortcut" not in n
+        )
 
     assert depth(model) == train_depth
     set_lambda(model, 1.0)
@@ -88,7 +104,8 @@ def test_whole_model_fuses_exactly_and_keys_match_the_plain_baseline():
     fused_plain = reparameterize(plain)
     assert fused_plain.state_dict().keys() == fused.state_dict().keys()
     assert [v.shape for v in fused_plain.state_dict().values()] == [
-        v.shape for v in fused.state_dict().values()]
+        v.shape for v in fused.state_dict().values()
+    ]
 
 
 def test_fusing_below_lambda_one_or_in_train_mode_is_an_error():
@@ -133,8 +150,7 @@ def test_all_linear_network_is_one_affine_map():
 
 
 def test_forward_backward_float32():
-    model = create_model("reducenet18_imagenet", num_classes=5, widths=(8, 8, 16, 16),
-                         stem_width=8)
+    model = create_model("reducenet18_imagenet", num_classes=5, widths=(8, 8, 16, 16), stem_width=8)
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 5)
     out.sum().backward()

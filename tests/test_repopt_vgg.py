@@ -41,7 +41,9 @@ def test_official_scales_load_and_grad_mults_match_the_formula(arch, n_keys):
     scales = model_scales(model)
     assert len(scales) == len(official) == n_keys
     assert torch.equal(scales["stem.scale_conv"], official["stage0.scale_conv.weight"])
-    assert torch.equal(scales["stages.2.5.scale_identity"], official["stage3.5.scale_identity.weight"])
+    assert torch.equal(
+        scales["stages.2.5.scale_identity"], official["stage3.5.scale_identity.weight"]
+    )
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, RepOptVGGBlock)}
     masks = grad_mults(model)
     assert set(masks) == {f"{n}.conv.conv.weight" for n in blocks}
@@ -52,11 +54,13 @@ def test_official_scales_load_and_grad_mults_match_the_formula(arch, n_keys):
 
 def test_scales_for_another_model_are_refused(tmp_path):
     with pytest.raises(ScaleError, match="wrong shape"):
-        reparam.create_model("repopt_vgg_b2", scales=ANCHORS / "RepOpt-VGG-B1-scales.pth",
-                             reinit=False)
+        reparam.create_model(
+            "repopt_vgg_b2", scales=ANCHORS / "RepOpt-VGG-B1-scales.pth", reinit=False
+        )
     with pytest.raises(ScaleError, match="missing"):
-        reparam.create_model("repopt_vgg_l1", scales=ANCHORS / "RepOpt-VGG-B1-scales.pth",
-                             reinit=False)
+        reparam.create_model(
+            "repopt_vgg_l1", scales=ANCHORS / "RepOpt-VGG-B1-scales.pth", reinit=False
+        )
     a0 = reparam.create_model("repopt_vgg_a0", scales="ones", reinit=False)
     path = tmp_path / "a0.safetensors"
     save_scale_file(path, model_scales(a0), model="repopt_vgg_a0")
@@ -71,13 +75,17 @@ def test_scale_key_errors_are_loud_and_name_the_keys():
     broken = dict(scales)
     broken.pop("stem.scale_1x1")
     broken["stages.0.0.scale_conv"] = torch.ones(3)
-    broken["stages.1.1.scale_identity"] = torch.full_like(scales["stages.1.1.scale_identity"],
-                                                          float("nan"))
+    broken["stages.1.1.scale_identity"] = torch.full_like(
+        scales["stages.1.1.scale_identity"], float("nan")
+    )
     with pytest.raises(ScaleError) as err:
         tiny_target(scales=broken)
     message = str(err.value)
-    for part in ("missing (1): ['stem.scale_1x1']", "stages.0.0.scale_conv (3,) != (4,)",
-                 "NaN/inf (1): ['stages.1.1.scale_identity']"):
+    for part in (
+        "missing (1): ['stem.scale_1x1']",
+        "stages.0.0.scale_conv (3,) != (4,)",
+        "NaN/inf (1): ['stages.1.1.scale_identity']",
+    ):
         assert part in message
     with pytest.raises(ScaleError, match="not found"):
         tiny_target(scales="/nonexistent/scales.safetensors")
@@ -132,9 +140,15 @@ def tiny_target(**kwargs) -> VGGNet:
     scales = kwargs.pop("scales", None)
     channel_average = kwargs.pop("channel_average", False)
     reinit = kwargs.pop("reinit", True)
-    model = VGGNet(lambda s: RepOptVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups,
-                                            hs_init_scale(s)),
-                   (1, 2, 2, 1), (4, 4, 8, 8), num_classes=3, **kwargs)
+    model = VGGNet(
+        lambda s: RepOptVGGBlock(
+            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
+        ),
+        (1, 2, 2, 1),
+        (4, 4, 8, 8),
+        num_classes=3,
+        **kwargs,
+    )
     _set_scales(model, "tiny", scales, channel_average)
     if reinit:
         for module in model.modules():

@@ -8,9 +8,20 @@ def test_report_plots_identity_variance_for_models_with_identity_paths(tmp_path)
     runs = []
     for name in ("repvgg_a0", "vgg_a0"):
         out = tmp_path / name
-        fit(resolve_config("basic", {"model": name, "data": "synthetic:48", "epochs": 1,
-                                     "batch_size": 16, "threads": 1, "out": str(out)}),
-            progress=False)
+        fit(
+            resolve_config(
+                "basic",
+                {
+                    "model": name,
+                    "data": "synthetic:48",
+                    "epochs": 1,
+                    "batch_size": 16,
+                    "threads": 1,
+                    "out": str(out),
+                },
+            ),
+            progress=False,
+        )
         runs.append(out)
     report = write_report(runs, tmp_path / "report")
     text = report.read_text()

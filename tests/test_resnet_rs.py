@@ -21,9 +21,14 @@ def test_resnet_rs50_equals_timm_resnetrs50():
     """Same keys, shapes and outputs as timm's resnetrs50 given its weights (width 0.25 on both
     sides to keep the float64 check fast; the builder is the same at every width)."""
     ours = reparam.create_model("resnet_rs", num_classes=5, depth=50, width=0.25).to(DT).eval()
-    theirs = timm.create_model("resnetrs50", num_classes=5, channels=(16, 32, 64, 128),
-                               stem_width=8).to(DT).eval()
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs = (
+        timm.create_model("resnetrs50", num_classes=5, channels=(16, 32, 64, 128), stem_width=8)
+        .to(DT)
+        .eval()
+    )
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 3, 64, 64, dtype=DT)
     with torch.no_grad():
@@ -35,9 +40,17 @@ def test_resnet_rs50_equals_timm_resnetrs50():
 def test_structure_se_resnet_d_zero_init():
     model = build_resnet_rs(50)
     stem = [m for m in model.conv1 if isinstance(m, nn.Conv2d)]
-    assert [(c.kernel_size, c.out_channels) for c in stem] == [((3, 3), 32), ((3, 3), 32), ((3, 3), 64)]
+    assert [(c.kernel_size, c.out_channels) for c in stem] == [
+        ((3, 3), 32),
+        ((3, 3), 32),
+        ((3, 3), 64),
+    ]
     pool_conv = model.maxpool[0]
-    assert isinstance(pool_conv, nn.Conv2d) and pool_conv.stride == (2, 2) and pool_conv.kernel_size == (3, 3)
+    assert (
+        isinstance(pool_conv, nn.Conv2d)
+        and pool_conv.stride == (2, 2)
+        and pool_conv.kernel_size == (3, 3)
+    )
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     for stage in (model.layer2, model.layer3, model.layer4):
         assert isinstance(stage[0].downsample[0], nn.AvgPool2d)  # avg-pool then 1x1 shortcut
@@ -51,8 +64,11 @@ def test_structure_se_resnet_d_zero_init():
 def test_stochastic_depth_per_stage_schedule():
     assert stage_drop_path_rates(0.1) == pytest.approx([0.04, 0.06, 0.08, 0.10])
     model = reparam.create_model("resnet_rs_tiny", num_classes=3, drop_path_rate=0.1)
-    rates = [block.drop_path.drop_prob for stage in (model.layer1, model.layer2, model.layer3, model.layer4)
-             for block in stage]
+    rates = [
+        block.drop_path.drop_prob
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4)
+        for block in stage
+    ]
     assert rates == pytest.approx([0.04, 0.06, 0.08, 0.10])
     off = reparam.create_model("resnet_rs_tiny", num_classes=3)
     assert all(block.drop_path is None for block in off.layer1)
@@ -70,7 +86,9 @@ def test_drop_is_random_in_train_and_off_in_eval(kwargs):
     model.eval()
     assert torch.equal(model(x), model(x))
     plain = reparam.create_model("resnet_rs_tiny", num_classes=4).to(DT).train()
-    assert torch.equal(plain(x), plain(x))  # nothing random when off (train-mode BN is deterministic)
+    assert torch.equal(
+        plain(x), plain(x)
+    )  # nothing random when off (train-mode BN is deterministic)
 
 
 def test_tiny_trains_at_32px_and_width_scaling():

@@ -13,8 +13,9 @@ def test_fused_a0_matches_timm_reparameterized_a0():
     gen = torch.Generator().manual_seed(1)
     theirs = timm.create_model("repvgg_a0", num_classes=10).double()
     randomize_batchnorm_(theirs, gen).eval()
-    ours = load_timm_repvgg_state(reparam.create_model("repvgg_a0", num_classes=10).double(),
-                                  theirs.state_dict()).eval()
+    ours = load_timm_repvgg_state(
+        reparam.create_model("repvgg_a0", num_classes=10).double(), theirs.state_dict()
+    ).eval()
     x = torch.randn(2, 3, 37, 37, dtype=torch.float64, generator=gen)
     with torch.no_grad():
         unfused = theirs(x)

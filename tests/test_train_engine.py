@@ -18,8 +18,17 @@ from reparam.train import engine as engine_module
 
 def tiny_config(tmp_path, name="run", **overrides) -> TrainConfig:
     """4 steps per epoch of a ResNet-RS-tiny on 64 random 16x16 images (seconds on one core)."""
-    values = dict(model="resnet_rs_tiny", data="synthetic:80", image_size=16, epochs=2, batch_size=16,
-                  crop_padding=0, workers=0, threads=1, out=str(tmp_path / name))
+    values = dict(
+        model="resnet_rs_tiny",
+        data="synthetic:80",
+        image_size=16,
+        epochs=2,
+        batch_size=16,
+        crop_padding=0,
+        workers=0,
+        threads=1,
+        out=str(tmp_path / name),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -29,8 +38,14 @@ def test_run_folder_contents(tmp_path):
     metrics = fit(config, progress=False)
     out = tmp_path / "run"
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "metrics.json", "log.csv", "last.safetensors", "last.state.pt",
-            "best.safetensors"} <= names
+    assert {
+        "config.json",
+        "metrics.json",
+        "log.csv",
+        "last.safetensors",
+        "last.state.pt",
+        "best.safetensors",
+    } <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     assert not any(n.endswith(".tmp") for n in names)
 
@@ -62,7 +77,9 @@ def test_run_folder_contents(tmp_path):
 
 def test_refuses_to_overwrite_a_run(tmp_path):
     metrics = fit(tiny_config(tmp_path, epochs=1), progress=False)
-    assert "top1_ema" not in metrics and load_state(tmp_path / "run" / "last.state.pt")["ema"] is None
+    assert (
+        "top1_ema" not in metrics and load_state(tmp_path / "run" / "last.state.pt")["ema"] is None
+    )
     with pytest.raises(TrainingError, match="--resume"):
         fit(tiny_config(tmp_path, epochs=1), progress=False)
 
@@ -118,9 +135,28 @@ def test_sigterm_saves_and_returns(tmp_path):
 
 def test_cli_train_json_and_resume_flags(tmp_path, capsys):
     out = tmp_path / "cli"
-    argv = ["train", "--model", "resnet_rs_tiny", "--data", "synthetic:80", "--image-size", "16",
-            "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", str(out),
-            "--set", "crop_padding=0", "--ema", "--no-progress", "--json"]
+    argv = [
+        "train",
+        "--model",
+        "resnet_rs_tiny",
+        "--data",
+        "synthetic:80",
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--set",
+        "crop_padding=0",
+        "--ema",
+        "--no-progress",
+        "--json",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "top1_ema" in json.loads(printed[0])

@@ -17,15 +17,29 @@ from reparam.train.setup import build_data, build_ema, build_model, build_schedu
 
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(model="resnet_rs_tiny", data="synthetic:80", image_size=16, epochs=1, batch_size=16,
-                  crop_padding=0, workers=0, threads=1, out=str(tmp_path / "run"))
+    values = dict(
+        model="resnet_rs_tiny",
+        data="synthetic:80",
+        image_size=16,
+        epochs=1,
+        batch_size=16,
+        crop_padding=0,
+        workers=0,
+        threads=1,
+        out=str(tmp_path / "run"),
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
 
 def bn_free_net(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
 
 
 @pytest.fixture
@@ -69,8 +83,12 @@ def test_randaugment_flip_crop_change_the_image_only_when_on():
 def test_weight_decay_exemption_rules():
     model = reparam.create_model("resnet_rs_tiny", num_classes=3)
     params = dict(model.named_parameters())
-    bn_names = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.BatchNorm2d)
-                for p, _ in mod.named_parameters(recurse=False)}
+    bn_names = {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, nn.BatchNorm2d)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
     one_d = {n for n, p in params.items() if p.ndim <= 1}
     assert bn_names < one_d  # SE and fc biases are 1-D but not BN
 
@@ -86,7 +104,11 @@ def test_weight_decay_exemption_rules():
 def test_optimizer_choice_and_repopt_hook():
     model = reparam.create_model("resnet_rs_tiny", num_classes=3)
     sgd = create_optimizer(model, TrainConfig(nesterov=True, lr=0.3))
-    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["lr"] == 0.3
+    assert (
+        type(sgd) is torch.optim.SGD
+        and sgd.param_groups[0]["nesterov"]
+        and sgd.param_groups[0]["lr"] == 0.3
+    )
     adamw = create_optimizer(model, TrainConfig(optimizer="adamw", betas=(0.8, 0.9)))
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.8, 0.9)
     optim = pytest.importorskip("reparam.optim")
@@ -94,13 +116,16 @@ def test_optimizer_choice_and_repopt_hook():
     assert optim.grad_mults(repopt)
     assert isinstance(create_optimizer(repopt, TrainConfig()), optim.RepOptSGD)
     assert isinstance(create_optimizer(repopt, TrainConfig(optimizer="adamw")), optim.RepOptAdamW)
-    assert type(create_optimizer(repopt, TrainConfig(grad_mult=False))) is torch.optim.SGD  # ablation
+    assert (
+        type(create_optimizer(repopt, TrainConfig(grad_mult=False))) is torch.optim.SGD
+    )  # ablation
 
 
 def test_dropout_and_drop_path_reach_the_model_only_when_set():
     cpu = torch.device("cpu")
-    model = build_model(TrainConfig(model="resnet_rs_tiny", num_classes=3, drop_rate=0.3,
-                                    drop_path_rate=0.1), cpu)
+    model = build_model(
+        TrainConfig(model="resnet_rs_tiny", num_classes=3, drop_rate=0.3, drop_path_rate=0.1), cpu
+    )
     assert model.drop_rate == 0.3 and model.layer4[0].drop_path.drop_prob == pytest.approx(0.1)
     plain = build_model(TrainConfig(model="resnet_rs_tiny", num_classes=3), cpu)
     assert plain.drop_rate == 0.0 and plain.layer4[0].drop_path is None
@@ -121,7 +146,9 @@ def test_ema_tracks_weights_and_buffers_only_when_on():
     ema.update(model, step=10)
     got = ema.module.state_dict()
     torch.testing.assert_close(got["fc.weight"], start["fc.weight"] + 0.5, rtol=0, atol=1e-6)
-    torch.testing.assert_close(got["bn1.running_mean"], start["bn1.running_mean"] + 1.0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        got["bn1.running_mean"], start["bn1.running_mean"] + 1.0, rtol=0, atol=1e-6
+    )
 
 
 def test_cosine_schedule_with_linear_warmup_per_iteration():
@@ -144,7 +171,10 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, swap_model):
     results = []
     for accum in (1, 2, 4):
         built = swap_model(lambda: bn_free_net())
-        fit(tiny_config(tmp_path, accum_steps=accum, out=str(tmp_path / f"a{accum}")), progress=False)
+        fit(
+            tiny_config(tmp_path, accum_steps=accum, out=str(tmp_path / f"a{accum}")),
+            progress=False,
+        )
         results.append(load_weights(tmp_path / f"a{accum}" / "last.safetensors"))
         assert not torch.equal(results[-1]["4.weight"], built[0][1]["4.weight"])
     for other in results[1:]:
@@ -156,8 +186,16 @@ def test_grad_clip_bounds_the_first_update(tmp_path, swap_model):
     moves = {}
     for clip in (None, 1e-6):
         built = swap_model(lambda: bn_free_net())
-        config = tiny_config(tmp_path, grad_clip=clip, lr=1.0, warmup_epochs=0, momentum=0.0,
-                             weight_decay=0.0, stop_after_steps=1, out=str(tmp_path / f"c{clip}"))
+        config = tiny_config(
+            tmp_path,
+            grad_clip=clip,
+            lr=1.0,
+            warmup_epochs=0,
+            momentum=0.0,
+            weight_decay=0.0,
+            stop_after_steps=1,
+            out=str(tmp_path / f"c{clip}"),
+        )
         fit(config, progress=False)
         after, before = load_weights(tmp_path / f"c{clip}" / "last.safetensors"), built[0][1]
         moves[clip] = math.sqrt(sum(((after[k] - before[k]) ** 2).sum().item() for k in after))
@@ -171,30 +209,64 @@ def test_amp_and_channels_last_switch_independently(tmp_path, swap_model):
 
         def factory(record=record):
             net = bn_free_net()
-            net[0].register_forward_hook(lambda m, a, o: record.update(
-                dtype=o.dtype, input_cl=not a[0].is_contiguous(),
-                weight_cl=not m.weight.is_contiguous()) if m.training else None)
+            net[0].register_forward_hook(
+                lambda m, a, o: (
+                    record.update(
+                        dtype=o.dtype,
+                        input_cl=not a[0].is_contiguous(),
+                        weight_cl=not m.weight.is_contiguous(),
+                    )
+                    if m.training
+                    else None
+                )
+            )
             return net
 
         swap_model(factory)
-        fit(tiny_config(tmp_path, amp=amp, channels_last=channels_last, stop_after_steps=1,
-                        out=str(tmp_path / f"{amp}{channels_last}")), progress=False)
+        fit(
+            tiny_config(
+                tmp_path,
+                amp=amp,
+                channels_last=channels_last,
+                stop_after_steps=1,
+                out=str(tmp_path / f"{amp}{channels_last}"),
+            ),
+            progress=False,
+        )
         seen[(amp, channels_last)] = (record["dtype"], record["input_cl"], record["weight_cl"])
-    assert seen == {(False, False): (torch.float32, False, False),
-                    (True, False): (torch.bfloat16, False, False),
-                    (False, True): (torch.float32, True, True)}
+    assert seen == {
+        (False, False): (torch.float32, False, False),
+        (True, False): (torch.bfloat16, False, False),
+        (False, True): (torch.float32, True, True),
+    }
 
 
 def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
     from reparam.models import annealed
 
     model = reparam.create_model("reducenet20", num_classes=10)
-    assert lambda_schedule(reparam.create_model("resnet_rs_tiny", num_classes=3), TrainConfig()) is None
+    assert (
+        lambda_schedule(reparam.create_model("resnet_rs_tiny", num_classes=3), TrainConfig())
+        is None
+    )
     schedule = lambda_schedule(model, TrainConfig(anneal_kind="cosine", anneal_fraction=0.5))
     assert schedule == annealed.LambdaSchedule(kind="cosine", fraction=0.5, per="iteration")
-    fit(tiny_config(tmp_path, model="reducenet20", anneal_kind="cosine", anneal_fraction=0.5,
-                    epochs=2, stop_after_steps=3), progress=False)
-    lams = [v for k, v in load_weights(tmp_path / "run" / "last.safetensors").items() if k.endswith("lam")]
+    fit(
+        tiny_config(
+            tmp_path,
+            model="reducenet20",
+            anneal_kind="cosine",
+            anneal_fraction=0.5,
+            epochs=2,
+            stop_after_steps=3,
+        ),
+        progress=False,
+    )
+    lams = [
+        v
+        for k, v in load_weights(tmp_path / "run" / "last.safetensors").items()
+        if k.endswith("lam")
+    ]
     # lambda was set before steps 0, 1, 2 of 8; the last value is the one saved
     assert lams and all(v.item() == pytest.approx(schedule.value(2, 8, 4)) for v in lams)
     assert schedule.value(2, 8, 4) == pytest.approx(0.75)

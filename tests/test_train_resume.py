@@ -10,10 +10,24 @@ from reparam.train import TrainConfig, fit
 
 # every RNG consumer on: RandAugment + padded crop + flip (python/numpy/torch RNG), dropout,
 # stochastic depth (torch RNG), EMA, warmup + cosine, momentum
-RECIPE = dict(model="resnet_rs_tiny", data="synthetic:80", image_size=16, epochs=3, batch_size=16,
-              randaugment="rand-m9-n2-mmax10", hflip=True, crop_padding=2, drop_rate=0.25,
-              drop_path_rate=0.2, ema=True, ema_decay=0.9, warmup_epochs=1.0, workers=0, threads=1,
-              seed=7)
+RECIPE = dict(
+    model="resnet_rs_tiny",
+    data="synthetic:80",
+    image_size=16,
+    epochs=3,
+    batch_size=16,
+    randaugment="rand-m9-n2-mmax10",
+    hflip=True,
+    crop_padding=2,
+    drop_rate=0.25,
+    drop_path_rate=0.2,
+    ema=True,
+    ema_decay=0.9,
+    warmup_epochs=1.0,
+    workers=0,
+    threads=1,
+    seed=7,
+)
 
 
 def run_folder_state(out):
@@ -46,8 +60,10 @@ def uninterrupted(tmp_path_factory):
 def test_interrupted_then_resumed_is_bit_identical(tmp_path, uninterrupted, stops):
     out = tmp_path / "run"
     for index, budget in enumerate(stops):
-        result = fit(TrainConfig(**RECIPE, out=str(out), resume=index > 0, stop_after_steps=budget),
-                     progress=False)
+        result = fit(
+            TrainConfig(**RECIPE, out=str(out), resume=index > 0, stop_after_steps=budget),
+            progress=False,
+        )
         assert result["interrupted"]
     assert load_state(out / "last.state.pt")["global_step"] == sum(stops)
     fit(TrainConfig(**RECIPE, out=str(out), resume=True), progress=False)

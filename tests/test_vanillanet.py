@@ -24,7 +24,6 @@ DT = torch.float64
 TOL = 1e-10
 
 
-
 def ready(model, seed=0):
     model = model.double()
     gen = torch.Generator().manual_seed(seed)
@@ -40,7 +39,8 @@ def ready(model, seed=0):
 
 def test_all_depths_registered_with_official_widths():
     assert {f"vanillanet_{d}" for d in range(5, 14)} == {
-        n for n in list_models() if n.startswith("vanillanet_")}
+        n for n in list_models() if n.startswith("vanillanet_")
+    }
     assert VANILLANET_ARCHS[5] == ((512, 1024, 2048, 4096), (2, 2, 2))
     assert VANILLANET_ARCHS[13][0] == (512, 512, 1024) + (2048,) * 7 + (4096, 4096)
     for depth, (dims, strides) in VANILLANET_ARCHS.items():
@@ -55,9 +55,11 @@ def test_fuses_to_depth_layers_at_32px(depth):
     model = ready(create_model(f"vanillanet_{depth}", num_classes=10, width_multiplier=1 / 64))
     model = model.float()
     fused = reparameterize(model)
-    main_path = [m for m in fused.modules()
-                 if isinstance(m, (nn.Conv2d, nn.Linear)) and not (
-                     isinstance(m, nn.Conv2d) and m.groups > 1)]  # series activations excluded
+    main_path = [
+        m
+        for m in fused.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not (isinstance(m, nn.Conv2d) and m.groups > 1)
+    ]  # series activations excluded
     assert len(main_path) == depth
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -67,8 +69,12 @@ def test_fuses_to_depth_layers_at_32px(depth):
 
 @settings(max_examples=20, deadline=None)
 @given(
-    in_ch=st.integers(1, 6), out_ch=st.integers(1, 6), stride=st.integers(1, 2),
-    act_num=st.integers(0, 3), size=st.integers(1, 11), seed=st.integers(0, 2**16),
+    in_ch=st.integers(1, 6),
+    out_ch=st.integers(1, 6),
+    stride=st.integers(1, 2),
+    act_num=st.integers(0, 3),
+    size=st.integers(1, 11),
+    seed=st.integers(0, 2**16),
 )
 def test_block_fuses_exactly(in_ch, out_ch, stride, act_num, size, seed):
     torch.manual_seed(seed)
@@ -99,8 +105,9 @@ def test_deploy_form_structure():
     assert list(dict(block.named_children())) == ["conv", "pool", "series"]
     assert isinstance(block.series.act, nn.ReLU) and block.series.conv.kernel_size == (7, 7)
     assert isinstance(fused.head.fc, nn.Linear)
-    assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, SeriesActivation))
-                   for m in fused.modules())
+    assert not any(
+        isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, SeriesActivation)) for m in fused.modules()
+    )
 
 
 def test_fusing_below_lambda_one_is_an_error():

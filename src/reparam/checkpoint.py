@@ -70,8 +70,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
-                 metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write a state dict as safetensors, atomically (tensors made contiguous, no shared storage)."""
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
@@ -104,7 +107,9 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot load training state safely ({err})") from None
 
 
-def load_model(source: str | os.PathLike, weights: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    source: str | os.PathLike, weights: str = "best"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a run folder (or a ``.safetensors`` file inside one).
 
     ``weights`` picks ``best`` or ``last`` when ``source`` is a folder (``best`` falls back to
@@ -125,7 +130,9 @@ def load_model(source: str | os.PathLike, weights: str = "best") -> tuple[nn.Mod
     for key in ("model", "num_classes"):
         if key not in config:
             raise CheckpointError(f"{run_dir / 'config.json'}: missing key {key!r}")
-    model = create_model(config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {}))
+    model = create_model(
+        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
+    )
     state = load_weights(weights_path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

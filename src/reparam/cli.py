@@ -47,7 +47,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reparam", description="Re-parameterized vision backbones: train, fuse, export, measure."
+        prog="reparam",
+        description="Re-parameterized vision backbones: train, fuse, export, measure.",
     )
     parser.add_argument("--version", action="version", version=f"reparam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -60,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         summary = (module.__doc__ or name).strip().splitlines()[0]
-        command = sub.add_parser(name, help=summary, description=module.__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

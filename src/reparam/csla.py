@@ -147,7 +147,10 @@ def _padded(weight: Tensor, spec: CSLASpec) -> Tensor:
 
 
 def grad_mult(
-    spec: CSLASpec, power: int = 2, *, dtype: torch.dtype = torch.float32,
+    spec: CSLASpec,
+    power: int = 2,
+    *,
+    dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """The gradient mask ``M = sum_i |a_i|^power (.) pad(1_{k_i})`` (+1 on the trainable
@@ -159,10 +162,13 @@ def grad_mult(
             footprint = torch.ones(1, 1, dtype=dtype, device=device)
         else:
             size = branch.kernel_size
-            footprint = pad_kernel(torch.ones(1, 1, size, size, dtype=dtype, device=device),
-                                   spec.kernel_size)
-        small = small + _per_channel(branch.scale, spec, small, f"branch {i}").abs() ** power \
-            * footprint
+            footprint = pad_kernel(
+                torch.ones(1, 1, size, size, dtype=dtype, device=device), spec.kernel_size
+            )
+        small = (
+            small
+            + _per_channel(branch.scale, spec, small, f"branch {i}").abs() ** power * footprint
+        )
     mask = small.expand(spec.weight_shape).contiguous()
     if spec.identity is not None:
         mask += _identity(spec, mask)
@@ -180,8 +186,13 @@ def equivalent_weight(
         raise ValueError(f"expected {len(spec.branches)} branch weights, got {len(branch_weights)}")
     if not branch_weights and spec.identity is None:
         raise ValueError("equivalent_weight: nothing to sum")
-    like = branch_weights[0] if branch_weights else torch.as_tensor(
-        spec.identity if identity_scale is None else identity_scale, dtype=torch.float32)
+    like = (
+        branch_weights[0]
+        if branch_weights
+        else torch.as_tensor(
+            spec.identity if identity_scale is None else identity_scale, dtype=torch.float32
+        )
+    )
     weight: Tensor | None = None
     for i, (branch, w) in enumerate(zip(spec.branches, branch_weights)):
         if tuple(w.shape) != spec.branch_shape(branch):
@@ -202,7 +213,10 @@ def equivalent_weight(
 
 
 def init_weight(
-    spec: CSLASpec, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+    spec: CSLASpec,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Paper eq. 14: ``W'0 = sum_i a_i (.) pad(W_i0) + s_id0 (.) I`` with each ``W_i0`` freshly
@@ -262,12 +276,21 @@ class CSLABlock(nn.Module):
         self.branches = nn.ModuleList()
         for i, branch in enumerate(spec.branches):
             if spec.kernel_size is None:
-                layer: nn.Module = nn.Linear(spec.in_channels, spec.out_channels, bias=False,
-                                             dtype=dtype)
+                layer: nn.Module = nn.Linear(
+                    spec.in_channels, spec.out_channels, bias=False, dtype=dtype
+                )
             else:
                 k = branch.kernel_size
-                layer = nn.Conv2d(spec.in_channels, spec.out_channels, k, stride, k // 2,
-                                  groups=spec.groups, bias=False, dtype=dtype)
+                layer = nn.Conv2d(
+                    spec.in_channels,
+                    spec.out_channels,
+                    k,
+                    stride,
+                    k // 2,
+                    groups=spec.groups,
+                    bias=False,
+                    dtype=dtype,
+                )
             self.branches.append(layer)
             self.register_buffer(f"scale{i}", _as_vector(branch.scale, spec, f"branch {i}", dtype))
         if spec.identity is not None:
@@ -279,23 +302,28 @@ class CSLABlock(nn.Module):
         return scale if self.spec.kernel_size is None else scale.reshape(1, -1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = sum(self._view(getattr(self, f"scale{i}")) * layer(x)
-                for i, layer in enumerate(self.branches))
+        y = sum(
+            self._view(getattr(self, f"scale{i}")) * layer(x)
+            for i, layer in enumerate(self.branches)
+        )
         if self.identity_scale is not None:
             y = y + self._view(self.identity_scale) * x
         return y
 
     def current_spec(self) -> CSLASpec:
         """The spec with this block's scale buffers (as they are now: dtype, device, values)."""
-        branches = tuple(replace(b, scale=getattr(self, f"scale{i}").detach())
-                         for i, b in enumerate(self.spec.branches))
+        branches = tuple(
+            replace(b, scale=getattr(self, f"scale{i}").detach())
+            for i, b in enumerate(self.spec.branches)
+        )
         identity = None if self.identity_scale is None else self.identity_scale.detach()
         return replace(self.spec, branches=branches, identity=identity)
 
     def equivalent_weight(self) -> Tensor:
         """The single layer's weight equal to this block now."""
-        return equivalent_weight(self.current_spec(), [b.weight for b in self.branches],
-                                 self.identity_scale)
+        return equivalent_weight(
+            self.current_spec(), [b.weight for b in self.branches], self.identity_scale
+        )
 
     def to_target(self) -> nn.Module:
         """A single ``nn.Conv2d`` / ``nn.Linear`` holding :meth:`equivalent_weight`, with the
@@ -303,13 +331,26 @@ class CSLABlock(nn.Module):
         weight = self.equivalent_weight().detach()
         spec = self.spec
         if spec.kernel_size is None:
-            layer: nn.Module = nn.Linear(spec.in_channels, spec.out_channels, bias=False,
-                                         dtype=weight.dtype, device=weight.device)
+            layer: nn.Module = nn.Linear(
+                spec.in_channels,
+                spec.out_channels,
+                bias=False,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
         else:
             k = spec.kernel_size
-            layer = nn.Conv2d(spec.in_channels, spec.out_channels, k, self.stride, k // 2,
-                              groups=spec.groups, bias=False, dtype=weight.dtype,
-                              device=weight.device)
+            layer = nn.Conv2d(
+                spec.in_channels,
+                spec.out_channels,
+                k,
+                self.stride,
+                k // 2,
+                groups=spec.groups,
+                bias=False,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
         layer.weight.data.copy_(weight)
         current = self.current_spec()
         branches = tuple(replace(b, scale=b.scale.clone()) for b in current.branches)

@@ -87,18 +87,28 @@ def _from_official(scales: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def save_scale_file(
-    path: str | os.PathLike, scales: Mapping[str, Tensor], *, model: str, data: str = "",
-    epochs: int | None = None, seed: int | None = None, top1: float | None = None,
+    path: str | os.PathLike,
+    scales: Mapping[str, Tensor],
+    *,
+    model: str,
+    data: str = "",
+    epochs: int | None = None,
+    seed: int | None = None,
+    top1: float | None = None,
 ) -> None:
     """Write a scale file (atomic) with metadata ``model`` (target name), ``data``, ``epochs``,
     ``seed``, ``top1`` (empty string when unknown)."""
     bad = sorted(k for k, v in scales.items() if not torch.isfinite(v).all())
     if bad:
         raise ScaleError(f"refusing to save non-finite scales: {bad[:5]}")
-    metadata = {"format": FORMAT, "model": target_model_name(model), "data": data,
-                "epochs": "" if epochs is None else str(epochs),
-                "seed": "" if seed is None else str(seed),
-                "top1": "" if top1 is None else repr(float(top1))}
+    metadata = {
+        "format": FORMAT,
+        "model": target_model_name(model),
+        "data": data,
+        "epochs": "" if epochs is None else str(epochs),
+        "seed": "" if seed is None else str(seed),
+        "top1": "" if top1 is None else repr(float(top1)),
+    }
     save_weights({k: v.to(torch.float32) for k, v in scales.items()}, path, metadata=metadata)
 
 
@@ -110,13 +120,16 @@ def read_scale_file(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
     if metadata.get("format") != FORMAT:
-        raise ScaleError(f"{path}: not a reparam scale file (metadata format "
-                         f"{metadata.get('format')!r}, expected {FORMAT!r})")
+        raise ScaleError(
+            f"{path}: not a reparam scale file (metadata format "
+            f"{metadata.get('format')!r}, expected {FORMAT!r})"
+        )
     return scales, metadata
 
 
-def read_scales(source: str | os.PathLike | Mapping[str, Tensor],
-                model: str | None = None) -> dict[str, Tensor]:
+def read_scales(
+    source: str | os.PathLike | Mapping[str, Tensor], model: str | None = None
+) -> dict[str, Tensor]:
     """Scales from our ``.safetensors`` file, an official ``.pth`` file or a dict, renamed to our
     keys. With ``model`` given, a scale file made for another model is refused."""
     if isinstance(source, Mapping):
@@ -128,8 +141,9 @@ def read_scales(source: str | os.PathLike | Mapping[str, Tensor],
         scales, metadata = read_scale_file(path)
         made_for = metadata.get("model", "")
         if model is not None and made_for and made_for != target_model_name(model):
-            raise ScaleError(f"{path}: scales were searched for {made_for!r}, "
-                             f"not {target_model_name(model)!r}")
+            raise ScaleError(
+                f"{path}: scales were searched for {made_for!r}, not {target_model_name(model)!r}"
+            )
         return scales
     try:
         loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,13 +160,23 @@ def apply_scales(model: nn.Module, scales: Mapping[str, Tensor], source: str = "
     live = model_scales(model)
     missing = sorted(set(live) - set(scales))
     unexpected = sorted(set(scales) - set(live))
-    shapes = sorted(f"{k} {tuple(scales[k].shape)} != {tuple(live[k].shape)}"
-                    for k in set(live) & set(scales) if scales[k].shape != live[k].shape)
+    shapes = sorted(
+        f"{k} {tuple(scales[k].shape)} != {tuple(live[k].shape)}"
+        for k in set(live) & set(scales)
+        if scales[k].shape != live[k].shape
+    )
     bad = sorted(k for k in set(live) & set(scales) if not torch.isfinite(scales[k]).all())
     if missing or unexpected or shapes or bad:
-        parts = [f"{label} ({len(keys)}): {keys[:6]}{' ...' if len(keys) > 6 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                     ("wrong shape", shapes), ("NaN/inf", bad)) if keys]
+        parts = [
+            f"{label} ({len(keys)}): {keys[:6]}{' ...' if len(keys) > 6 else ''}"
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", shapes),
+                ("NaN/inf", bad),
+            )
+            if keys
+        ]
         hint = ""
         if any(k.startswith("module.") for k in unexpected):
             hint = " (keys start with 'module.': saved from a DDP wrapper; strip the prefix)"
@@ -168,10 +192,19 @@ HS_RECIPE: dict[str, Any] = {"weight_decay": 4e-5, "label_smoothing": 0.1, "grad
 
 
 def hyper_search(
-    model: str, data: str, out: str | os.PathLike, *, epochs: int | None = None,
-    batch_size: int | None = None, image_size: int | None = None, seed: int = 0,
-    lr: float | None = None, run_dir: str | os.PathLike | None = None, recipe: str = "basic",
-    overrides: Mapping[str, Any] | None = None, progress: bool = True,
+    model: str,
+    data: str,
+    out: str | os.PathLike,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    lr: float | None = None,
+    run_dir: str | os.PathLike | None = None,
+    recipe: str = "basic",
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train the HS model of ``model`` (``repopt_vgg_a0`` or ``repopt_vgg_a0_hs``) on ``data``
     with ``reparam.train.fit``, then write its final scales to the scale file ``out``.
@@ -192,8 +225,12 @@ def hyper_search(
         known = sorted(m[: -len("_hs")] for m in list_models() if m.endswith("_hs"))
         raise ScaleError(f"no Hyper-Search model for {model!r}; searchable models: {known}")
     values: dict[str, Any] = {**HS_RECIPE, "model": hs_model, "data": data, "seed": seed}
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("image_size", image_size),
-                       ("lr", lr)):
+    for key, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("image_size", image_size),
+        ("lr", lr),
+    ):
         if value is not None:
             values[key] = value
     values.update(overrides or {})
@@ -205,11 +242,26 @@ def hyper_search(
             raise ScaleError("hyper-search interrupted; no scale file written")
         trained, _ = load_model(folder, weights="last")
     scales = extract_scales(trained)
-    save_scale_file(out, scales, model=target, data=data, epochs=metrics["epochs"], seed=seed,
-                    top1=metrics["top1"])
-    return {"scales": str(out), "model": target, "hs_model": hs_model, "data": data,
-            "top1": metrics["top1"], "epochs": metrics["epochs"], "seconds": metrics["seconds"],
-            "seed": seed, "run_dir": None if run_dir is None else str(run_dir)}
+    save_scale_file(
+        out,
+        scales,
+        model=target,
+        data=data,
+        epochs=metrics["epochs"],
+        seed=seed,
+        top1=metrics["top1"],
+    )
+    return {
+        "scales": str(out),
+        "model": target,
+        "hs_model": hs_model,
+        "data": data,
+        "top1": metrics["top1"],
+        "epochs": metrics["epochs"],
+        "seconds": metrics["seconds"],
+        "seed": seed,
+        "run_dir": None if run_dir is None else str(run_dir),
+    }
 
 
 def ablation_overrides(scales: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -221,8 +273,10 @@ def ablation_overrides(scales: str | os.PathLike) -> dict[str, dict[str, Any]]:
         "hs_scales": {"model_kwargs": {"scales": f}},  # HS + new init + grad mult (78.48)
         "no_reinit": {"model_kwargs": {"scales": f, "reinit": False}},  # (77.42)
         "no_grad_mult": {"model_kwargs": {"scales": f}, "grad_mult": False},  # (77.07)
-        "plain": {"model_kwargs": {"scales": "hs_init", "reinit": False},
-                  "grad_mult": False},  # (76.91)
+        "plain": {
+            "model_kwargs": {"scales": "hs_init", "reinit": False},
+            "grad_mult": False,
+        },  # (76.91)
         "all_ones": {"model_kwargs": {"scales": "ones"}},  # (77.59)
         "hs_init_constants": {"model_kwargs": {"scales": "hs_init"}},  # (77.71)
         "channel_averaged": {"model_kwargs": {"scales": f, "channel_average": True}},  # (77.40)
@@ -252,10 +306,12 @@ def identity_variance_ratios(model: nn.Module, images: Tensor) -> dict[str, floa
     ratios: dict[str, float] = {}
     hooks = []
     for name, module in model.named_modules():
+
         def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
             result = parts(mod, args[0])
             if result is not None:
                 ratios[name] = (result[0].var() / result[1].var()).item()
+
         if isinstance(module, RepVGGBlock) or hasattr(module, "identity_variance_parts"):
             hooks.append(module.register_forward_pre_hook(hook))
     was_training = model.training
@@ -268,8 +324,9 @@ def identity_variance_ratios(model: nn.Module, images: Tensor) -> dict[str, floa
     return ratios
 
 
-def plot_identity_variance(results: Mapping[str, Mapping[str, float]],
-                           path: str | os.PathLike) -> Path:
+def plot_identity_variance(
+    results: Mapping[str, Mapping[str, float]], path: str | os.PathLike
+) -> Path:
     """PNG: identity variance ratio per block (x: block order), one line per model label."""
     import matplotlib
 

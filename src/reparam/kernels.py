@@ -41,7 +41,9 @@ class Kernel(NamedTuple):
     bias: Tensor
 
 
-def fold_bn(weight: Tensor, bn: nn.modules.batchnorm._BatchNorm, bias: Tensor | None = None) -> Kernel:
+def fold_bn(
+    weight: Tensor, bn: nn.modules.batchnorm._BatchNorm, bias: Tensor | None = None
+) -> Kernel:
     """Fold an eval-mode BatchNorm that follows a conv into the conv.
 
     ``BN(conv(x)) = conv'(x)`` with ``t = gamma / sqrt(var + eps)``,
@@ -50,7 +52,9 @@ def fold_bn(weight: Tensor, bn: nn.modules.batchnorm._BatchNorm, bias: Tensor | 
     Exact only for BN in eval mode (running statistics); callers check the mode.
     """
     if bn.running_mean is None or bn.running_var is None:
-        raise ValueError("fold_bn needs a BatchNorm with running statistics (track_running_stats=True)")
+        raise ValueError(
+            "fold_bn needs a BatchNorm with running statistics (track_running_stats=True)"
+        )
     mean, var = bn.running_mean, bn.running_var
     gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(mean)
@@ -93,7 +97,9 @@ def identity_kernel(
     if kernel_size % 2 == 0:
         raise ValueError(f"identity kernel needs an odd kernel size, got {kernel_size}")
     in_per_group = channels // groups
-    kernel = torch.zeros(channels, in_per_group, kernel_size, kernel_size, dtype=dtype, device=device)
+    kernel = torch.zeros(
+        channels, in_per_group, kernel_size, kernel_size, dtype=dtype, device=device
+    )
     index = torch.arange(channels, device=kernel.device)
     centre = kernel_size // 2
     kernel[index, index % in_per_group, centre, centre] = 1
@@ -239,8 +245,13 @@ class Composition:
     @property
     def spec(self) -> ConvSpec:
         """The composed conv as a :class:`ConvSpec` (to apply it or compose it further)."""
-        return ConvSpec(Kernel(self.weight, self.bias), self.stride, self.padding, self.groups,
-                        self.padding_mode)
+        return ConvSpec(
+            Kernel(self.weight, self.bias),
+            self.stride,
+            self.padding,
+            self.groups,
+            self.padding_mode,
+        )
 
 
 def _dense(weight: Tensor, groups: int) -> Tensor:

@@ -241,12 +241,18 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
         from .hypersearch import plot_identity_variance
 
         plot = plot_identity_variance(identity_ratios, out_dir / "identity_variance.png")
-        lines += ["## Identity variance ratio per block (RepOpt fig. 4)", "",
-                  "| run | blocks | min | median | max |", "|---|---|---|---|---|"]
+        lines += [
+            "## Identity variance ratio per block (RepOpt fig. 4)",
+            "",
+            "| run | blocks | min | median | max |",
+            "|---|---|---|---|---|",
+        ]
         for name, ratios in identity_ratios.items():
             values = sorted(ratios.values())
-            lines.append(f"| {name} | {len(values)} | {values[0]:.3g} | "
-                         f"{values[len(values) // 2]:.3g} | {values[-1]:.3g} |")
+            lines.append(
+                f"| {name} | {len(values)} | {values[0]:.3g} | "
+                f"{values[len(values) // 2]:.3g} | {values[-1]:.3g} |"
+            )
         lines += ["", f"![identity variance]({plot.name})", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))

@@ -34,7 +34,9 @@ ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="data spec (default digits)")
-    parser.add_argument("--arch", default="a0", help="deploy structure shared by the three (a0, a1, ...)")
+    parser.add_argument(
+        "--arch", default="a0", help="deploy structure shared by the three (a0, a1, ...)"
+    )
     parser.add_argument("--epochs", type=int, default=8, help="epochs per trained model")
     parser.add_argument("--hs-epochs", type=int, default=8, help="Hyper-Search epochs")
     parser.add_argument("--image-size", type=int, default=32)
@@ -45,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @torch.no_grad()
-def _logits(model: torch.nn.Module, dataset, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(
+    model: torch.nn.Module, dataset, batch_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     outputs, labels = [], []
     for images, targets in DataLoader(dataset, batch_size=batch_size):
         outputs.append(model(images))
@@ -85,7 +89,12 @@ def _plot_curves(runs: dict[str, Path], path: Path) -> None:
     for label, run_dir in runs.items():
         with open(run_dir / "log.csv") as f:
             rows = list(csv.DictReader(f))
-        ax.plot([int(r["epoch"]) for r in rows], [float(r["top1"]) for r in rows], marker="o", label=label)
+        ax.plot(
+            [int(r["epoch"]) for r in rows],
+            [float(r["top1"]) for r in rows],
+            marker="o",
+            label=label,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1")
     ax.grid(alpha=0.3)
@@ -134,14 +143,27 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    common = {"data": args.data, "epochs": args.epochs, "image_size": args.image_size,
-              "batch_size": args.batch_size, "seed": args.seed}
+    common = {
+        "data": args.data,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     repopt, repvgg, vgg = (f"{family}_{args.arch}" for family in ARCH_FAMILIES)
 
     print(f"[1/6] Hyper-Search for {repopt} on {args.data}", file=sys.stderr)
     scales = report / f"{repopt}-scales.safetensors"
-    search = hyper_search(repopt, args.data, scales, epochs=args.hs_epochs, batch_size=args.batch_size,
-                          image_size=args.image_size, seed=args.seed, run_dir=out / f"{repopt}_hs")
+    search = hyper_search(
+        repopt,
+        args.data,
+        scales,
+        epochs=args.hs_epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        seed=args.seed,
+        run_dir=out / f"{repopt}_hs",
+    )
 
     runs: dict[str, Path] = {}
     plan = [(repopt, {"scales": str(scales)}, "RepOptSGD"), (repvgg, {}, "SGD"), (vgg, {}, "SGD")]
@@ -149,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
     for step, (name, model_kwargs, _) in enumerate(plan, start=2):
         print(f"[{step}/6] training {name}", file=sys.stderr)
         runs[name] = out / name
-        config = resolve_config("basic", {**common, "model": name, "model_kwargs": model_kwargs,
-                                          "out": str(runs[name])})
+        config = resolve_config(
+            "basic", {**common, "model": name, "model_kwargs": model_kwargs, "out": str(runs[name])}
+        )
         metrics[name] = fit(config)
 
     print("[5/6] fusing, evaluating, plotting", file=sys.stderr)
@@ -164,24 +187,47 @@ def run(args: argparse.Namespace) -> int:
         block_ratios = identity_variance_ratios(forms.pop("model"), probe)
         if block_ratios:  # the plain VGG has no identity path
             ratios[name] = block_ratios
-        rows.append({"name": name, "optimizer": optimizer,
-                     "train_images_per_s": metrics[name]["train_images_per_s"], **forms})
+        rows.append(
+            {
+                "name": name,
+                "optimizer": optimizer,
+                "train_images_per_s": metrics[name]["train_images_per_s"],
+                **forms,
+            }
+        )
     print("[6/6] ONNX export and INT8 quantization (per-tensor MinMax)", file=sys.stderr)
     quant_settings = QuantSettings(granularity="per-tensor", calibration="minmax")
     for row in rows:
-        int8 = deploy(runs[row["name"]], out / "deploy" / row["name"], onnx=True, int8=True,
-                      calib_data=args.data, settings=quant_settings)["int8"]
-        row.update(top1_int8=int8["top1_int8"], output_sqnr_db=int8["output_sqnr_db"],
-                   int8_speedup=int8["speedup"])
+        int8 = deploy(
+            runs[row["name"]],
+            out / "deploy" / row["name"],
+            onnx=True,
+            int8=True,
+            calib_data=args.data,
+            settings=quant_settings,
+        )["int8"]
+        row.update(
+            top1_int8=int8["top1_int8"],
+            output_sqnr_db=int8["output_sqnr_db"],
+            int8_speedup=int8["speedup"],
+        )
     plot_identity_variance(ratios, report / "identity_variance.png")
     _plot_curves(runs, report / "val_top1.png")
 
-    settings = {**common, "arch": args.arch, "hs_epochs": args.hs_epochs,
-                "int8": asdict(quant_settings),
-                "command": " ".join(["reparam", *sys.argv[1:]])}
-    summary = {"settings": settings, "hypersearch": {k: search[k] for k in ("top1", "epochs", "seconds")},
-               "models": rows, "identity_variance": ratios,
-               "seconds": time.perf_counter() - started}
+    settings = {
+        **common,
+        "arch": args.arch,
+        "hs_epochs": args.hs_epochs,
+        "int8": asdict(quant_settings),
+        "command": " ".join(["reparam", *sys.argv[1:]]),
+    }
+    summary = {
+        "settings": settings,
+        "hypersearch": {k: search[k] for k in ("top1", "epochs", "seconds")},
+        "models": rows,
+        "identity_variance": ratios,
+        "seconds": time.perf_counter() - started,
+    }
     write_json(summary, report / "summary.json")
     table = _markdown(rows, settings)
     (report / "summary.md").write_text(table)
@@ -189,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(table)
-        print(f"report: {report}/ (summary.md, summary.json, identity_variance.png, val_top1.png); "
-              f"{summary['seconds']:.0f} s in all")
+        print(
+            f"report: {report}/ (summary.md, summary.json, identity_variance.png, val_top1.png); "
+            f"{summary['seconds']:.0f} s in all"
+        )
     return 0

@@ -20,20 +20,34 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="RepOpt-VGG model (repopt_vgg_a0 ... repopt_vgg_l2) or its _hs model")
-    parser.add_argument("--data", default="digits",
-                        help="digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="RepOpt-VGG model (repopt_vgg_a0 ... repopt_vgg_l2) or its _hs model",
+    )
+    parser.add_argument(
+        "--data",
+        default="digits",
+        help="digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="HS training epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="absolute learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", default="basic", help="training preset or recipe file")
-    parser.add_argument("--out", default=None, metavar="FILE",
-                        help="scale file to write (default scales/<model>-<data>.safetensors)")
-    parser.add_argument("--run-dir", default=None, metavar="DIR",
-                        help="keep the HS run folder here (default: temporary, deleted)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="scale file to write (default scales/<model>-<data>.safetensors)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the HS run folder here (default: temporary, deleted)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -45,21 +59,33 @@ def run(args: argparse.Namespace) -> int:
     from ..hypersearch import hyper_search, target_model_name
     from ..train import RecipeError, TrainingError
 
-    out = args.out or str(Path("scales") / (f"{target_model_name(args.model)}-"
-                                            f"{args.data.split(':')[0]}.safetensors"))
+    out = args.out or str(
+        Path("scales") / (f"{target_model_name(args.model)}-{args.data.split(':')[0]}.safetensors")
+    )
     try:
         summary = hyper_search(
-            args.model, args.data, out, epochs=args.epochs, batch_size=args.batch_size,
-            image_size=args.image_size, seed=args.seed, lr=args.lr, run_dir=args.run_dir,
-            recipe=args.recipe, progress=not args.no_progress,
+            args.model,
+            args.data,
+            out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            seed=args.seed,
+            lr=args.lr,
+            run_dir=args.run_dir,
+            recipe=args.recipe,
+            progress=not args.no_progress,
         )
     except (RecipeError, TrainingError) as err:
         raise UserError(str(err)) from None
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        print(f"{summary['hs_model']} on {summary['data']}: top1 {summary['top1']:.4f} after "
-              f"{summary['epochs']} epochs ({summary['seconds']:.0f} s); scales written to "
-              f"{summary['scales']} (use: reparam train --model {summary['model']} "
-              f"--scales {summary['scales']})", file=sys.stderr)
+        print(
+            f"{summary['hs_model']} on {summary['data']}: top1 {summary['top1']:.4f} after "
+            f"{summary['epochs']} epochs ({summary['seconds']:.0f} s); scales written to "
+            f"{summary['scales']} (use: reparam train --model {summary['model']} "
+            f"--scales {summary['scales']})",
+            file=sys.stderr,
+        )
     return 0

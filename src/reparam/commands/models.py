@@ -14,10 +14,16 @@ from tqdm import tqdm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'repvgg_*'")
-    parser.add_argument("--image-size", type=int, default=224, help="input size for MACs (default 224)")
+    parser.add_argument(
+        "pattern", nargs="?", default="*", help="shell-style filter, e.g. 'repvgg_*'"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="input size for MACs (default 224)"
+    )
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--names-only", action="store_true", help="list names without building models")
+    parser.add_argument(
+        "--names-only", action="store_true", help="list names without building models"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -43,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if args.names_only:
         rows = [{"model": n} for n in names]
     else:
-        rows = [model_row(n, args.image_size, args.num_classes)
-                for n in tqdm(names, desc="models", disable=args.json or len(names) < 4)]
+        rows = [
+            model_row(n, args.image_size, args.num_classes)
+            for n in tqdm(names, desc="models", disable=args.json or len(names) < 4)
+        ]
     if args.json:
-        print(json.dumps({"image_size": args.image_size, "num_classes": args.num_classes, "models": rows}))
+        print(
+            json.dumps(
+                {"image_size": args.image_size, "num_classes": args.num_classes, "models": rows}
+            )
+        )
         return 0
     if args.names_only:
         print("\n".join(names))
@@ -58,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
     def giga(value: int) -> str:
         return f"{value / 1e9:.3f}G"
 
-    print(f"{'model':<24} {'params':>9} {'MACs':>9} {'fused params':>13} {'fused MACs':>11}   @ {args.image_size}px")
+    print(
+        f"{'model':<24} {'params':>9} {'MACs':>9} {'fused params':>13} {'fused MACs':>11}   @ {args.image_size}px"
+    )
     for r in rows:
-        print(f"{r['model']:<24} {millions(r['params']):>9} {giga(r['macs']):>9} "
-              f"{millions(r['fused_params']):>13} {giga(r['fused_macs']):>11}")
+        print(
+            f"{r['model']:<24} {millions(r['params']):>9} {giga(r['macs']):>9} "
+            f"{millions(r['fused_params']):>13} {giga(r['fused_macs']):>11}"
+        )
     return 0

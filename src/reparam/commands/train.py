@@ -57,17 +57,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, dest, kind, help_text in _FLAGS:
         parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_text)
     for name, help_text in _SWITCHES:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
-                            action=argparse.BooleanOptionalAction, help=help_text)
-    parser.add_argument("--scales", default=None, metavar="FILE",
-                        help="RepOpt scales file, passed as model_kwargs['scales']")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe field (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from last.state.pt (its config.json is reused)")
-    parser.add_argument("--list-recipes", action="store_true", help="print the presets as JSON and exit")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=argparse.SUPPRESS,
+            action=argparse.BooleanOptionalAction,
+            help=help_text,
+        )
+    parser.add_argument(
+        "--scales",
+        default=None,
+        metavar="FILE",
+        help="RepOpt scales file, passed as model_kwargs['scales']",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe field (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from last.state.pt (its config.json is reused)",
+    )
+    parser.add_argument(
+        "--list-recipes", action="store_true", help="print the presets as JSON and exit"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print metrics as one JSON object on stdout")
+    parser.add_argument(
+        "--json", action="store_true", help="print metrics as one JSON object on stdout"
+    )
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, sort_keys=True))
     else:
         ema = f", top1_ema {metrics['top1_ema']:.4f}" if "top1_ema" in metrics else ""
-        print(f"{config.model} on {config.data}: top1 {metrics['top1']:.4f}{ema} after "
-              f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "
-              f"({metrics['train_images_per_s']:.0f} img/s); run folder {config.out}", file=sys.stderr)
+        print(
+            f"{config.model} on {config.data}: top1 {metrics['top1']:.4f}{ema} after "
+            f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "
+            f"({metrics['train_images_per_s']:.0f} img/s); run folder {config.out}",
+            file=sys.stderr,
+        )
     return 0

@@ -15,7 +15,12 @@ from ..verify import CHECKS, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checks", nargs="*", metavar="CHECK", help=f"checks to run (default all: {', '.join(CHECKS)})")
+    parser.add_argument(
+        "checks",
+        nargs="*",
+        metavar="CHECK",
+        help=f"checks to run (default all: {', '.join(CHECKS)})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -35,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'check':<24} {'dtype':<8} {'max_abs_err':>12} {'max_rel_err':>12}  result")
         for name, r in results.items():
             verdict = "PASS" if r["passed"] else "FAIL"
-            print(f"{name:<24} {r['dtype']:<8} {r['max_abs_err']:>12.3e} {r['max_rel_err']:>12.3e}  {verdict}")
+            print(
+                f"{name:<24} {r['dtype']:<8} {r['max_abs_err']:>12.3e} {r['max_rel_err']:>12.3e}  {verdict}"
+            )
     return 0 if all(r["passed"] for r in results.values()) else 1

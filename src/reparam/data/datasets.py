@@ -33,7 +33,9 @@ class TensorImageDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor]):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise DataError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise DataError(
+                f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.transform = images, labels.long(), transform
@@ -66,12 +68,20 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     def to_tensor(x: np.ndarray) -> Tensor:
         return torch.from_numpy(x).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
-    return to_tensor(x_train), torch.from_numpy(y_train), to_tensor(x_val), torch.from_numpy(y_val), 10
+    return (
+        to_tensor(x_train),
+        torch.from_numpy(y_train),
+        to_tensor(x_val),
+        torch.from_numpy(y_val),
+        10,
+    )
 
 
 def _synthetic(count: int, image_size: int, num_classes: int = 10) -> tuple[Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
+    images = torch.randint(
+        0, 256, (count, 3, image_size, image_size), dtype=torch.uint8, generator=generator
+    )
     labels = torch.randint(0, num_classes, (count,), generator=generator)
     val = max(1, count // 5)
     return images[val:], labels[val:], images[:val], labels[:val], num_classes
@@ -102,9 +112,13 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key.encode()], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{path}: not a CIFAR python batch with 'data' and '{label_key}' ({err})") from None
+        raise DataError(
+            f"{path}: not a CIFAR python batch with 'data' and '{label_key}' ({err})"
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DataError(f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {len(labels)}")
+        raise DataError(
+            f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {len(labels)}"
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -115,7 +129,11 @@ def _cifar(root: Path, classes: int) -> tuple[Tensor, ...]:
     if not root.is_dir():
         raise DataError(f"{root}: CIFAR-{classes} folder not found")
     if classes == 10:
-        train_files, val_files, key = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"
+        train_files, val_files, key = (
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            "labels",
+        )
     else:
         train_files, val_files, key = ["train"], ["test"], "fine_labels"
 
@@ -151,7 +169,9 @@ def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
     for split, transform in (("train", train_transform), ("val", eval_transform)):
         path = root / split
         if not path.is_dir():
-            raise DataError(f"{path}: missing; folder:DIR expects DIR/train/<class>/ and DIR/val/<class>/")
+            raise DataError(
+                f"{path}: missing; folder:DIR expects DIR/train/<class>/ and DIR/val/<class>/"
+            )
         try:
             splits[split] = ImageFolder(str(path), transform=transform, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as err:
@@ -161,7 +181,9 @@ def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
             f"{root}: train/ and val/ have different classes "
             f"({splits['train'].classes} vs {splits['val'].classes})"
         )
-    return DataBundle(splits["train"], splits["val"], len(splits["train"].classes), f"folder:{root}")
+    return DataBundle(
+        splits["train"], splits["val"], len(splits["train"].classes), f"folder:{root}"
+    )
 
 
 def load_data(

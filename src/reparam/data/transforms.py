@@ -33,7 +33,9 @@ class _RandAugment:
     """timm RandAugment on a uint8 tensor (through PIL, as timm expects)."""
 
     def __init__(self, config: str):
-        self.augment = rand_augment_transform(config, {"translate_const": 4, "img_mean": (124, 116, 104)})
+        self.augment = rand_augment_transform(
+            config, {"translate_const": 4, "img_mean": (124, 116, 104)}
+        )
 
     def __call__(self, image: Tensor) -> Tensor:
         return pil_to_tensor(self.augment(to_pil_image(image)))

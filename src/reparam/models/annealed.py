@@ -155,6 +155,11 @@ def fusion_macs(model: nn.Module, image_size: int, in_channels: int = 3) -> dict
     if after > before:
         log.warning(
             "fusing %s increases compute at %dx%d: %d -> %d MACs (x%.2f)",
-            type(model).__name__, image_size, image_size, before, after, ratio,
+            type(model).__name__,
+            image_size,
+            image_size,
+            before,
+            after,
+            ratio,
         )
     return {"macs_before": before, "macs_after": after, "ratio": ratio}

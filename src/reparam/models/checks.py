@@ -20,7 +20,10 @@ def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
     torch.manual_seed(0)
     model = VGGNet(
         lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
-        depths=(2, 3, 2, 1), widths=(16, 24, 32, 48), num_classes=7, groups_map={2: 2, 4: 4},
+        depths=(2, 3, 2, 1),
+        widths=(16, 24, 32, 48),
+        num_classes=7,
+        groups_map={2: 2, 4: 4},
     ).double()
     randomize_batchnorm_(model, generator).eval()
     pairs = fused_output_pairs(model, reparameterize(model), ((1, 32), (3, 33), (2, 17)), generator)

@@ -42,10 +42,23 @@ def conv_from_kernel(kernel: Kernel, template: nn.Conv2d) -> nn.Conv2d:
 class ConvBN(nn.Module):
     """``BN(conv(x))`` with a bias-free conv and "same" padding; fuses into one biased conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            kernel_size // 2,
+            groups=groups,
+            bias=False,
         )
         self.bn = nn.BatchNorm2d(out_channels)
 
@@ -82,7 +95,9 @@ class RepVGGBlock(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.conv3x3 = ConvBN(in_channels, out_channels, 3, stride, groups)
         self.conv1x1 = ConvBN(in_channels, out_channels, 1, stride, groups)
-        self.identity = nn.BatchNorm2d(out_channels) if stride == 1 and in_channels == out_channels else None
+        self.identity = (
+            nn.BatchNorm2d(out_channels) if stride == 1 and in_channels == out_channels else None
+        )
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,11 +110,16 @@ class RepVGGBlock(nn.Module):
         branches = [self.conv3x3.kernel(), self.conv1x1.kernel()]
         if self.identity is not None:
             dirac = identity_kernel(
-                self.out_channels, 3, self.groups, dtype=self.conv3x3.conv.weight.dtype,
+                self.out_channels,
+                3,
+                self.groups,
+                dtype=self.conv3x3.conv.weight.dtype,
                 device=self.conv3x3.conv.weight.device,
             )
             branches.append(fold_bn(dirac, self.identity))
         return add_branches(branches)
 
     def fuse(self) -> nn.Sequential:
-        return nn.Sequential(OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3.conv), act=nn.ReLU()))
+        return nn.Sequential(
+            OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3.conv), act=nn.ReLU())
+        )

@@ -78,9 +78,11 @@ class ReduceBlock(nn.Module):
             self.act = AnnealedActivation()
             self.conv1x1 = ConvBN(middle, out_channels, 1)
         self.identity = stride == 1 and in_channels == out_channels
-        self.shortcut = ConvBN(in_channels, out_channels, 1, stride) if (
-            projection and not self.identity
-        ) else None
+        self.shortcut = (
+            ConvBN(in_channels, out_channels, 1, stride)
+            if (projection and not self.identity)
+            else None
+        )
         self.out_act = nn.ReLU() if keep_relu else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -127,8 +129,13 @@ class ReduceBlock(nn.Module):
             raise FusionError(f"BatchNorm layers {in_train} are in train mode; call .eval() first")
         before, after = self.macs_per_pixel()
         if after > before:
-            log.warning("fusing a ReduceNet block %d->%d (narrow middle) increases MACs/pixel "
-                        "%d -> %d", self.in_channels, self.out_channels, before, after)
+            log.warning(
+                "fusing a ReduceNet block %d->%d (narrow middle) increases MACs/pixel %d -> %d",
+                self.in_channels,
+                self.out_channels,
+                before,
+                after,
+            )
         # geometry template only (channels, stride): the middle width is gone after fusion
         template = nn.Conv2d(self.in_channels, self.out_channels, 1, self.stride, device="meta")
         layers = OrderedDict(conv=conv_from_kernel(self.kernel(), template))
@@ -171,8 +178,17 @@ class ReduceNet(PooledClassifier):
         for depth, width, stride in zip(depths, widths, strides):
             blocks = []
             for index in range(depth):
-                blocks.append(ReduceBlock(channels, width, stride if index == 0 else 1, expansion,
-                                          keep_relu, projection, plain))
+                blocks.append(
+                    ReduceBlock(
+                        channels,
+                        width,
+                        stride if index == 0 else 1,
+                        expansion,
+                        keep_relu,
+                        projection,
+                        plain,
+                    )
+                )
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -180,8 +196,12 @@ class ReduceNet(PooledClassifier):
 
 
 _CIFAR = {"widths": (16, 32, 64), "strides": (1, 2, 2), "stem_width": 16, "stem_stride": 1}
-_IMAGENET = {"widths": (64, 128, 256, 512), "strides": (2, 2, 2, 2), "stem_width": 64,
-             "stem_stride": 2}
+_IMAGENET = {
+    "widths": (64, 128, 256, 512),
+    "strides": (2, 2, 2, 2),
+    "stem_width": 64,
+    "stem_stride": 2,
+}
 
 
 @register_model
@@ -229,5 +249,7 @@ def verify_reducenet_deploy(tolerance: float = 1e-10) -> CheckResult:
         model = build(num_classes=7, **kwargs).double()
         randomize_batchnorm_(model, generator).eval()
         set_lambda(model, 1.0)
-        pairs += fused_output_pairs(model, reparameterize(model), ((2, 16), (1, 17), (3, 33)), generator)
+        pairs += fused_output_pairs(
+            model, reparameterize(model), ((2, 16), (1, 17), (3, 33)), generator
+        )
     return compare(pairs, tolerance)

@@ -32,7 +32,9 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     @functools.wraps(fn)
     def timm_entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
-            raise ValueError(f"{TIMM_PREFIX}{name}: reparam ships no pretrained weights (no downloads)")
+            raise ValueError(
+                f"{TIMM_PREFIX}{name}: reparam ships no pretrained weights (no downloads)"
+            )
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
         kwargs.pop("cache_dir", None)
@@ -52,7 +54,7 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """Build a registered model by its plain name (``repvgg_a0``, ``vgg_a0``, ...)."""
     if name.startswith(TIMM_PREFIX):
-        name = name[len(TIMM_PREFIX):]
+        name = name[len(TIMM_PREFIX) :]
     if name not in _ENTRYPOINTS:
         known = ", ".join(list_models())
         raise ValueError(f"unknown model {name!r}; registered models: {known}")

@@ -43,8 +43,14 @@ from .layers import VGGBlock, conv_from_kernel
 from .registry import register_model
 from .vggnet import BlockSpec, VGGNet
 
-__all__ = ["REPOPT_ARCHS", "HSBlock", "RepOptVGGBlock", "hs_init_scale", "repopt_vgg",
-           "repopt_vgg_hs"]
+__all__ = [
+    "REPOPT_ARCHS",
+    "HSBlock",
+    "RepOptVGGBlock",
+    "hs_init_scale",
+    "repopt_vgg",
+    "repopt_vgg_hs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +82,14 @@ class RepOptVGGBlock(VGGBlock):
     """Target block ``ReLU(BN(conv3x3(x)))`` (keys ``conv.conv``, ``conv.bn``) plus the constant
     scales of its imaginary block as buffers; see module docstring."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
-                 scale: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        scale: float = 1.0,
+    ):
         super().__init__(in_channels, out_channels, stride, groups)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.register_buffer("scale_conv", torch.full((out_channels,), float(scale)))
@@ -94,9 +106,11 @@ class RepOptVGGBlock(VGGBlock):
     def csla_spec(self) -> CSLASpec:
         """The imaginary block: ``s`` 3x3, ``t`` 1x1, trainable identity (init 1, eq. 14)."""
         return CSLASpec(
-            self.in_channels, self.out_channels,
+            self.in_channels,
+            self.out_channels,
             (Branch(self.scale_conv, 3), Branch(self.scale_1x1, 1)),
-            kernel_size=3, groups=self.groups,
+            kernel_size=3,
+            groups=self.groups,
             identity=1.0 if self.scale_identity is not None else None,
         )
 
@@ -107,8 +121,11 @@ class RepOptVGGBlock(VGGBlock):
     def reset_csla_init(self, generator: torch.Generator | None = None) -> None:
         """Re-initialise the conv at eq. 14 for the current scales."""
         weight = self.conv.conv.weight
-        weight.copy_(init_weight(self.csla_spec(), dtype=weight.dtype, device=weight.device,
-                                 generator=generator))
+        weight.copy_(
+            init_weight(
+                self.csla_spec(), dtype=weight.dtype, device=weight.device, generator=generator
+            )
+        )
 
     def identity_variance_parts(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
         if self.scale_identity is None:
@@ -124,8 +141,14 @@ class HSBlock(nn.Module):
     trainable per-channel ``s``, ``t``, ``s_id`` (init ``scale``, ``scale``, 1). Deploys like a
     RepOpt-VGG block: ``W = fold_BN(s W3 + t pad(W1) + s_id I)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
-                 scale: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        scale: float = 1.0,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.conv3x3 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=False)
@@ -144,8 +167,9 @@ class HSBlock(nn.Module):
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def _linear_sum(self, x: Tensor) -> Tensor:
-        y = (self.scale_conv.view(1, -1, 1, 1) * self.conv3x3(x)
-             + self.scale_1x1.view(1, -1, 1, 1) * self.conv1x1(x))
+        y = self.scale_conv.view(1, -1, 1, 1) * self.conv3x3(x) + self.scale_1x1.view(
+            1, -1, 1, 1
+        ) * self.conv1x1(x)
         if self.scale_identity is not None:
             y = y + self.scale_identity.view(1, -1, 1, 1) * x
         return y
@@ -160,22 +184,30 @@ class HSBlock(nn.Module):
 
     def kernel(self) -> Kernel:
         identity = None if self.scale_identity is None else self.scale_identity.detach()
-        spec = CSLASpec(self.in_channels, self.out_channels,
-                        (Branch(self.scale_conv.detach(), 3), Branch(self.scale_1x1.detach(), 1)),
-                        groups=self.groups, identity=identity)
+        spec = CSLASpec(
+            self.in_channels,
+            self.out_channels,
+            (Branch(self.scale_conv.detach(), 3), Branch(self.scale_1x1.detach(), 1)),
+            groups=self.groups,
+            identity=identity,
+        )
         weights = [self.conv3x3.weight.detach(), self.conv1x1.weight.detach()]
         weight = equivalent_weight(spec, weights)
         return fold_bn(weight, self.bn)
 
     def fuse(self) -> nn.Sequential:
-        return nn.Sequential(OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3),
-                                         act=nn.ReLU()))
+        return nn.Sequential(
+            OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3), act=nn.ReLU())
+        )
 
 
 def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) -> None:
     if scales is None:
-        log.info("%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
-                 "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.", name)
+        log.info(
+            "%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
+            "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.",
+            name,
+        )
     elif isinstance(scales, str) and scales in ("hs_init", "ones"):
         if scales == "ones":
             with torch.no_grad():
@@ -185,22 +217,34 @@ def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) ->
         source = "scales" if isinstance(scales, Mapping) else f"scales {os.fspath(scales)}"
         apply_scales(model, read_scales(scales, model=name), source=source)
     else:
-        raise ValueError(f"{name}: scales must be None, 'hs_init', 'ones', a scale file or a dict "
-                         f"of tensors, got {type(scales).__name__}")
+        raise ValueError(
+            f"{name}: scales must be None, 'hs_init', 'ones', a scale file or a dict "
+            f"of tensors, got {type(scales).__name__}"
+        )
     if channel_average:
         with torch.no_grad():
             for tensor in model_scales(model).values():
                 tensor.fill_(tensor.mean().item())
 
 
-def repopt_vgg(arch: str, num_classes: int = 1000, scales: Any = None,
-               channel_average: bool = False, reinit: bool = True, **kwargs: Any) -> VGGNet:
+def repopt_vgg(
+    arch: str,
+    num_classes: int = 1000,
+    scales: Any = None,
+    channel_average: bool = False,
+    reinit: bool = True,
+    **kwargs: Any,
+) -> VGGNet:
     """RepOpt-VGG-``arch`` target model (see module docstring for the kwargs)."""
     depths, widths = REPOPT_ARCHS[arch]
     model = VGGNet(
-        lambda s: RepOptVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups,
-                                 hs_init_scale(s)),
-        depths, widths, num_classes=num_classes, **kwargs,
+        lambda s: RepOptVGGBlock(
+            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
+        ),
+        depths,
+        widths,
+        num_classes=num_classes,
+        **kwargs,
     )
     _set_scales(model, f"repopt_vgg_{arch}", scales, channel_average)
     if reinit:
@@ -215,7 +259,10 @@ def repopt_vgg_hs(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     depths, widths = REPOPT_ARCHS[arch]
     return VGGNet(
         lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
-        depths, widths, num_classes=num_classes, **kwargs,
+        depths,
+        widths,
+        num_classes=num_classes,
+        **kwargs,
     )
 
 

@@ -65,11 +65,12 @@ def _entrypoint(family: str, arch: str):
     entrypoint.__module__ = __name__
     depths, (a, b), groups = REPVGG_ARCHS[arch]
     kind = "RepVGG (multi-branch training form)" if family == "repvgg" else "plain VGG baseline"
-    entrypoint.__doc__ = f"{kind}, {arch.upper()}: depths {depths}, multipliers a={a} b={b}, groups {groups}."
+    entrypoint.__doc__ = (
+        f"{kind}, {arch.upper()}: depths {depths}, multipliers a={a} b={b}, groups {groups}."
+    )
     return entrypoint
 
 
 for _family in ("repvgg", "vgg"):
     for _arch in REPVGG_ARCHS:
         register_model(_entrypoint(_family, _arch))
-

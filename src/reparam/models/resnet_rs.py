@@ -23,8 +23,14 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from .registry import register_model
 
-__all__ = ["RESNET_RS_DEPTHS", "RESNET_RS_IMAGE_SIZES", "ResNetRSScale", "build_resnet_rs",
-           "scale_resnet_rs", "stage_drop_path_rates"]
+__all__ = [
+    "RESNET_RS_DEPTHS",
+    "RESNET_RS_IMAGE_SIZES",
+    "ResNetRSScale",
+    "build_resnet_rs",
+    "scale_resnet_rs",
+    "stage_drop_path_rates",
+]
 
 RESNET_RS_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
@@ -36,8 +42,15 @@ RESNET_RS_DEPTHS: dict[int, tuple[int, int, int, int]] = {
     420: (4, 44, 87, 4),
 }
 # training resolution the paper pairs with each depth (Table 7 / the reference configs)
-RESNET_RS_IMAGE_SIZES: dict[int, int] = {50: 160, 101: 192, 152: 256, 200: 256, 270: 256, 350: 320,
-                                         420: 320}
+RESNET_RS_IMAGE_SIZES: dict[int, int] = {
+    50: 160,
+    101: 192,
+    152: 256,
+    200: 256,
+    270: 256,
+    350: 320,
+    420: 320,
+}
 
 
 def stage_drop_path_rates(rate: float, num_stages: int = 4) -> list[float]:
@@ -60,20 +73,32 @@ def build_resnet_rs(
     """A ResNet-RS of ``depth`` (50 ... 420) or explicit bottleneck ``layers``, scaled by ``width``."""
     if layers is None:
         if depth not in RESNET_RS_DEPTHS:
-            raise ValueError(f"ResNet-RS depth must be one of {sorted(RESNET_RS_DEPTHS)} (or pass "
-                             f"layers=...), got {depth!r}")
+            raise ValueError(
+                f"ResNet-RS depth must be one of {sorted(RESNET_RS_DEPTHS)} (or pass "
+                f"layers=...), got {depth!r}"
+            )
         layers = RESNET_RS_DEPTHS[depth]
     if width <= 0:
         raise ValueError(f"ResNet-RS width multiplier must be > 0, got {width}")
     channels = tuple(max(8, round(c * width)) for c in (64, 128, 256, 512))
     model = ResNet(
-        block=Bottleneck, layers=tuple(layers), channels=channels, num_classes=num_classes,
-        stem_width=max(8, round(stem_width * width)), stem_type="deep", replace_stem_pool=True,
-        avg_down=True, block_args=dict(attn_layer=partial(get_attn("se"), rd_ratio=se_ratio)),
-        drop_rate=drop_rate, zero_init_last=zero_init_last, **kwargs,
+        block=Bottleneck,
+        layers=tuple(layers),
+        channels=channels,
+        num_classes=num_classes,
+        stem_width=max(8, round(stem_width * width)),
+        stem_type="deep",
+        replace_stem_pool=True,
+        avg_down=True,
+        block_args=dict(attn_layer=partial(get_attn("se"), rd_ratio=se_ratio)),
+        drop_rate=drop_rate,
+        zero_init_last=zero_init_last,
+        **kwargs,
     )
-    for stage_rate, stage in zip(stage_drop_path_rates(drop_path_rate, len(layers)),
-                                 (model.layer1, model.layer2, model.layer3, model.layer4)):
+    for stage_rate, stage in zip(
+        stage_drop_path_rates(drop_path_rate, len(layers)),
+        (model.layer1, model.layer2, model.layer3, model.layer4),
+    ):
         for block in stage:
             block.drop_path = DropPath(stage_rate) if stage_rate > 0 else None
     return model
@@ -103,12 +128,16 @@ def scale_resnet_rs(scale: ResNetRSScale, epochs: int) -> ResNetRSScale:
         deeper = [d for d in sorted(RESNET_RS_DEPTHS) if d > scale.depth]
         if deeper:
             depth = deeper[0]
-            return ResNetRSScale(depth, scale.width, max(scale.image_size, RESNET_RS_IMAGE_SIZES[depth]))
+            return ResNetRSScale(
+                depth, scale.width, max(scale.image_size, RESNET_RS_IMAGE_SIZES[depth])
+            )
     return ResNetRSScale(scale.depth, scale.width * 1.5, scale.image_size)
 
 
 @register_model
-def resnet_rs(num_classes: int = 1000, depth: int = 50, width: float = 1.0, **kwargs: Any) -> ResNet:
+def resnet_rs(
+    num_classes: int = 1000, depth: int = 50, width: float = 1.0, **kwargs: Any
+) -> ResNet:
     """ResNet-RS of any paper depth (50, 101, 152, 200, 270, 350, 420) and width multiplier, e.g.
     ``create_model("resnet_rs", depth=200)``; what :func:`scale_resnet_rs` yields. Depth 50 has
     the structure and state-dict keys of timm's ``resnetrs50``."""

@@ -20,8 +20,13 @@ def count_macs(model: nn.Module, image_size: int, in_channels: int = 3) -> int:
 
     def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
         nonlocal total
-        total += conv_macs(module.in_channels, module.out_channels, module.kernel_size,
-                           tuple(output.shape[-2:]), module.groups)
+        total += conv_macs(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            tuple(output.shape[-2:]),
+            module.groups,
+        )
 
     def linear_hook(module: nn.Linear, _inputs, _output) -> None:
         nonlocal total

@@ -101,8 +101,15 @@ class _AnnealedPair(nn.Module):
             ConvSpec(_conv_bn_kernel(c1, self.bn1), c1.stride[0], c1.padding[0]),
             ConvSpec(_conv_bn_kernel(self.conv2, self.bn2)),
         )
-        conv = nn.Conv2d(c1.in_channels, self.conv2.out_channels, c1.kernel_size, c1.stride,
-                         c1.padding, dtype=composed.weight.dtype, device=composed.weight.device)
+        conv = nn.Conv2d(
+            c1.in_channels,
+            self.conv2.out_channels,
+            c1.kernel_size,
+            c1.stride,
+            c1.padding,
+            dtype=composed.weight.dtype,
+            device=composed.weight.device,
+        )
         with torch.no_grad():  # no conv_from_kernel: the 4x4/4 stem has no padding
             conv.weight.copy_(composed.weight)
             conv.bias.copy_(composed.bias)
@@ -174,8 +181,12 @@ class VanillaHead(nn.Module):
             ConvSpec(Kernel(first.weight[..., None, None], first.bias)),
             ConvSpec(Kernel(self.fc2.weight[..., None, None].detach(), self.fc2.bias.detach())),
         )
-        fc = nn.Linear(self.fc1.in_features, self.fc2.out_features,
-                       dtype=composed.weight.dtype, device=composed.weight.device)
+        fc = nn.Linear(
+            self.fc1.in_features,
+            self.fc2.out_features,
+            dtype=composed.weight.dtype,
+            device=composed.weight.device,
+        )
         fc.weight.data.copy_(composed.weight[..., 0, 0])
         fc.bias.data.copy_(composed.bias)
         return nn.Sequential(
@@ -237,8 +248,9 @@ VANILLANET_ARCHS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
-def vanillanet(depth: int, num_classes: int = 1000, width_multiplier: float = 1.0,
-               **kwargs: Any) -> VanillaNet:
+def vanillanet(
+    depth: int, num_classes: int = 1000, width_multiplier: float = 1.0, **kwargs: Any
+) -> VanillaNet:
     """VanillaNet-``depth`` (5 ... 13) with every width scaled by ``width_multiplier``."""
     if depth not in VANILLANET_ARCHS:
         raise ValueError(f"VanillaNet depth must be one of {sorted(VANILLANET_ARCHS)}, got {depth}")
@@ -254,9 +266,11 @@ def _entrypoint(depth: int):
     dims, strides = VANILLANET_ARCHS[depth]
     entrypoint.__name__ = entrypoint.__qualname__ = f"vanillanet_{depth}"
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (f"VanillaNet-{depth} (https://arxiv.org/abs/2305.12972): widths {dims}, "
-                          f"pool strides {strides}. kwargs: width_multiplier, stem_stride, "
-                          "act_num, drop_rate, in_channels.")
+    entrypoint.__doc__ = (
+        f"VanillaNet-{depth} (https://arxiv.org/abs/2305.12972): widths {dims}, "
+        f"pool strides {strides}. kwargs: width_multiplier, stem_stride, "
+        "act_num, drop_rate, in_channels."
+    )
     return entrypoint
 
 
@@ -280,5 +294,7 @@ def verify_vanillanet_deploy(tolerance: float = 1e-10) -> CheckResult:
                     nn.init.normal_(module.bias, std=0.3, generator=generator)
         randomize_batchnorm_(model, generator).eval()
         set_lambda(model, 1.0)
-        pairs += fused_output_pairs(model, reparameterize(model), ((2, 32), (1, 36), (3, 23)), generator)
+        pairs += fused_output_pairs(
+            model, reparameterize(model), ((2, 32), (1, 36), (3, 23)), generator
+        )
     return compare(pairs, tolerance)

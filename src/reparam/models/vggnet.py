@@ -92,7 +92,9 @@ class VGGNet(PooledClassifier):
             blocks = []
             for index in range(depth):
                 groups = groups_map.get(layer, 1)
-                blocks.append(block(BlockSpec(channels, width, 2 if index == 0 else 1, groups, stage, index)))
+                blocks.append(
+                    block(BlockSpec(channels, width, 2 if index == 0 else 1, groups, stage, index))
+                )
                 channels, layer = width, layer + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

@@ -42,8 +42,10 @@ class RepOptAdamW(MaskedOptimizer):
         grad_mults: dict[nn.Parameter, Tensor] | None = None,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"RepOptAdamW: invalid lr={lr}, betas={betas}, eps={eps}, "
-                             f"weight_decay={weight_decay}")
+            raise ValueError(
+                f"RepOptAdamW: invalid lr={lr}, betas={betas}, eps={eps}, "
+                f"weight_decay={weight_decay}"
+            )
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(model_or_params, defaults, grad_mults)
 

@@ -71,7 +71,9 @@ class MaskedOptimizer(Optimizer):
         scales); missing ones are rebuilt from the constructor's; new ones are adopted."""
         current = {
             p: self.state[p][MASK]
-            for group in self.param_groups for p in group["params"] if id(p) in self._masked_ids
+            for group in self.param_groups
+            for p in group["params"]
+            if id(p) in self._masked_ids
         }
         super().load_state_dict(state_dict)
         for param, mask in current.items():

@@ -32,14 +32,25 @@ def csla_pair(
 
     torch.manual_seed(seed)
     imaginary = nn.Sequential(
-        CSLABlock(CSLASpec(3, 8, (Branch(scales(8), 3), Branch(scales(8), 1))), stride=2,
-                  dtype=dtype),
+        CSLABlock(
+            CSLASpec(3, 8, (Branch(scales(8), 3), Branch(scales(8), 1))), stride=2, dtype=dtype
+        ),
         nn.ReLU(),
-        CSLABlock(CSLASpec(8, 8, (Branch(scales(8), 5), Branch(-0.7, 3), Branch(scales(8), 1)),
-                           kernel_size=5, identity=1.0), dtype=dtype),
+        CSLABlock(
+            CSLASpec(
+                8,
+                8,
+                (Branch(scales(8), 5), Branch(-0.7, 3), Branch(scales(8), 1)),
+                kernel_size=5,
+                identity=1.0,
+            ),
+            dtype=dtype,
+        ),
         nn.ReLU(),
-        CSLABlock(CSLASpec(8, 8, (Branch(scales(8), 3), Branch(0.5, 1)), groups=8,
-                           identity=scales(8)), dtype=dtype),
+        CSLABlock(
+            CSLASpec(8, 8, (Branch(scales(8), 3), Branch(0.5, 1)), groups=8, identity=scales(8)),
+            dtype=dtype,
+        ),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
@@ -50,8 +61,14 @@ def csla_pair(
 
 
 def train_pair(
-    imaginary: nn.Sequential, target: nn.Sequential, reference_opt: torch.optim.Optimizer,
-    repopt: torch.optim.Optimizer, steps: int = 20, seed: int = 1, batch: int = 2, size: int = 8,
+    imaginary: nn.Sequential,
+    target: nn.Sequential,
+    reference_opt: torch.optim.Optimizer,
+    repopt: torch.optim.Optimizer,
+    steps: int = 20,
+    seed: int = 1,
+    batch: int = 2,
+    size: int = 8,
 ) -> list[tuple[Tensor, Tensor]]:
     """Train both on the same random regression batches; return ``(candidate, reference)`` pairs:
     held-out outputs and each layer's equivalent weight."""
@@ -67,8 +84,11 @@ def train_pair(
     x = torch.randn(4, 3, size, size, generator=gen, dtype=dtype)
     with torch.no_grad():
         pairs = [(target(x), imaginary(x))]
-        pairs += [(t.weight, m.equivalent_weight()) for t, m in zip(target, imaginary)
-                  if isinstance(m, CSLABlock)]
+        pairs += [
+            (t.weight, m.equivalent_weight())
+            for t, m in zip(target, imaginary)
+            if isinstance(m, CSLABlock)
+        ]
     return pairs
 
 
@@ -78,8 +98,12 @@ def verify_csla_vs_repopt_sgd() -> CheckResult:
     for nesterov in (False, True):
         imaginary, target = csla_pair()
         kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-2)
-        pairs += train_pair(imaginary, target, torch.optim.SGD(imaginary.parameters(), **kw),
-                            RepOptSGD(target, **kw))
+        pairs += train_pair(
+            imaginary,
+            target,
+            torch.optim.SGD(imaginary.parameters(), **kw),
+            RepOptSGD(target, **kw),
+        )
     return compare(pairs, 1e-10)
 
 
@@ -92,6 +116,12 @@ def verify_csla_vs_repopt_adamw() -> CheckResult:
     """
     imaginary, target = csla_pair()
     kw = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
-    pairs = train_pair(imaginary, target, torch.optim.AdamW(imaginary.parameters(), **kw),
-                       RepOptAdamW(target, **kw), batch=4, size=16)
+    pairs = train_pair(
+        imaginary,
+        target,
+        torch.optim.AdamW(imaginary.parameters(), **kw),
+        RepOptAdamW(target, **kw),
+        batch=4,
+        size=16,
+    )
     return compare(pairs, 1e-6)

@@ -50,12 +50,18 @@ class RepOptSGD(MaskedOptimizer):
         grad_mults: dict[nn.Parameter, Tensor] | None = None,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"RepOptSGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
-                             " must be >= 0")
+            raise ValueError(
+                f"RepOptSGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} must be >= 0"
+            )
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("RepOptSGD: nesterov needs momentum > 0 and dampening = 0")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                        weight_decay=weight_decay)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+        )
         super().__init__(model_or_params, defaults, grad_mults)
 
     @torch.no_grad()
@@ -92,8 +98,15 @@ class RepOptSGD(MaskedOptimizer):
             torch._foreach_add_(params, d, alpha=-lr)
         return loss
 
-    def _in_place_momentum_step(self, params: list[Tensor], grads: list[Tensor], states: list[dict],
-                                bufs: list[Tensor], n: int, group: dict[str, Any]) -> None:
+    def _in_place_momentum_step(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict],
+        bufs: list[Tensor],
+        n: int,
+        group: dict[str, Any],
+    ) -> None:
         """Same update without temporaries (heavy-ball momentum after the first step):
         ``buf = m buf + (1 - dampening) (grad * M + wd W)``, ``W -= lr buf``, run block by block
         (:func:`cache_blocks`) so each block's tensors stay in cache through the four passes."""
@@ -110,7 +123,9 @@ class RepOptSGD(MaskedOptimizer):
             torch._foreach_add_(p, b, alpha=-group["lr"])
 
 
-def cache_blocks(tensors: list[Tensor], n: int, block_bytes: int = CACHE_BLOCK_BYTES) -> list[tuple[int, int]]:
+def cache_blocks(
+    tensors: list[Tensor], n: int, block_bytes: int = CACHE_BLOCK_BYTES
+) -> list[tuple[int, int]]:
     """Consecutive index ranges ``[start, stop)`` of about ``block_bytes`` each (a larger tensor is
     a block of its own) that never straddle index ``n`` (masked tensors first, then plain ones)."""
     blocks, start, size = [], 0, 0

@@ -22,8 +22,13 @@ from safetensors.torch import save_file
 
 from ..checkpoint import CheckpointError, atomic_path, load_state, load_weights
 
-__all__ = ["get_rng_state", "load_training_state", "save_training_state", "set_rng_state",
-           "write_log_csv"]
+__all__ = [
+    "get_rng_state",
+    "load_training_state",
+    "save_training_state",
+    "set_rng_state",
+    "write_log_csv",
+]
 
 LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS = "last.safetensors", "last.state.pt", "best.safetensors"
 
@@ -33,7 +38,13 @@ def get_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "numpy": [
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -51,7 +62,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(out: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def save_training_state(
+    out: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]
+) -> None:
     """Write both files to temp names, then rename them back to back (the rename window is the
     only moment a kill can pair new weights with an old state; loading detects that case)."""
     step = str(state["global_step"])

@@ -17,8 +17,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["DistInfo", "ResumableSampler", "all_gather_objects", "barrier", "cleanup",
-           "reduce_sum", "setup"]
+__all__ = [
+    "DistInfo",
+    "ResumableSampler",
+    "all_gather_objects",
+    "barrier",
+    "cleanup",
+    "reduce_sum",
+    "setup",
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,9 @@ def reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
     """Sum a few numbers over ranks (float64)."""
     if not info.distributed:
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64,
-                          device=info.device if info.device.type == "cuda" else "cpu")
+    tensor = torch.tensor(
+        values, dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(tensor)
     return tensor.tolist()
 
@@ -87,14 +95,20 @@ class ResumableSampler(DistributedSampler):
     start ``skip_batches`` batches into an epoch (mid-epoch resume)."""
 
     def __init__(self, dataset: Dataset, info: DistInfo, seed: int, batch_size: int):
-        super().__init__(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                         seed=seed, drop_last=True)
+        super().__init__(
+            dataset,
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
         self.batch_size = batch_size
         self.skip_batches = 0
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        return iter(indices[self.skip_batches * self.batch_size:])
+        return iter(indices[self.skip_batches * self.batch_size :])
 
     def __len__(self) -> int:
         return max(0, super().__len__() - self.skip_batches * self.batch_size)

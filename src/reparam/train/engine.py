@@ -49,8 +49,18 @@ from .setup import build_data, build_ema, build_model, build_scheduler, lambda_s
 __all__ = ["TrainingError", "classification_loss", "fit"]
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "top1", "top1_ema",
-              "train_images_per_s", "seconds"]
+LOG_FIELDS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "top1",
+    "top1_ema",
+    "train_images_per_s",
+    "seconds",
+]
 
 
 class TrainingError(RuntimeError):
@@ -109,32 +119,46 @@ class _Trainer:
         if config.num_classes is None:
             config.num_classes = self.data.num_classes
         elif config.num_classes != self.data.num_classes:
-            raise TrainingError(f"num_classes={config.num_classes} but data {config.data!r} has "
-                                f"{self.data.num_classes} classes")
+            raise TrainingError(
+                f"num_classes={config.num_classes} but data {config.data!r} has "
+                f"{self.data.num_classes} classes"
+            )
         config.lr = config.resolved_lr
         self.config = config
         self.model = build_model(config, info.device, info.distributed)
         self.optimizer = create_optimizer(self.model, config)
         per_rank = config.batch_size // info.world_size
         if per_rank * info.world_size != config.batch_size:
-            raise TrainingError(f"batch_size {config.batch_size} is not divisible by the "
-                                f"{info.world_size} processes")
+            raise TrainingError(
+                f"batch_size {config.batch_size} is not divisible by the "
+                f"{info.world_size} processes"
+            )
         if per_rank % config.accum_steps:
-            raise TrainingError(f"per-process batch {per_rank} is not divisible by accum_steps "
-                                f"{config.accum_steps}")
+            raise TrainingError(
+                f"per-process batch {per_rank} is not divisible by accum_steps {config.accum_steps}"
+            )
         self.sampler = distributed.ResumableSampler(self.data.train, info, config.seed, per_rank)
         self.loader_generator = torch.Generator()
         self.loader = DataLoader(
-            self.data.train, batch_size=per_rank, sampler=self.sampler, drop_last=True,
-            num_workers=config.workers, generator=self.loader_generator,
-            pin_memory=info.device.type == "cuda", worker_init_fn=_seed_worker,
+            self.data.train,
+            batch_size=per_rank,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=config.workers,
+            generator=self.loader_generator,
+            pin_memory=info.device.type == "cuda",
+            worker_init_fn=_seed_worker,
         )
         self.steps_per_epoch = len(self.sampler) // per_rank
         if self.steps_per_epoch == 0:
-            raise TrainingError(f"training set of {len(self.data.train)} images is smaller than "
-                                f"one batch of {config.batch_size}")
+            raise TrainingError(
+                f"training set of {len(self.data.train)} images is smaller than "
+                f"one batch of {config.batch_size}"
+            )
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch, self.total_steps)
+        self.scheduler = build_scheduler(
+            self.optimizer, config, self.steps_per_epoch, self.total_steps
+        )
         self.ema = build_ema(self.model, config)
         self.anneal = lambda_schedule(self.model, config)
         self.train_model: nn.Module = self.model
@@ -176,15 +200,26 @@ class _Trainer:
                     stopped = True
                     break
             if stopped and info.is_main:
-                why = f"signal {stop.signal}" if stop.signal else f"stop_after_steps={config.stop_after_steps}"
-                print(f"reparam train: stopped by {why} at step {self.global_step} (epoch "
-                      f"{self.epoch + 1}, batch {self.batch}); saved {self.out}/last.*; continue "
-                      f"with --resume --out {self.out}", file=sys.stderr)
+                why = (
+                    f"signal {stop.signal}"
+                    if stop.signal
+                    else f"stop_after_steps={config.stop_after_steps}"
+                )
+                print(
+                    f"reparam train: stopped by {why} at step {self.global_step} (epoch "
+                    f"{self.epoch + 1}, batch {self.batch}); saved {self.out}/last.*; continue "
+                    f"with --resume --out {self.out}",
+                    file=sys.stderr,
+                )
         if self.writer is not None:
             self.writer.close()
         if stopped:
-            return {"interrupted": True, "global_step": self.global_step, "epoch": self.epoch,
-                    "signal": stop.signal}
+            return {
+                "interrupted": True,
+                "global_step": self.global_step,
+                "epoch": self.epoch,
+                "signal": stop.signal,
+            }
         metrics = self._metrics()
         if info.is_main:
             write_json(metrics, self.out / "metrics.json")
@@ -195,8 +230,10 @@ class _Trainer:
         """Refuse (on every rank) to overwrite a run; rank 0 writes ``config.json``."""
         for name in ("metrics.json", "last.state.pt"):
             if (self.out / name).exists():
-                raise TrainingError(f"{self.out} already holds a run ({name}); pass --resume to "
-                                    "continue it or choose another --out")
+                raise TrainingError(
+                    f"{self.out} already holds a run ({name}); pass --resume to "
+                    "continue it or choose another --out"
+                )
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.config.to_dict(), self.out / "config.json")
@@ -217,8 +254,12 @@ class _Trainer:
         self.model.train()
         if self.batch == 0:
             self.epoch_sums = [0.0, 0, 0]  # loss sum (per step), correct, seen
-        bar = _progress_bar(self.progress and info.is_main, self.steps_per_epoch, self.batch,
-                            f"epoch {self.epoch + 1}/{config.epochs}")
+        bar = _progress_bar(
+            self.progress and info.is_main,
+            self.steps_per_epoch,
+            self.batch,
+            f"epoch {self.epoch + 1}/{config.epochs}",
+        )
         start = time.perf_counter()
         stopped = False
         for images, labels in self.loader:
@@ -230,12 +271,17 @@ class _Trainer:
             self.batch += 1
             self.global_step += 1
             session_steps += 1
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
-                            refresh=False)
+            bar.set_postfix(
+                loss=f"{step_loss:.3f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                refresh=False,
+            )
             bar.update(1)
             if self.global_step % config.log_every == 0 and self.writer is not None:
                 self.writer.add_scalar("train/loss", step_loss, self.global_step)
-                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+                self.writer.add_scalar(
+                    "train/lr", self.optimizer.param_groups[0]["lr"], self.global_step
+                )
             if self.batch < self.steps_per_epoch and self._should_stop(stop, session_steps):
                 stopped = True
                 break
@@ -245,8 +291,10 @@ class _Trainer:
         self.seconds += elapsed
         if not stopped:
             loss, correct, seen = distributed.reduce_sum(info, self.epoch_sums)
-            self._epoch_train = {"train_loss": loss / info.world_size / self.steps_per_epoch,
-                                 "train_top1": correct / max(1, seen)}
+            self._epoch_train = {
+                "train_loss": loss / info.world_size / self.steps_per_epoch,
+                "train_top1": correct / max(1, seen),
+            }
         return session_steps, stopped
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
@@ -264,7 +312,9 @@ class _Trainer:
         loss_value, correct = 0.0, 0
         chunks = list(zip(images.chunk(config.accum_steps), labels.chunk(config.accum_steps)))
         for index, (x, y) in enumerate(chunks):
-            sync = index == len(chunks) - 1 or not isinstance(self.train_model, nn.parallel.DistributedDataParallel)
+            sync = index == len(chunks) - 1 or not isinstance(
+                self.train_model, nn.parallel.DistributedDataParallel
+            )
             context = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 logits = self.train_model(x)
@@ -295,19 +345,28 @@ class _Trainer:
         self.seconds += time.perf_counter() - start
         self.epoch += 1
         self.batch = 0
-        row = {"epoch": self.epoch, "step": self.global_step,
-               "lr": self.optimizer.param_groups[0]["lr"], **self._epoch_train,
-               "val_loss": val_loss, "top1": top1, "top1_ema": top1_ema,
-               "train_images_per_s": self.images / max(self.train_seconds, 1e-9),
-               "seconds": self.seconds}
+        row = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self._epoch_train,
+            "val_loss": val_loss,
+            "top1": top1,
+            "top1_ema": top1_ema,
+            "train_images_per_s": self.images / max(self.train_seconds, 1e-9),
+            "seconds": self.seconds,
+        }
         self.rows.append(row)
         candidates = [(top1, "raw")] + ([(top1_ema, "ema")] if top1_ema is not None else [])
         best, source = max(candidates, key=lambda c: c[0])
         if info.is_main:
             if best > self.best_top1:
                 module = self.model if source == "raw" else self.ema.module
-                save_weights(module.state_dict(), self.out / BEST_WEIGHTS,
-                             metadata={"epoch": str(self.epoch), "source": source})
+                save_weights(
+                    module.state_dict(),
+                    self.out / BEST_WEIGHTS,
+                    metadata={"epoch": str(self.epoch), "source": source},
+                )
             write_log_csv(self.rows, LOG_FIELDS, self.out / "log.csv")
             for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
                 if row[key] is not None:
@@ -321,8 +380,11 @@ class _Trainer:
         """(mean loss, top-1) over the validation set, sharded over ranks and summed exactly."""
         info, config = self.info, self.config
         shard = Subset(self.data.val, range(info.rank, len(self.data.val), info.world_size))
-        loader = DataLoader(shard, batch_size=max(1, config.batch_size // info.world_size),
-                            num_workers=config.workers)
+        loader = DataLoader(
+            shard,
+            batch_size=max(1, config.batch_size // info.world_size),
+            num_workers=config.workers,
+        )
         was_training = model.training
         model.eval()
         loss_sum, correct, count = 0.0, 0, 0
@@ -342,14 +404,20 @@ class _Trainer:
     # ------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "batch": self.batch, "global_step": self.global_step,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "best_top1": self.best_top1, "best_source": self.best_source,
-            "train_seconds": self.train_seconds, "seconds": self.seconds, "images": self.images,
+            "best_top1": self.best_top1,
+            "best_source": self.best_source,
+            "train_seconds": self.train_seconds,
+            "seconds": self.seconds,
+            "images": self.images,
             "epoch_sums": list(self.epoch_sums),
-            "rows": self.rows, "world_size": self.info.world_size,
+            "rows": self.rows,
+            "world_size": self.info.world_size,
             "config": self.config.to_dict(),
         }
 
@@ -369,7 +437,11 @@ class _Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
-        self.epoch, self.batch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.epoch, self.batch, self.global_step = (
+            state["epoch"],
+            state["batch"],
+            state["global_step"],
+        )
         self.best_top1, self.best_source = state["best_top1"], state["best_source"]
         self.train_seconds, self.seconds = state["train_seconds"], state["seconds"]
         self.images, self.rows = state["images"], list(state["rows"])
@@ -377,28 +449,43 @@ class _Trainer:
         if state["world_size"] == self.info.world_size:
             set_rng_state(state["rng"][self.info.rank])
         else:
-            log.warning("resuming with %d processes (saved with %d): RNG streams restart",
-                        self.info.world_size, state["world_size"])
+            log.warning(
+                "resuming with %d processes (saved with %d): RNG streams restart",
+                self.info.world_size,
+                state["world_size"],
+            )
         if self.batch and self.config.workers:
-            log.warning("mid-epoch resume with workers>0: augmentation differs from an "
-                        "uninterrupted run for the rest of this epoch")
+            log.warning(
+                "mid-epoch resume with workers>0: augmentation differs from an "
+                "uninterrupted run for the rest of this epoch"
+            )
 
     def _metrics(self) -> dict[str, Any]:
         last = self.rows[-1]
         metrics = {
-            "model": self.config.model, "data": self.config.data, "epochs": self.epoch,
-            "steps": self.global_step, "top1": last["top1"], "val_loss": last["val_loss"],
-            "best_top1": self.best_top1, "best_source": self.best_source,
-            "train_loss": last["train_loss"], "train_top1": last["train_top1"],
-            "train_images_per_s": last["train_images_per_s"], "seconds": self.seconds,
-            "world_size": self.info.world_size, "device": str(self.info.device),
+            "model": self.config.model,
+            "data": self.config.data,
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "top1": last["top1"],
+            "val_loss": last["val_loss"],
+            "best_top1": self.best_top1,
+            "best_source": self.best_source,
+            "train_loss": last["train_loss"],
+            "train_top1": last["train_top1"],
+            "train_images_per_s": last["train_images_per_s"],
+            "seconds": self.seconds,
+            "world_size": self.info.world_size,
+            "device": str(self.info.device),
         }
         if last["top1_ema"] is not None:
             metrics["top1_ema"] = last["top1_ema"]
         return metrics
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
     """Cross-entropy with label smoothing ``e`` (at least float32, also under bf16 autocast):
     ``(1 - e) * CE(p, y) + e * mean_k(-log p_k)``."""
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -413,6 +500,12 @@ def _seed_worker(worker_id: int) -> None:
 def _progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, disable=not enabled,
-                leave=False, dynamic_ncols=True)
-
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        file=sys.stderr,
+        disable=not enabled,
+        leave=False,
+        dynamic_ncols=True,
+    )

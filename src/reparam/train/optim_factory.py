@@ -70,12 +70,30 @@ def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
             raise ValueError(f"grad_mults names parameters the model lacks: {unknown[:5]}")
         by_param = {params[name]: mask.to(params[name].device) for name, mask in mults.items()}
         if config.optimizer == "sgd":
-            return RepOptSGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                             weight_decay=config.weight_decay, grad_mults=by_param)
-        return RepOptAdamW(groups, lr=lr, betas=config.betas, eps=config.eps,
-                           weight_decay=config.weight_decay, grad_mults=by_param)
+            return RepOptSGD(
+                groups,
+                lr=lr,
+                momentum=config.momentum,
+                nesterov=config.nesterov,
+                weight_decay=config.weight_decay,
+                grad_mults=by_param,
+            )
+        return RepOptAdamW(
+            groups,
+            lr=lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            grad_mults=by_param,
+        )
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=config.betas, eps=config.eps,
-                             weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            groups,
+            lr=lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
+    )

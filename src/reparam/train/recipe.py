@@ -25,7 +25,14 @@ import yaml
 
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
 
-__all__ = ["RecipeError", "TrainConfig", "load_recipe", "parse_overrides", "recipes", "resolve_config"]
+__all__ = [
+    "RecipeError",
+    "TrainConfig",
+    "load_recipe",
+    "parse_overrides",
+    "recipes",
+    "resolve_config",
+]
 
 
 class RecipeError(ValueError):
@@ -97,8 +104,16 @@ class TrainConfig:
 
     # fields that may differ between a run and its resumption
     RESUME_FREE: typing.ClassVar[frozenset[str]] = frozenset(
-        {"resume", "workers", "threads", "out", "log_every", "stop_after_steps", "compile",
-         "device"}
+        {
+            "resume",
+            "workers",
+            "threads",
+            "out",
+            "log_every",
+            "stop_after_steps",
+            "compile",
+            "device",
+        }
     )
 
     def __post_init__(self) -> None:
@@ -130,7 +145,9 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 extra = " (must divide batch_size)" if name == "accum_steps" else ""
-                raise RecipeError(f"config field {name!r} has an invalid value {getattr(self, name)!r}{extra}")
+                raise RecipeError(
+                    f"config field {name!r} has an invalid value {getattr(self, name)!r}{extra}"
+                )
 
     @property
     def resolved_lr(self) -> float:
@@ -140,7 +157,9 @@ class TrainConfig:
         """``"lr: 0.1 -> 0.2, ..."`` for fields (other than :attr:`RESUME_FREE`) that differ from a
         saved config; empty when this config may resume that run."""
         current = self.to_dict()
-        changed = sorted(k for k in current if k not in self.RESUME_FREE and saved.get(k) != current[k])
+        changed = sorted(
+            k for k in current if k not in self.RESUME_FREE and saved.get(k) != current[k]
+        )
         return ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +196,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             raise RecipeError(f"config field {name!r}: {value!r} is not one of {list(args)}")
         return value
     if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         if isinstance(value, bool):
             return value
@@ -308,7 +336,9 @@ def load_recipe(name_or_file: str) -> dict[str, Any]:
         raise RecipeError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
     base = data.get("recipe", "basic")
     if base not in _PRESETS:
-        raise RecipeError(f"{path}: 'recipe' must name a preset ({', '.join(_PRESETS)}), got {base!r}")
+        raise RecipeError(
+            f"{path}: 'recipe' must name a preset ({', '.join(_PRESETS)}), got {base!r}"
+        )
     return {**_PRESETS[base], **data, "recipe": str(path)}
 
 
@@ -328,7 +358,11 @@ def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = Non
     """Defaults <- recipe (preset or file) <- overrides, validated."""
     values = load_recipe(recipe)
     overrides = dict(overrides or {})
-    if "model" in overrides and overrides["model"] != values.get("model") and "model_kwargs" not in overrides:
+    if (
+        "model" in overrides
+        and overrides["model"] != values.get("model")
+        and "model_kwargs" not in overrides
+    ):
         values.pop("model_kwargs", None)  # a preset's model_kwargs belong to the preset's model
     values.update(overrides)
     return TrainConfig.from_dict(values)

@@ -21,10 +21,18 @@ def build_data(config: TrainConfig) -> Any:
     from reparam.data import load_data
     from reparam.data.transforms import eval_transform, train_transform
 
-    train_tf = train_transform(config.image_size, hflip=config.hflip,
-                               crop_padding=config.crop_padding, randaugment=config.randaugment)
-    return load_data(config.data, config.image_size, train_transform=train_tf,
-                     eval_transform=eval_transform(config.image_size))
+    train_tf = train_transform(
+        config.image_size,
+        hflip=config.hflip,
+        crop_padding=config.crop_padding,
+        randaugment=config.randaugment,
+    )
+    return load_data(
+        config.data,
+        config.image_size,
+        train_transform=train_tf,
+        eval_transform=eval_transform(config.image_size),
+    )
 
 
 def build_model(config: TrainConfig, device: torch.device, distributed: bool = False) -> nn.Module:
@@ -41,8 +49,10 @@ def build_model(config: TrainConfig, device: torch.device, distributed: bool = F
         model = create_model(config.model, num_classes=config.num_classes, **kwargs)
     except TypeError as err:
         extra = {k: kwargs[k] for k in ("drop_rate", "drop_path_rate") if k in kwargs}
-        raise ValueError(f"model {config.model!r} does not accept {extra or kwargs} ({err}); "
-                         "stochastic depth (drop_path_rate) needs a residual model") from None
+        raise ValueError(
+            f"model {config.model!r} does not accept {extra or kwargs} ({err}); "
+            "stochastic depth (drop_path_rate) needs a residual model"
+        ) from None
     if config.sync_bn and distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
@@ -51,8 +61,9 @@ def build_model(config: TrainConfig, device: torch.device, distributed: bool = F
     return model
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int,
-                    total_steps: int) -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int, total_steps: int
+) -> Any:
     """timm ``CosineLRScheduler`` counted in optimizer steps: linear warmup over
     ``warmup_epochs * steps_per_epoch`` steps from ``warmup_lr_init`` to ``lr``, then
     ``lr_t = min_lr + (lr - min_lr) (1 + cos(pi t / T')) / 2`` over the remaining ``T'`` steps."""
@@ -64,8 +75,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     timm_log.setLevel(logging.ERROR)  # its "no effect" warning when warmup fills a short run
     try:
         return CosineLRScheduler(
-            optimizer, t_initial=max(1, total_steps - warmup), lr_min=config.min_lr, warmup_t=warmup,
-            warmup_lr_init=config.warmup_lr_init, warmup_prefix=True, t_in_epochs=False,
+            optimizer,
+            t_initial=max(1, total_steps - warmup),
+            lr_min=config.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=config.warmup_lr_init,
+            warmup_prefix=True,
+            t_in_epochs=False,
         )
     finally:
         timm_log.setLevel(level)
@@ -86,4 +102,6 @@ def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
 
     if not has_annealing(model):
         return None
-    return LambdaSchedule(kind=config.anneal_kind, fraction=config.anneal_fraction, per=config.anneal_per)
+    return LambdaSchedule(
+        kind=config.anneal_kind, fraction=config.anneal_fraction, per=config.anneal_per
+    )
