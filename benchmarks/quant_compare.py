@@ -2,7 +2,7 @@
 
 Trains each model on the data spec (reparam.train.fit, one shared short schedule; an existing
 run folder under OUT/runs/<model> is reused), then quantizes every model with each settings
-preset through reparam.deploy.compare.compare_ptq and records the tables:
+preset through reparam.deploy.compare_ptq and records the tables:
 
     .venv/bin/python benchmarks/quant_compare.py --data digits --epochs 5 \
         --out runs/quant_compare --record benchmarks/results/quant_compare.json
@@ -26,7 +26,8 @@ import torch
 
 import reparam
 from reparam.checkpoint import write_json
-from reparam.deploy.compare import compare_ptq, format_table
+from reparam.analysis.report import ptq_table
+from reparam.deploy.compare import compare_ptq
 from reparam.deploy.quantize import QuantSettings
 
 PRESETS = {
@@ -121,7 +122,7 @@ def main() -> int:
             image_size=args.image_size,
             latency_repeats=args.latency_repeats,
         )
-        print(format_table(results[preset]) + "\n", flush=True)
+        print(ptq_table(results[preset]) + "\n", flush=True)
     record = {
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info(),
@@ -134,7 +135,7 @@ def main() -> int:
         },
         "seconds": time.perf_counter() - start,
         "results": results,
-        "tables": {preset: format_table(result) for preset, result in results.items()},
+        "tables": {preset: ptq_table(result) for preset, result in results.items()},
     }
     if args.record:
         write_json(record, args.record)

@@ -28,7 +28,8 @@ from reparam.bench.memory import (
 from reparam.bench.subjects import ModelSpec, check_spec, parse_spec
 from reparam.bench.timing import interleaved_windows, paired_ratio
 from reparam.bench.train import TrainBenchConfig, run_train_bench
-from reparam.cli import UserError, main
+from reparam.cli import main
+from reparam.errors import UserError
 
 CONTRACT_KEYS = {
     "model",

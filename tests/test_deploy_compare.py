@@ -7,7 +7,7 @@ import json
 import reparam
 from reparam.checkpoint import read_json, save_weights, write_json
 from reparam.cli import main
-from reparam.testing import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_
 
 
 def test_compare_run_folders_prints_the_table(tmp_path, capsys):

@@ -12,8 +12,7 @@ import reparam
 from reparam.checkpoint import read_json, save_weights, write_json
 from reparam.cli import main
 from reparam.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
-from reparam.deploy.export import _set_lambda_to_one
-from reparam.testing import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_
 
 DATA = "synthetic:60"  # 48 train / 12 val images, 10 classes
 
@@ -180,8 +179,9 @@ def test_fused_folder_round_trip_for_depth_reparam_families(name, tmp_path):
     lambda to 1 on a fresh model) rebuilds the same fused structure for its weights."""
     if name not in reparam.list_models():
         pytest.skip(f"{name} is not registered")
-    model = randomize_batchnorm_(reparam.create_model(name, num_classes=10)).eval()
-    _set_lambda_to_one(model)
+    model = reparam.prepare_for_deploy(
+        randomize_batchnorm_(reparam.create_model(name, num_classes=10))
+    )
     fused = fuse_for_deploy(model)
     save_fused(fused, {"model": name, "num_classes": 10, "model_kwargs": {}}, tmp_path)
     loaded, _ = load_fused(tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import reparam
 from reparam.checkpoint import save_weights, write_json
 from reparam.cli import main
-from reparam.testing import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_
 
 DATA = "synthetic:60"  # 12 val images, 10 classes
 

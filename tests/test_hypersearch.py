@@ -9,22 +9,21 @@ from safetensors.torch import save_file
 from torch import nn
 
 import reparam
+from reparam.analysis.identity import identity_variance_ratios, plot_identity_variance
 from reparam.cli import main as cli_main
-from reparam.hypersearch import (
-    ScaleError,
-    ablation_overrides,
+from reparam.errors import ScaleError
+from reparam.models.layers import RepVGGBlock
+from reparam.models.repopt_vgg import HSBlock, hs_init_scale
+from reparam.models.scales import (
     extract_scales,
-    identity_variance_ratios,
     model_scales,
-    plot_identity_variance,
     read_scale_file,
     read_scales,
     save_scale_file,
 )
-from reparam.models.layers import RepVGGBlock
-from reparam.models.repopt_vgg import HSBlock, hs_init_scale
 from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
+from reparam.train.hypersearch import ablation_overrides
 from test_repopt_vgg import imaginary_twin, tiny_target
 
 DT = torch.float64

@@ -5,8 +5,8 @@ import timm
 import torch
 
 import reparam
-from reparam.deploy.fuse import FusionError
-from reparam.testing import randomize_batchnorm_
+from reparam.errors import FusionError
+from reparam.verify import randomize_batchnorm_
 
 DT = torch.float64
 NUM_CLASSES = 7

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import reparam
-from reparam.deploy.export import DeployError, _set_lambda_to_one
 from reparam.deploy.onnx_export import (
     ONNX_TOLERANCE,
     check_onnx_vs_torch,
@@ -18,8 +17,10 @@ from reparam.deploy.onnx_export import (
     open_session,
     run_session,
 )
-from reparam.testing import randomize_batchnorm_
-from reparam.verify import CHECKS, resolve
+from reparam.errors import DeployError
+from reparam.verify import randomize_batchnorm_
+from reparam.verify.checks import CHECKS
+from reparam.verify.deployment import verify_onnx_vs_torch
 
 # one small model per family (a new family makes test_every_family_is_covered fail)
 FAMILY_MODELS = {
@@ -59,8 +60,9 @@ def test_onnx_matches_torch_every_family(family_name, tmp_path):
     name = FAMILY_MODELS[family_name]
     if name not in reparam.list_models():
         pytest.skip(f"{name} is not registered")
-    model = randomize_batchnorm_(reparam.create_model(name, num_classes=10)).eval()
-    _set_lambda_to_one(model)
+    model = reparam.prepare_for_deploy(
+        randomize_batchnorm_(reparam.create_model(name, num_classes=10))
+    )
     path = export_onnx(reparam.reparameterize(model), tmp_path / "m.onnx", 32)
     result = check_onnx_vs_torch(model, path, torch.randn(3, 3, 32, 32))
     assert result.passed and result.max_rel_err <= ONNX_TOLERANCE, result
@@ -101,5 +103,4 @@ def test_corrupted_or_missing_onnx_is_a_clear_error(vgg_onnx, tmp_path):
 
 
 def test_verify_registers_onnx_check():
-    assert CHECKS["onnx_vs_torch"] == "reparam.deploy.onnx_export:verify_onnx_vs_torch"
-    assert callable(resolve(CHECKS["onnx_vs_torch"]))
+    assert CHECKS["onnx_vs_torch"] is verify_onnx_vs_torch

@@ -6,7 +6,7 @@ from torch import nn
 
 from reparam.csla import Branch, CSLASpec, attach
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
-from reparam.optim.checks import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
+from reparam.verify.gradient import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
 
 DT = torch.float64
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from reparam.deploy.quant_stats import (
+from reparam.analysis.quant_stats import (
     fake_quant_int8,
     layer_stats,
     output_metrics,

@@ -9,13 +9,13 @@ import torch
 from onnx import numpy_helper
 
 import reparam
-from reparam.deploy.export import DeployError
+from reparam.analysis.quant_stats import sqnr_db
 from reparam.deploy.onnx_export import export_onnx, open_session, run_session
-from reparam.deploy.quant_stats import sqnr_db
 from reparam.deploy.quantize import QuantSettings, calibrate, quantize_onnx, tensor_ranges
+from reparam.errors import DeployError
 from reparam.models.layers import RepVGGBlock
 from reparam.models.vggnet import VGGNet
-from reparam.testing import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_
 
 
 @pytest.fixture(scope="module")

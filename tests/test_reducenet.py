@@ -11,8 +11,9 @@ from torch import nn
 from reparam import FusionError, reparameterize
 from reparam.models import create_model, list_models
 from reparam.models.annealed import AnnealedActivation, has_annealing, set_lambda
-from reparam.models.reducenet import ReduceBlock, verify_reducenet_deploy
-from reparam.testing import randomize_batchnorm_, rel_err
+from reparam.models.reducenet import ReduceBlock
+from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.verify.depth import verify_reducenet_deploy
 
 DT = torch.float64
 TOL = 1e-10

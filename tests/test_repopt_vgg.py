@@ -12,8 +12,9 @@ from torch import nn
 
 import reparam
 from reparam.csla import CSLABlock
-from reparam.hypersearch import ScaleError, model_scales, save_scale_file
+from reparam.errors import ScaleError
 from reparam.models.repopt_vgg import RepOptVGGBlock, hs_init_scale
+from reparam.models.scales import model_scales, save_scale_file
 from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
 

@@ -1,6 +1,6 @@
 """`reparam report` on run folders: metrics, curves and the identity variance plot (RepOpt fig. 4)."""
 
-from reparam.report import write_report
+from reparam.analysis.report import write_report
 from reparam.train import fit, resolve_config
 
 

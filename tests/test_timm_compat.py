@@ -6,7 +6,7 @@ from timm.utils.model import reparameterize_model
 
 import reparam
 from reparam.models.timm_compat import load_timm_repvgg_state
-from reparam.testing import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_
 
 
 def test_fused_a0_matches_timm_reparameterized_a0():

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from reparam.checkpoint import load_model, load_state, load_weights
+from reparam.checkpoint import load_state, load_weights
 from reparam.cli import main
-from reparam.train import TrainConfig, TrainingError, fit
+from reparam.train import TrainConfig, TrainingError, fit, load_model
 from reparam.train import engine as engine_module
 
 

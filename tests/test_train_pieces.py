@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reparam
-import reparam.models
+import reparam.train.setup
 from reparam.checkpoint import load_weights
 from reparam.train import TrainConfig, fit
 from reparam.train import engine as engine_module
@@ -54,7 +54,7 @@ def swap_model(monkeypatch):
             built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
             return model
 
-        monkeypatch.setattr(reparam.models, "create_model", create)
+        monkeypatch.setattr(reparam.train.setup, "create_model", create)
         return built
 
     return install

@@ -16,9 +16,9 @@ from reparam.models.vanillanet import (
     SeriesActivation,
     VanillaBlock,
     vanillanet,
-    verify_vanillanet_deploy,
 )
-from reparam.testing import randomize_batchnorm_, rel_err
+from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.verify.depth import verify_vanillanet_deploy
 
 DT = torch.float64
 TOL = 1e-10

@@ -1,7 +1,28 @@
-"""reparam: re-parameterized vision backbones (structural, gradient and depth re-param)."""
+"""reparam: re-parameterized vision backbones (structural, gradient and depth re-param).
 
-from .deploy.fuse import FusionError, reparameterize
+The package face (**contract**)::
+
+    import reparam
+    model = reparam.create_model("repopt_vgg_a0", num_classes=10)   # also timm: "reparam_<name>"
+    opt = reparam.optim.RepOptSGD(model, lr=0.1, momentum=0.9, weight_decay=4e-5)
+    fused = reparam.reparameterize(model.eval())
+
+Importing it registers every model with timm; it loads no ONNX, ONNX Runtime, matplotlib or
+TensorBoard (those are imported where they are used).
+"""
+
+from . import optim
+from .errors import FusionError
+from .fuse import prepare_for_deploy, reparameterize
 from .models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["FusionError", "__version__", "create_model", "list_models", "reparameterize"]
+__all__ = [
+    "FusionError",
+    "__version__",
+    "create_model",
+    "list_models",
+    "optim",
+    "prepare_for_deploy",
+    "reparameterize",
+]

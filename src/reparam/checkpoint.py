@@ -1,11 +1,11 @@
-"""Atomic writes and safe loading of weights, states and run folders.
+"""Atomic writes and safe loading of weights, states and JSON files.
 
 - Weights are safetensors (no pickle); optimizer/scheduler/RNG state is ``torch.save`` data that
   is read back with ``weights_only=True`` only.
 - Every write goes to a temp file in the same folder and is renamed over the target, so a killed
   process leaves the previous file intact.
-- A run folder (DESIGN.md) holds ``config.json`` with at least ``model``, ``num_classes`` and
-  ``model_kwargs``; :func:`load_model` rebuilds the model from it and loads its weights.
+
+What the files mean (run folders, fused folders, scale files) is known to the layers above.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+
+from .errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
     "atomic_path",
-    "load_model",
     "load_state",
     "load_weights",
     "read_json",
@@ -34,10 +34,6 @@ __all__ = [
     "save_weights",
     "write_json",
 ]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or run folder is missing, corrupted or for another model."""
 
 
 @contextmanager
@@ -105,39 +101,3 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(f"{path}: cannot load training state safely ({err})") from None
-
-
-def load_model(
-    source: str | os.PathLike, weights: str = "best"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from a run folder (or a ``.safetensors`` file inside one).
-
-    ``weights`` picks ``best`` or ``last`` when ``source`` is a folder (``best`` falls back to
-    ``last``). Returns ``(model in eval mode, config)``.
-    """
-    from .models import create_model
-
-    source = Path(source)
-    if source.is_dir():
-        run_dir = source
-        candidates = [run_dir / f"{weights}.safetensors", run_dir / "last.safetensors"]
-        weights_path = next((p for p in candidates if p.is_file()), candidates[0])
-    elif source.suffix == ".safetensors":
-        run_dir, weights_path = source.parent, source
-    else:
-        raise CheckpointError(f"{source}: expected a run folder or a .safetensors file")
-    config = read_json(run_dir / "config.json")
-    for key in ("model", "num_classes"):
-        if key not in config:
-            raise CheckpointError(f"{run_dir / 'config.json'}: missing key {key!r}")
-    model = create_model(
-        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
-    )
-    state = load_weights(weights_path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights_path}: does not match model {config['model']!r}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    return model.eval(), config

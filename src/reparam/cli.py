@@ -4,45 +4,34 @@
 - ``run(args: argparse.Namespace) -> int`` (exit status)
 - a module docstring whose first line is the subcommand's one-line help.
 
-Errors a user can fix (missing files, bad specs, wrong shapes) are raised as :class:`UserError`
-or the library's own error types and printed as one line, without a traceback.
+Errors a user can fix (missing files, bad specs, wrong shapes) are raised as
+:class:`reparam.errors.ReparamError` subclasses and printed as one line, without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
+from types import ModuleType
 
 from . import __version__
+from .commands import bench, demo, deploy, evaluate, hypersearch, models, report, train, verify
+from .errors import ReparamError
 
-__all__ = ["COMMANDS", "UserError", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-# subcommand name -> module under reparam.commands
-COMMANDS = {
-    "train": "train",
-    "hypersearch": "hypersearch",
-    "deploy": "deploy",
-    "eval": "evaluate",
-    "bench": "bench",
-    "verify": "verify",
-    "report": "report",
-    "models": "models",
-    "demo": "demo",
+COMMANDS: dict[str, ModuleType] = {
+    "train": train,
+    "hypersearch": hypersearch,
+    "deploy": deploy,
+    "eval": evaluate,
+    "bench": bench,
+    "verify": verify,
+    "report": report,
+    "models": models,
+    "demo": demo,
 }
-
-
-class UserError(Exception):
-    """An error caused by the command's input; printed as one readable line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .deploy.fuse import FusionError
-
-    return (UserError, CheckpointError, DataError, FusionError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reparam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f".commands.{module_name}", __package__)
-        except ModuleNotFoundError as err:
-            if err.name == f"{__package__}.commands.{module_name}":
-                continue  # not built yet
-            raise
+    for name, module in COMMANDS.items():
         summary = (module.__doc__ or name).strip().splitlines()[0]
         command = sub.add_parser(
             name,
@@ -81,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except _user_errors() as err:
+    except (ReparamError, FileNotFoundError) as err:
         print(f"reparam {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

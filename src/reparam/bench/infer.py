@@ -9,7 +9,8 @@ Per model, the variants (all float32 unless named otherwise):
   only; accuracy of INT8 is the deployment benchmarks' job).
 
 BatchNorm running statistics are randomised first, so the fusion is not a no-op; annealed
-activations (ReduceNet, VanillaNet) are set to lambda = 1, their state at the end of training. Each record
+activations (ReduceNet, VanillaNet) are put in their end-of-training state (lambda = 1) by
+``reparam.fuse.prepare_for_deploy``. Each record
 holds ``max_abs_diff_vs_train_form`` (the variant's logits vs the train form's; ``max_rel_...``
 divides by the largest train-form logit) and, for timm's fused RepVGG when ours is in the same
 run and timm's weights map onto ours (``reparam.models.timm_compat``),
@@ -27,13 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.utils.model import reparameterize_model as timm_reparameterize
 from torch import Tensor, nn
 
+from ..deploy.onnx_export import export_onnx, open_session, run_session
+from ..deploy.quantize import QuantSettings, quantize_onnx
+from ..fuse import prepare_for_deploy, reparameterize
+from ..models.timm_compat import load_timm_repvgg_state
+from ..verify import randomize_batchnorm_
 from .machine import machine_info
 from .subjects import TIMM_PREFIX, ModelSpec, build_model
 from .timing import interleaved_windows
 
-__all__ = ["InferBenchConfig", "randomize_batchnorm", "run_infer_bench"]
+__all__ = ["InferBenchConfig", "run_infer_bench"]
 
 Progress = Callable[[str], None]
 Runner = Callable[[Tensor], Tensor]
@@ -53,39 +60,10 @@ class InferBenchConfig:
     command: str = ""
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm random affine parameters and running statistics (in place)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-                if module.affine:
-                    module.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                    module.bias.copy_(0.1 * torch.randn(n, generator=generator))
-    return model
-
-
 def _fuse(spec: ModelSpec, model: nn.Module) -> nn.Module:
     if spec.is_timm:
-        from timm.utils.model import reparameterize_model
-
-        return reparameterize_model(model, inplace=False).eval()
-    import reparam
-
-    return reparam.reparameterize(model)
-
-
-def _end_of_training(spec: ModelSpec, model: nn.Module) -> nn.Module:
-    """Annealed activations at lambda = 1 (their state when training ends): then they fuse."""
-    if not spec.is_timm:
-        from ..models.annealed import has_annealing, set_lambda
-
-        if has_annealing(model):
-            set_lambda(model, 1.0)
-    return model
+        return timm_reparameterize(model, inplace=False).eval()
+    return reparameterize(model)
 
 
 def _torch_runner(model: nn.Module) -> Runner:
@@ -103,24 +81,9 @@ def _timed_call(run: Runner, images: Tensor) -> Callable[[], None]:
     return call
 
 
-def _session(path: Path, threads: int):
-    """An ORT CPU session whose idle threads sleep instead of spinning: spinning threads would
-    steal the cores from whichever variant runs next in the interleaved rounds."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _onnx_runners(
     fused: nn.Module, image_size: int, threads: int, folder: Path, name: str
 ) -> dict[str, Runner]:
-    from ..deploy.onnx_export import export_onnx, run_session
-    from ..deploy.quantize import QuantSettings, quantize_onnx
-
     fp32 = export_onnx(fused, folder / f"{name}.onnx", image_size)
     generator = torch.Generator().manual_seed(1)
     calibration = torch.randn(32, 3, image_size, image_size, generator=generator)
@@ -128,7 +91,9 @@ def _onnx_runners(
     quantize_onnx(fp32, int8, calibration.numpy(), QuantSettings(calib_images=32))
     runners = {}
     for variant, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
-        session = _session(path, threads)
+        # idle ORT threads sleep instead of spinning: spinning threads would steal the cores
+        # from whichever variant runs next in the interleaved rounds
+        session = open_session(path, threads, allow_spinning=False)
         runners[variant] = lambda images, s=session: torch.from_numpy(run_session(s, images))
     return runners
 
@@ -140,8 +105,6 @@ def _timm_to_ours(
     ours = [s for s in models if s.name == spec.name[len(TIMM_PREFIX) :]]
     if not ours or not spec.name.startswith(TIMM_PREFIX + "repvgg_"):
         return None
-    from ..models.timm_compat import load_timm_repvgg_state
-
     mapped = build_model(ours[0], num_classes)
     load_timm_repvgg_state(mapped, models[spec].state_dict())
     return mapped.eval()
@@ -154,8 +117,9 @@ def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[s
     models: dict[ModelSpec, nn.Module] = {}
     for spec in specs:
         torch.manual_seed(0)
-        model = _end_of_training(spec, build_model(spec, config.num_classes))
-        models[spec] = randomize_batchnorm(model).eval()
+        model = build_model(spec, config.num_classes)
+        generator = torch.Generator().manual_seed(0)
+        models[spec] = prepare_for_deploy(randomize_batchnorm_(model, generator))
     probe = torch.randn(
         8, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2)
     )

@@ -16,10 +16,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import timm
 import torch
 from torch import Tensor, nn
 
-from ..cli import UserError
+from ..errors import UserError
+from ..models import create_model, list_models
+from ..optim import RepOptSGD, grad_mults
 
 __all__ = [
     "OPTIMIZERS",
@@ -68,15 +71,11 @@ def parse_spec(text: str, default_optimizer: str = "auto") -> ModelSpec:
 def check_spec(spec: ModelSpec) -> ModelSpec:
     """Raise :class:`UserError` when ``spec`` names no registered (reparam or timm) model."""
     if spec.is_timm:
-        import timm
-
         name = spec.name[len(TIMM_PREFIX) :]
         if not timm.is_model(name):
             raise UserError(f"{spec.name}: timm has no model {name!r}")
         return spec
-    import reparam
-
-    if spec.name not in reparam.list_models():
+    if spec.name not in list_models():
         raise UserError(
             f"unknown model {spec.name!r}; see `reparam models`, or use timm:NAME for timm models"
         )
@@ -86,37 +85,23 @@ def check_spec(spec: ModelSpec) -> ModelSpec:
 def build_model(spec: ModelSpec, num_classes: int) -> nn.Module:
     """The model named by ``spec`` with fresh weights (reparam registry or ``timm:`` names)."""
     if spec.is_timm:
-        import timm
-
         name = spec.name[len(TIMM_PREFIX) :]
         try:
             return timm.create_model(name, num_classes=num_classes, pretrained=False)
         except RuntimeError as err:
             raise UserError(f"timm model {name!r}: {err}") from None
-    import reparam
-
     try:
-        return reparam.create_model(spec.name, num_classes=num_classes)
+        return create_model(spec.name, num_classes=num_classes)
     except ValueError as err:
         raise UserError(str(err)) from None
 
 
-def _grad_mults(model: nn.Module) -> dict[str, Tensor]:
-    try:
-        from ..optim import grad_mults
-    except ImportError:
-        return {}
-    return grad_mults(model)
-
-
 def build_optimizer(spec: ModelSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, str]:
     """``(optimizer, its name)`` for ``spec`` (see module docstring)."""
-    mults = {} if spec.is_timm or spec.optimizer == "sgd" else _grad_mults(model)
+    mults = {} if spec.is_timm or spec.optimizer == "sgd" else grad_mults(model)
     if spec.optimizer == "repopt" and not mults:
         raise UserError(f"{spec.label}: the model has no gradient multipliers (no CSLA layers)")
     if mults:
-        from ..optim import RepOptSGD
-
         optimizer = RepOptSGD(model, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         return optimizer, "RepOptSGD"
     optimizer = torch.optim.SGD(

@@ -23,7 +23,7 @@ from ..bench.infer import InferBenchConfig, run_infer_bench
 from ..bench.subjects import OPTIMIZERS, check_spec, parse_spec
 from ..bench.train import TrainBenchConfig, run_train_bench
 from ..checkpoint import write_json
-from ..cli import UserError
+from ..errors import UserError
 
 __all__ = ["add_arguments", "run"]
 

@@ -29,6 +29,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..analysis.identity import identity_variance_ratios, plot_identity_variance
+from ..analysis.plots import pyplot
+from ..checkpoint import write_json
+from ..data import load_data
+from ..deploy.pipeline import deploy
+from ..deploy.quantize import QuantSettings
+from ..fuse import reparameterize
+from ..models.summary import count_macs, count_params
+from ..train import fit, hyper_search, load_model, resolve_config
+
 ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
 
 
@@ -59,10 +69,6 @@ def _logits(
 
 def _compare_forms(run_dir: Path, dataset, image_size: int) -> dict[str, Any]:
     """Top-1 of the trained model and of its fused copy, their max logit difference, sizes."""
-    from ..checkpoint import load_model
-    from ..deploy.fuse import reparameterize
-    from ..models.summary import count_macs, count_params
-
     model, _ = load_model(run_dir, weights="last")
     fused = reparameterize(model)
     logits, labels = _logits(model, dataset)
@@ -80,11 +86,7 @@ def _compare_forms(run_dir: Path, dataset, image_size: int) -> dict[str, Any]:
 
 
 def _plot_curves(runs: dict[str, Path], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, run_dir in runs.items():
         with open(run_dir / "log.csv") as f:
@@ -132,13 +134,6 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model, write_json
-    from ..data import load_data
-    from ..deploy.pipeline import deploy
-    from ..deploy.quantize import QuantSettings
-    from ..hypersearch import hyper_search, identity_variance_ratios, plot_identity_variance
-    from ..train import fit, resolve_config
-
     started = time.perf_counter()
     out = Path(args.out)
     report = out / "report"

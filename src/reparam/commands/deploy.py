@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from pathlib import Path
 
 from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,9 +90,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def _trained_sources(args: argparse.Namespace) -> list[str]:
+    """``--compare`` sources as run folders: a registered model name that is not a path is
+    trained first into ``OUT/runs/NAME`` (same schedule for all)."""
+    from ..models import list_models
+    from ..train import TrainConfig, fit
+
+    sources = []
+    for source in args.sources:
+        if Path(source).exists():
+            sources.append(source)
+            continue
+        if source not in list_models():
+            raise UserError(
+                f"{source!r} is neither a run folder/checkpoint nor a registered model "
+                f"({', '.join(list_models())})"
+            )
+        out = Path(args.out) / "runs" / source
+        config = TrainConfig(
+            model=source,
+            data=args.calib_data,
+            epochs=args.epochs,
+            image_size=args.image_size or 32,
+            batch_size=args.batch_size,
+            seed=0,
+            out=str(out),
+            device="cpu",
+        )
+        log.info("training %s on %s for %d epochs -> %s", source, args.calib_data, args.epochs, out)
+        fit(config, progress=not args.json)
+        sources.append(str(out))
+    return sources
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..deploy.compare import compare_ptq, format_table
+    from ..analysis.report import ptq_table
+    from ..deploy.compare import compare_ptq
     from ..deploy.pipeline import deploy
 
     settings = QuantSettings(
@@ -104,18 +142,17 @@ def run(args: argparse.Namespace) -> int:
                 "--compare needs --calib-data SPEC (training, calibration and evaluation data)"
             )
         result = compare_ptq(
-            args.sources,
+            _trained_sources(args),
             args.calib_data,
             args.out,
             settings,
-            epochs=args.epochs,
             image_size=args.image_size or 32,
-            batch_size=args.batch_size,
             latency_repeats=args.latency_repeats,
             threads=args.threads,
+            train={"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0},
             progress=not args.json,
         )
-        print(json.dumps(result, indent=2) if args.json else format_table(result))
+        print(json.dumps(result, indent=2) if args.json else ptq_table(result))
         return 0
     if len(args.sources) != 1:
         raise UserError(

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data import load_data
+from ..deploy.predict import evaluate, open_model
+from ..errors import UserError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -32,10 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..data import load_data
-    from ..deploy.predict import evaluate, open_model
-
     predictor = open_model(args.model, args.threads)
     image_size = args.image_size or predictor.image_size
     if not image_size:

@@ -55,29 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..cli import UserError
-    from ..hypersearch import hyper_search, target_model_name
-    from ..train import RecipeError, TrainingError
+    from ..models.scales import target_model_name
+    from ..train.hypersearch import hyper_search
 
     out = args.out or str(
         Path("scales") / (f"{target_model_name(args.model)}-{args.data.split(':')[0]}.safetensors")
     )
-    try:
-        summary = hyper_search(
-            args.model,
-            args.data,
-            out,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            seed=args.seed,
-            lr=args.lr,
-            run_dir=args.run_dir,
-            recipe=args.recipe,
-            progress=not args.no_progress,
-        )
-    except (RecipeError, TrainingError) as err:
-        raise UserError(str(err)) from None
+    summary = hyper_search(
+        args.model,
+        args.data,
+        out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        seed=args.seed,
+        lr=args.lr,
+        run_dir=args.run_dir,
+        recipe=args.recipe,
+        progress=not args.no_progress,
+    )
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:

@@ -12,6 +12,10 @@ import json
 
 from tqdm import tqdm
 
+from ..fuse import prepare_for_deploy, reparameterize
+from ..models import create_model, list_models
+from ..models.summary import count_macs, count_params
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -28,23 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_row(name: str, image_size: int, num_classes: int) -> dict:
-    from ..deploy.fuse import reparameterize
-    from ..models import create_model
-    from ..models.annealed import has_annealing, set_lambda
-    from ..models.summary import count_macs, count_params
-
     model = create_model(name, num_classes=num_classes).eval()
     row = {"model": name, "params": count_params(model), "macs": count_macs(model, image_size)}
-    if has_annealing(model):  # the deploy form is what the model fuses to at the end (lambda = 1)
-        set_lambda(model, 1.0)
-    fused = reparameterize(model)
+    fused = reparameterize(prepare_for_deploy(model))  # what the model fuses to at the end
     row.update(fused_params=count_params(fused), fused_macs=count_macs(fused, image_size))
     return row
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import list_models
-
     names = [n for n in list_models() if fnmatch.fnmatch(n, args.pattern)]
     if args.names_only:
         rows = [{"model": n} for n in names]

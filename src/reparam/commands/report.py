@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..analysis.report import write_report
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -23,8 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
-
     report = write_report(args.sources, args.out)
     plots = sorted(str(p) for p in report.parent.glob("*.png"))
     if args.json:

@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import read_json
+from ..errors import UserError
+from ..train import TrainConfig, fit, parse_overrides, parse_value, recipes, resolve_config
+
 # CLI flag -> (config field, type, help); everything else goes through --set
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model", "model", str, "registered model name (reparam models)"),
@@ -93,40 +97,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:
-    from ..train import parse_overrides
-
     values = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS if hasattr(args, dest)}
     values.update({name: getattr(args, name) for name, _ in _SWITCHES if hasattr(args, name)})
     values.update(parse_overrides(args.overrides))
     if args.scales is not None:
         kwargs = values.get("model_kwargs", {})
         if isinstance(kwargs, str):
-            from ..train.recipe import _parse_value
-
-            kwargs = _parse_value(kwargs)
+            kwargs = parse_value(kwargs)
         values["model_kwargs"] = {**kwargs, "scales": args.scales}
     return values
 
 
 def build_config(args: argparse.Namespace) -> Any:
     """The resolved :class:`TrainConfig` for parsed CLI arguments (saved config on --resume)."""
-    from ..checkpoint import read_json
-    from ..cli import UserError
-    from ..train import RecipeError, TrainConfig, resolve_config
-
     explicit = _explicit(args)
-    try:
-        if args.resume:
-            if "out" not in explicit:
-                raise UserError("--resume needs --out DIR (the run folder to continue)")
-            saved = Path(explicit["out"]) / "config.json"
-            if not saved.is_file():
-                raise UserError(f"{saved}: not found; nothing to resume")
-            values = {**read_json(saved), "stop_after_steps": None, **explicit, "resume": True}
-            return TrainConfig.from_dict(values)
-        config = resolve_config(args.recipe, explicit)
-    except RecipeError as err:
-        raise UserError(str(err)) from None
+    if args.resume:
+        if "out" not in explicit:
+            raise UserError("--resume needs --out DIR (the run folder to continue)")
+        saved = Path(explicit["out"]) / "config.json"
+        if not saved.is_file():
+            raise UserError(f"{saved}: not found; nothing to resume")
+        values = {**read_json(saved), "stop_after_steps": None, **explicit, "resume": True}
+        return TrainConfig.from_dict(values)
+    config = resolve_config(args.recipe, explicit)
     if "out" not in explicit:
         data_name = config.data.split(":")[0]
         config.out = str(Path("runs") / f"{config.model}-{data_name}")
@@ -134,16 +127,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..train import TrainingError, fit, recipes
-
     if args.list_recipes:
         print(json.dumps(recipes(), indent=2, sort_keys=True))
         return 0
     config = build_config(args)
     try:
         metrics = fit(config, progress=not args.no_progress)
-    except (TrainingError, ValueError) as err:
+    except ValueError as err:  # a model that rejects the recipe's kwargs
         raise UserError(str(err)) from None
     if metrics.get("interrupted"):  # saved; planned stops exit 0, signals 128 + signal number
         return 128 + metrics["signal"] if metrics.get("signal") else 0

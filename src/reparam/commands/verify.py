@@ -11,7 +11,8 @@ import json
 
 from tqdm import tqdm
 
-from ..verify import CHECKS, resolve
+from ..errors import UserError
+from ..verify.checks import CHECKS, run_checks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,15 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-
     names = args.checks or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
         raise UserError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
     results = {}
     for name in tqdm(names, desc="verify", unit="check", disable=args.json):
-        results[name] = resolve(CHECKS[name])().to_dict()
+        results.update(run_checks([name]))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -21,11 +21,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import DataError
+
 __all__ = ["DataBundle", "DataError", "TensorImageDataset", "load_data"]
-
-
-class DataError(ValueError):
-    """A data spec, path or file is missing or not in the expected format."""
 
 
 class TensorImageDataset(Dataset):

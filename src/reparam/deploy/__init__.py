@@ -1,30 +1,29 @@
-"""Deployment: fuse (``reparameterize``), fused folders, ONNX, INT8 PTQ, quantization stats."""
+"""Deployment: fused folders, ONNX export checked in ONNX Runtime, INT8 PTQ, the PTQ comparison.
 
-from .export import DeployError, build_deploy_model, fuse_for_deploy, load_fused, save_fused
-from .fuse import FusionError, reparameterize
+Fusion itself (``reparameterize``) is :mod:`reparam.fuse`; the weight and output statistics that
+explain a PTQ result are :mod:`reparam.analysis.quant_stats`.
+"""
+
+from .compare import compare_ptq
+from .export import build_deploy_model, fuse_for_deploy, load_fused, save_fused
 from .onnx_export import check_onnx_vs_torch, export_onnx, open_session
 from .pipeline import deploy, load_source
 from .predict import evaluate, open_model
-from .quant_stats import layer_stats, weight_stats
 from .quantize import QuantSettings, quantize_onnx
 
 __all__ = [
-    "DeployError",
-    "FusionError",
     "QuantSettings",
     "build_deploy_model",
     "check_onnx_vs_torch",
+    "compare_ptq",
     "deploy",
     "evaluate",
     "export_onnx",
     "fuse_for_deploy",
-    "layer_stats",
     "load_fused",
     "load_source",
     "open_model",
     "open_session",
     "quantize_onnx",
-    "reparameterize",
     "save_fused",
-    "weight_stats",
 ]

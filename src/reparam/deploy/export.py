@@ -9,7 +9,6 @@ and ``config.json``: the run's config (``model``, ``num_classes``, ``model_kwarg
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import CheckpointError, load_weights, read_json, save_weights, write_json
-from .fuse import reparameterize, train_mode_batchnorms
+from ..checkpoint import load_weights, read_json, save_weights, write_json
+from ..errors import CheckpointError
+from ..fuse import prepare_for_deploy, reparameterize, train_mode_batchnorms
+from ..models import create_model
 
 __all__ = [
-    "DeployError",
     "FUSED_CONFIG",
     "FUSED_WEIGHTS",
     "build_deploy_model",
@@ -38,44 +38,27 @@ FUSED_WEIGHTS = "fused.safetensors"
 FUSED_CONFIG = "config.json"
 
 
-class DeployError(CheckpointError):
-    """A deployable model or its inputs do not fit: wrong input size, corrupted ONNX file,
-    calibration data of the wrong shape, ONNX output that differs from torch."""
-
-
-def _set_lambda_to_one(model: nn.Module) -> None:
-    """Annealed models (``reparam.models.annealed``, when that family exists): lambda = 1."""
-    try:
-        annealed = importlib.import_module("reparam.models.annealed")
-    except ModuleNotFoundError:
-        return
-    if annealed.has_annealing(model):
-        annealed.set_lambda(model, 1.0)
-
-
 def build_deploy_model(config: dict[str, Any]) -> nn.Module:
     """The fused (deploy) structure of ``config["model"]``, weights not loaded (**contract**).
 
-    ``create_model(model, num_classes, **model_kwargs).eval()``, annealing lambda set to 1, then
-    :func:`reparameterize`; the parameters hold whatever the fresh model folds to.
+    ``create_model(model, num_classes, **model_kwargs)`` put in its end-of-training state by
+    :func:`reparam.fuse.prepare_for_deploy`, then :func:`reparameterize`; the parameters hold
+    whatever the fresh model folds to.
     """
-    from ..models import create_model
-
     for key in ("model", "num_classes"):
         if key not in config:
             raise CheckpointError(f"model config is missing key {key!r} (has {sorted(config)})")
     model = create_model(
         config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
-    ).eval()
-    _set_lambda_to_one(model)
-    return reparameterize(model)
+    )
+    return reparameterize(prepare_for_deploy(model))
 
 
 def fuse_for_deploy(model: nn.Module) -> nn.Module:
     """Fused copy of a trained model; a model left in train mode is fused from eval mode (logged).
 
     An annealed model whose lambda is below 1 is refused by its ``check_fusable``
-    (:class:`~reparam.deploy.fuse.FusionError`): forcing lambda would change its function.
+    (:class:`~reparam.errors.FusionError`): forcing lambda would change its function.
     """
     if train_mode_batchnorms(model):
         log.info("model is in train mode: fusing an eval-mode copy (BatchNorm running statistics)")

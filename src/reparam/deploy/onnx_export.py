@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DeployError
 from ..verify import CheckResult, compare
-from .export import DeployError
 
 __all__ = [
     "ONNX_TOLERANCE",
@@ -27,7 +27,6 @@ __all__ = [
     "input_shape",
     "open_session",
     "run_session",
-    "verify_onnx_vs_torch",
 ]
 
 ONNX_TOLERANCE = 1e-4  # max |ort - torch| / max |torch| in float32
@@ -83,8 +82,11 @@ def export_onnx(
     return path
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None):
-    """An ONNX Runtime CPU session; a missing or corrupted file raises :class:`DeployError`."""
+def open_session(path: str | os.PathLike, threads: int | None = None, allow_spinning: bool = True):
+    """An ONNX Runtime CPU session; a missing or corrupted file raises :class:`DeployError`.
+
+    ``allow_spinning=False`` lets idle intra-op threads sleep instead of spinning (for timing
+    several sessions in turn on shared cores)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -94,6 +96,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
@@ -138,24 +142,3 @@ def check_onnx_vs_torch(
         reference = model.eval().float()(images.float())
     logits = torch.from_numpy(run_session(open_session(onnx_path), images))
     return compare([(logits, reference)], tolerance)
-
-
-def verify_onnx_vs_torch(tolerance: float = ONNX_TOLERANCE) -> CheckResult:
-    """``reparam verify`` check: fused RepVGG-A0 (10 classes, random BN statistics) exported to
-    ONNX; ORT vs torch at batch 3 (not the export batch), 32x32, float32."""
-    import tempfile
-
-    from ..models import create_model
-    from ..testing import randomize_batchnorm_
-    from .fuse import reparameterize
-
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = (
-        randomize_batchnorm_(create_model("repvgg_a0", num_classes=10), generator).float().eval()
-    )
-    fused = reparameterize(model)
-    images = torch.randn(3, 3, 32, 32, generator=generator)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(fused, Path(tmp) / "model.onnx", 32)
-        return check_onnx_vs_torch(model, path, images, tolerance)

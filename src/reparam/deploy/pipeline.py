@@ -18,11 +18,14 @@ from typing import Any
 
 import torch
 
+from ..analysis.quant_stats import output_metrics, weight_stats
 from ..checkpoint import write_json
-from .export import DeployError, fuse_for_deploy, fused_folder_of, load_fused, save_fused
+from ..data import load_data
+from ..errors import DeployError
+from ..train.checkpointing import load_model
+from .export import fuse_for_deploy, fused_folder_of, load_fused, save_fused
 from .onnx_export import ONNX_TOLERANCE, check_onnx_vs_torch, export_onnx, open_session, run_session
 from .predict import Predictor, predict_dataset, session_latency_ms
-from .quant_stats import output_metrics, weight_stats
 from .quantize import QuantSettings, calibration_images, quantize_onnx
 
 __all__ = ["ONNX_NAME", "INT8_NAME", "deploy", "load_source"]
@@ -35,8 +38,6 @@ ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 def load_source(source: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``(fused model, config)`` from a run folder, a ``.safetensors`` checkpoint or a fused folder;
     an unfused model is fused here (logged)."""
-    from ..checkpoint import load_model
-
     folder = fused_folder_of(source)
     if folder is not None:
         return load_fused(folder)
@@ -121,8 +122,6 @@ def deploy(
 
 def _calibration_data(calib_data: str | None, image_size: int, config: dict[str, Any]):
     """The data bundle for INT8 (checked before any export work is done)."""
-    from ..data import load_data
-
     if not calib_data:
         raise DeployError(
             "--int8 needs --calib-data SPEC (images to calibrate activation ranges on)"

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .export import DeployError, fused_folder_of, load_fused
+from ..errors import DeployError
+from ..train.checkpointing import load_model
+from .export import fused_folder_of, load_fused
 from .onnx_export import input_shape, open_session, run_session
 
 __all__ = ["Predictor", "evaluate", "open_model", "predict_dataset", "session_latency_ms"]
@@ -50,10 +52,8 @@ def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """A run folder or ``.safetensors`` checkpoint (:func:`reparam.checkpoint.load_model`), a fused
+    """A run folder or ``.safetensors`` checkpoint (:func:`reparam.train.load_model`), a fused
     folder (``fused.safetensors`` + ``config.json``) or an ``.onnx`` file (ONNX Runtime, CPU)."""
-    from ..checkpoint import load_model
-
     path = Path(path)
     if not path.exists():
         raise DeployError(

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from .export import DeployError
+from ..errors import DeployError
 from .onnx_export import input_shape, open_session
 
 __all__ = [

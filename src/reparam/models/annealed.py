@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..deploy.fuse import FusionError, reparameterize
+from ..errors import FusionError
+from ..fuse import prepare_for_deploy, reparameterize
 from .summary import count_macs
 
 __all__ = [
@@ -70,6 +71,11 @@ class AnnealedActivation(nn.Module):
                 "lambda = 1.0 (finish the lambda schedule, or call set_lambda(model, 1.0) and "
                 "fine-tune before fusing)"
             )
+
+    def prepare_for_deploy(self) -> None:
+        """The end of annealing: ``lambda = 1`` (the hook of :func:`reparam.fuse.prepare_for_deploy`)."""
+        with torch.no_grad():
+            self.lam.fill_(1.0)
 
     def fuse(self) -> nn.Identity:
         self.check_fusable()
@@ -143,12 +149,12 @@ class LambdaSchedule:
 def fusion_macs(model: nn.Module, image_size: int, in_channels: int = 3) -> dict[str, float]:
     """MACs of one ``image_size`` image before and after ``reparameterize`` (Conv2d + Linear).
 
-    The fused structure does not depend on the weights, so a copy is fused at ``lambda = 1`` in
-    eval mode; ``model`` is untouched. Logs a warning when fusion increases compute.
+    The fused structure does not depend on the weights, so a copy is fused as
+    :func:`reparam.fuse.prepare_for_deploy` leaves it (eval mode, ``lambda = 1``); ``model`` is
+    untouched. Logs a warning when fusion increases compute.
     Returns ``{"macs_before", "macs_after", "ratio"}`` (``ratio = after / before``).
     """
-    probe = copy.deepcopy(model).eval()
-    set_lambda(probe, 1.0)
+    probe = prepare_for_deploy(copy.deepcopy(model))
     before = count_macs(probe, image_size, in_channels)
     after = count_macs(reparameterize(probe), image_size, in_channels)
     ratio = after / before if before else float("nan")

@@ -106,6 +106,13 @@ class RepVGGBlock(nn.Module):
             y = y + self.identity(x)
         return self.act(y)
 
+    def identity_variance_parts(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(BN_id(x), pre-ReLU sum)``, for :func:`reparam.analysis.identity_variance_ratios`."""
+        if self.identity is None:
+            return None
+        identity = self.identity(x)
+        return identity, self.conv3x3(x) + self.conv1x1(x) + identity
+
     def kernel(self) -> Kernel:
         branches = [self.conv3x3.kernel(), self.conv1x1.kernel()]
         if self.identity is not None:

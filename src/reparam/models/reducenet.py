@@ -34,11 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
+from ..errors import FusionError
+from ..fuse import check_eval_mode
 from ..kernels import ConvSpec, Kernel, add_branches, compose, identity_kernel
-from ..testing import fused_output_pairs, randomize_batchnorm_
-from ..verify import CheckResult, compare
-from .annealed import AnnealedActivation, set_lambda
+from .annealed import AnnealedActivation
 from .layers import ConvBN, conv_from_kernel
 from .registry import register_model
 from .vggnet import PooledClassifier
@@ -50,7 +49,6 @@ __all__ = [
     "reducenet20",
     "reducenet34_imagenet",
     "reducenet56",
-    "verify_reducenet_deploy",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,9 +122,7 @@ class ReduceBlock(nn.Module):
     def fuse(self) -> nn.Sequential:
         if not self.plain:
             self.act.check_fusable()
-        in_train = train_mode_batchnorms(self)
-        if in_train:
-            raise FusionError(f"BatchNorm layers {in_train} are in train mode; call .eval() first")
+        check_eval_mode(self)
         before, after = self.macs_per_pixel()
         if after > before:
             log.warning(
@@ -231,25 +227,3 @@ def reducenet18_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
 def reducenet34_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
     """ReduceNet-34, ImageNet layout (ResNet-34 shaped): 3/4/6/3 blocks, 34 -> 18 layers."""
     return ReduceNet((3, 4, 6, 3), num_classes=num_classes, **{**_IMAGENET, **kwargs})
-
-
-def verify_reducenet_deploy(tolerance: float = 1e-10) -> CheckResult:
-    """Fused vs training-form ReduceNet in float64 at ``lambda = 1``: random BN statistics and
-    affine parameters; kept ReLU or all-linear; projection or no shortcut at stride 2;
-    expansion 2 and 1.5; CIFAR (strides 1, 2) and ImageNet layouts; odd and even input sizes."""
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    variants = [
-        (reducenet20, {"expansion": 2.0}),
-        (reducenet20, {"expansion": 1.5, "keep_relu": False, "projection": False}),
-        (reducenet18_imagenet, {"widths": (8, 16, 24, 32), "stem_width": 8}),
-    ]
-    pairs = []
-    for build, kwargs in variants:
-        model = build(num_classes=7, **kwargs).double()
-        randomize_batchnorm_(model, generator).eval()
-        set_lambda(model, 1.0)
-        pairs += fused_output_pairs(
-            model, reparameterize(model), ((2, 16), (1, 17), (3, 33)), generator
-        )
-    return compare(pairs, tolerance)

@@ -12,7 +12,7 @@ Deploy form (BN folded): ``Sequential(conv=Conv2d 3x3 + bias, act=ReLU)``, the s
 RepVGG and plain VGG.
 
 ``repopt_vgg_*_hs``: the Hyper-Search model, ``ReLU(BN(s conv3x3(x) + t conv1x1(x) [+ s_id x]))``
-with trainable per-channel scales; ``reparam.hypersearch.extract_scales`` reads them out under
+with trainable per-channel scales; ``reparam.models.scales.extract_scales`` reads them out under
 the target model's buffer names.
 
 Model kwargs (**contract**; ``reparam train --scales FILE`` is ``model_kwargs={"scales": FILE}``):
@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from ..csla import Branch, CSLASpec, equivalent_weight, init_weight
-from ..hypersearch import apply_scales, model_scales, read_scales
 from ..kernels import Kernel, fold_bn
 from .layers import VGGBlock, conv_from_kernel
 from .registry import register_model
+from .scales import apply_scales, model_scales, read_scales
 from .vggnet import BlockSpec, VGGNet
 
 __all__ = [

@@ -30,11 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..deploy.fuse import FusionError, reparameterize, train_mode_batchnorms
+from ..fuse import check_eval_mode
 from ..kernels import ConvSpec, Kernel, compose, fold_bn
-from ..testing import fused_output_pairs, randomize_batchnorm_
-from ..verify import CheckResult, compare
-from .annealed import AnnealedActivation, set_lambda
+from .annealed import AnnealedActivation
 from .layers import conv_from_kernel
 from .registry import register_model
 
@@ -45,7 +43,6 @@ __all__ = [
     "VanillaHead",
     "VanillaNet",
     "VanillaStem",
-    "verify_vanillanet_deploy",
 ]
 
 BN_EPS = 1e-6
@@ -53,12 +50,6 @@ BN_EPS = 1e-6
 
 def _conv_bn_kernel(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Kernel:
     return fold_bn(conv.weight, bn, conv.bias)
-
-
-def _check_eval(module: nn.Module) -> None:
-    in_train = train_mode_batchnorms(module)
-    if in_train:
-        raise FusionError(f"BatchNorm layers {in_train} are in train mode; call .eval() first")
 
 
 class SeriesActivation(nn.Module):
@@ -76,7 +67,7 @@ class SeriesActivation(nn.Module):
         return self.bn(self.conv(self.act(x)))
 
     def fuse(self) -> nn.Sequential:
-        _check_eval(self)
+        check_eval_mode(self)
         conv = conv_from_kernel(fold_bn(self.conv.weight, self.bn), self.conv)
         return nn.Sequential(OrderedDict(act=nn.ReLU(), conv=conv))
 
@@ -95,7 +86,7 @@ class _AnnealedPair(nn.Module):
 
     def fused_conv(self) -> nn.Conv2d:
         self.act.check_fusable()
-        _check_eval(self)
+        check_eval_mode(self)
         c1 = self.conv1
         composed = compose(
             ConvSpec(_conv_bn_kernel(c1, self.bn1), c1.stride[0], c1.padding[0]),
@@ -175,7 +166,7 @@ class VanillaHead(nn.Module):
 
     def fuse(self) -> nn.Sequential:
         self.act.check_fusable()
-        _check_eval(self)
+        check_eval_mode(self)
         first = fold_bn(self.fc1.weight, self.bn, self.fc1.bias)
         composed = compose(
             ConvSpec(Kernel(first.weight[..., None, None], first.bias)),
@@ -276,25 +267,3 @@ def _entrypoint(depth: int):
 
 for _depth in VANILLANET_ARCHS:
     register_model(_entrypoint(_depth))
-
-
-def verify_vanillanet_deploy(tolerance: float = 1e-10) -> CheckResult:
-    """Fused vs training-form VanillaNet in float64 at ``lambda = 1``: random BN statistics and
-    affine parameters, VanillaNet-5 and -7 (pool strides 1 and 2) at width 1/32, stem strides
-    4 and 2, odd and even input sizes (ceil-mode pools on odd maps)."""
-    generator = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    pairs = []
-    for depth, stem_stride in ((5, 4), (7, 2)):
-        model = vanillanet(depth, 7, 1 / 32, stem_stride=stem_stride).double()
-        for module in model.modules():  # biases and weights away from the tiny official init
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(module.weight, std=0.3, generator=generator)
-                if module.bias is not None:
-                    nn.init.normal_(module.bias, std=0.3, generator=generator)
-        randomize_batchnorm_(model, generator).eval()
-        set_lambda(model, 1.0)
-        pairs += fused_output_pairs(
-            model, reparameterize(model), ((2, 32), (1, 36), (3, 23)), generator
-        )
-    return compare(pairs, tolerance)

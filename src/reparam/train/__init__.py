@@ -1,19 +1,34 @@
-"""Training engine: recipes (:class:`TrainConfig`, presets) and :func:`fit` (**contract**).
+"""Training: recipes (:class:`TrainConfig`, presets), the loop :func:`fit` (**contract**), run
+folders (:func:`load_model`) and the Hyper-Search run (:func:`hyper_search`).
 
-from reparam.train import TrainConfig, fit, resolve_config
-metrics = fit(resolve_config("basic", {"model": "repvgg_a0", "data": "digits", "out": "runs/a0"}))
+    from reparam.train import fit, resolve_config
+    metrics = fit(resolve_config("basic", {"model": "repvgg_a0", "data": "digits", "out": "runs/a0"}))
 """
 
-from .engine import TrainingError, fit
-from .recipe import RecipeError, TrainConfig, load_recipe, parse_overrides, recipes, resolve_config
+from ..errors import RecipeError, TrainingError
+from .checkpointing import load_model
+from .engine import fit
+from .hypersearch import ablation_overrides, hyper_search
+from .recipe import (
+    TrainConfig,
+    load_recipe,
+    parse_overrides,
+    parse_value,
+    recipes,
+    resolve_config,
+)
 
 __all__ = [
     "RecipeError",
     "TrainConfig",
     "TrainingError",
+    "ablation_overrides",
     "fit",
+    "hyper_search",
+    "load_model",
     "load_recipe",
     "parse_overrides",
+    "parse_value",
     "recipes",
     "resolve_config",
 ]

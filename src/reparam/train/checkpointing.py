@@ -1,4 +1,5 @@
-"""Run-folder checkpoints: ``last.safetensors`` + ``last.state.pt``, ``best.safetensors``.
+"""Run-folder checkpoints: ``last.safetensors`` + ``last.state.pt``, ``best.safetensors``, and
+:func:`load_model`, which rebuilds a trained model from a run folder.
 
 ``last.state.pt`` holds only tensors and plain containers (it loads with ``weights_only=True``):
 the position (``epoch``, ``batch`` done in that epoch, ``global_step``), optimizer, scheduler and
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,15 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_path, load_state, load_weights
+from ..checkpoint import atomic_path, load_state, load_weights, read_json
+from ..errors import CheckpointError
+from ..models import create_model
 
 __all__ = [
     "get_rng_state",
+    "load_model",
     "load_training_state",
     "save_training_state",
     "set_rng_state",
@@ -99,3 +105,37 @@ def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"(step {state.get('global_step')}) differ; the run was killed between the two writes"
         )
     return weights, state
+
+
+def load_model(
+    source: str | os.PathLike, weights: str = "best"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a run folder (or a ``.safetensors`` file inside one).
+
+    ``weights`` picks ``best`` or ``last`` when ``source`` is a folder (``best`` falls back to
+    ``last``). Returns ``(model in eval mode, config)``.
+    """
+    source = Path(source)
+    if source.is_dir():
+        run_dir = source
+        candidates = [run_dir / f"{weights}.safetensors", run_dir / "last.safetensors"]
+        weights_path = next((p for p in candidates if p.is_file()), candidates[0])
+    elif source.suffix == ".safetensors":
+        run_dir, weights_path = source.parent, source
+    else:
+        raise CheckpointError(f"{source}: expected a run folder or a .safetensors file")
+    config = read_json(run_dir / "config.json")
+    for key in ("model", "num_classes"):
+        if key not in config:
+            raise CheckpointError(f"{run_dir / 'config.json'}: missing key {key!r}")
+    model = create_model(
+        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
+    )
+    state = load_weights(weights_path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: does not match model {config['model']!r}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.eval(), config

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import CheckpointError, save_weights, write_json
+from ..checkpoint import save_weights, write_json
+from ..errors import CheckpointError, TrainingError
 from ..models.annealed import set_lambda
 from . import distributed
 from .checkpointing import (
@@ -46,7 +47,7 @@ from .optim_factory import create_optimizer
 from .recipe import TrainConfig
 from .setup import build_data, build_ema, build_model, build_scheduler, lambda_schedule
 
-__all__ = ["TrainingError", "classification_loss", "fit"]
+__all__ = ["classification_loss", "fit"]
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = [
@@ -61,10 +62,6 @@ LOG_FIELDS = [
     "train_images_per_s",
     "seconds",
 ]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, inconsistent resume)."""
 
 
 class _StopFlag:

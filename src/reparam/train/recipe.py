@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..errors import RecipeError
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
 
 __all__ = [
@@ -30,13 +31,10 @@ __all__ = [
     "TrainConfig",
     "load_recipe",
     "parse_overrides",
+    "parse_value",
     "recipes",
     "resolve_config",
 ]
-
-
-class RecipeError(ValueError):
-    """A recipe name, file or override is unknown or has a value of the wrong type."""
 
 
 @dataclass
@@ -230,7 +228,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return value
     elif origin is dict:
         if isinstance(value, str):
-            value = _parse_value(value)
+            value = parse_value(value)
         if isinstance(value, dict):
             return dict(value)
     elif origin is tuple:
@@ -247,7 +245,7 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

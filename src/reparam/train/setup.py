@@ -1,6 +1,5 @@
 """Builders that turn a :class:`TrainConfig` into the loop's parts: data, model, schedule, EMA,
-lambda schedule. Other teams' packages (``reparam.data``, ``reparam.models.annealed``) are imported
-here, lazily, so the engine imports without them."""
+lambda schedule."""
 
 from __future__ import annotations
 
@@ -8,8 +7,13 @@ import logging
 from typing import Any
 
 import torch
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 
+from ..data import eval_transform, load_data, train_transform
+from ..models import create_model
+from ..models.annealed import LambdaSchedule, has_annealing
 from .recipe import TrainConfig
 
 __all__ = ["build_data", "build_ema", "build_model", "build_scheduler", "lambda_schedule"]
@@ -18,9 +22,6 @@ __all__ = ["build_data", "build_ema", "build_model", "build_scheduler", "lambda_
 def build_data(config: TrainConfig) -> Any:
     """``reparam.data.load_data`` with the recipe's train transform (flip, padded crop,
     RandAugment) and the plain eval transform."""
-    from reparam.data import load_data
-    from reparam.data.transforms import eval_transform, train_transform
-
     train_tf = train_transform(
         config.image_size,
         hflip=config.hflip,
@@ -38,8 +39,6 @@ def build_data(config: TrainConfig) -> Any:
 def build_model(config: TrainConfig, device: torch.device, distributed: bool = False) -> nn.Module:
     """``create_model(model, num_classes, **model_kwargs, drop_rate=, drop_path_rate=)`` on
     ``device`` (dropout and stochastic depth passed only when the recipe sets them)."""
-    from ..models import create_model
-
     kwargs = dict(config.model_kwargs)
     if config.drop_rate is not None:
         kwargs["drop_rate"] = config.drop_rate
@@ -67,8 +66,6 @@ def build_scheduler(
     """timm ``CosineLRScheduler`` counted in optimizer steps: linear warmup over
     ``warmup_epochs * steps_per_epoch`` steps from ``warmup_lr_init`` to ``lr``, then
     ``lr_t = min_lr + (lr - min_lr) (1 + cos(pi t / T')) / 2`` over the remaining ``T'`` steps."""
-    from timm.scheduler import CosineLRScheduler
-
     warmup = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
     timm_log = logging.getLogger("timm.scheduler.cosine_lr")
     level = timm_log.level
@@ -91,15 +88,11 @@ def build_ema(model: nn.Module, config: TrainConfig) -> Any:
     """timm ``ModelEmaV3`` (weights and BN buffers) when the recipe turns EMA on, else ``None``."""
     if not config.ema:
         return None
-    from timm.utils import ModelEmaV3
-
     return ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
 
 
 def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
     """``LambdaSchedule`` for models with annealed activations (depth re-param), else ``None``."""
-    from ..models.annealed import LambdaSchedule, has_annealing
-
     if not has_annealing(model):
         return None
     return LambdaSchedule(

@@ -1,11 +1,44 @@
-"""Helpers for equivalence checks (used by ``reparam verify`` and the tests)."""
+"""The numerics of every equivalence check: relative error, :class:`CheckResult`, random BN
+statistics and fused-vs-reference output pairs (pure torch; used by the checks, by deployment's
+ONNX check and by the tests).
+
+Relative error is ``max|candidate - reference| / max|reference|`` over all compared tensors.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fused_output_pairs", "randomize_batchnorm_", "rel_err"]
+__all__ = ["CheckResult", "compare", "fused_output_pairs", "randomize_batchnorm_", "rel_err"]
+
+
+@dataclass
+class CheckResult:
+    max_abs_err: float
+    max_rel_err: float
+    dtype: str
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(pairs: Iterable[tuple[Tensor, Tensor]], tolerance: float) -> CheckResult:
+    """Compare ``(candidate, reference)`` tensor pairs; passed when ``max_rel_err <= tolerance``."""
+    max_abs, max_ref, dtype = 0.0, 0.0, None
+    for candidate, reference in pairs:
+        dtype = dtype or str(reference.dtype).replace("torch.", "")
+        max_abs = max(max_abs, (candidate.detach() - reference.detach()).abs().max().item())
+        max_ref = max(max_ref, reference.detach().abs().max().item())
+    if dtype is None:
+        raise ValueError("compare needs at least one pair of tensors")
+    rel = max_abs / max_ref if max_ref > 0 else max_abs
+    finite = torch.isfinite(torch.tensor([max_abs, rel])).all().item()
+    return CheckResult(max_abs, rel, dtype, bool(finite and rel <= tolerance))
 
 
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
@@ -36,7 +69,7 @@ def fused_output_pairs(
     generator: torch.Generator | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """``(fused, model)`` output pairs, features and logits, on random float64 images of each
-    ``(batch, size)``: the inputs of :func:`reparam.verify.compare`."""
+    ``(batch, size)``: the inputs of :func:`compare`."""
     pairs = []
     for batch, size in shapes:
         x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=generator)

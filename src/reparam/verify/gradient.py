@@ -13,9 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..csla import Branch, CSLABlock, CSLASpec
-from ..verify import CheckResult, compare
-from .adamw import RepOptAdamW
-from .sgd import RepOptSGD
+from ..optim import RepOptAdamW, RepOptSGD
+from .core import CheckResult, compare
 
 __all__ = ["csla_pair", "train_pair", "verify_csla_vs_repopt_adamw", "verify_csla_vs_repopt_sgd"]
 

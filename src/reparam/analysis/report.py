@@ -21,20 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import load_weights, read_json
+from ..checkpoint import load_weights, read_json
+from ..errors import DeployError
+from .identity import plot_identity_variance, run_identity_variance
+from .plots import pyplot
 
-__all__ = ["write_report"]
+__all__ = ["ptq_table", "write_report"]
 
 VIOLIN_SAMPLES = 2_000
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _conv_layers(quant: dict[str, Any]) -> list[dict[str, Any]]:
@@ -46,7 +40,7 @@ def plot_weight_violins(deploy_dir: Path, quant: dict[str, Any], path: Path) -> 
 
     Layers with more than ``VIOLIN_SAMPLES`` weights are drawn from a fixed-seed random subset
     plus their minimum and maximum (the density estimate is quadratic in the sample count)."""
-    plt = _pyplot()
+    plt = pyplot()
     weights = load_weights(deploy_dir / "fused.safetensors")
     layers = _conv_layers(quant)
     rng = np.random.default_rng(0)
@@ -73,7 +67,7 @@ def plot_weight_violins(deploy_dir: Path, quant: dict[str, Any], path: Path) -> 
 
 def plot_sqnr_bars(models: dict[str, dict[str, Any]], path: Path) -> Path:
     """Per-layer weight SQNR (dB): per-tensor solid, per-channel hatched, one colour per model."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [layer["name"] for layer in _conv_layers(next(iter(models.values())))]
     fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.4 * len(names) * len(models))), 4.0))
     width = 0.8 / (2 * len(models))
@@ -109,7 +103,7 @@ def plot_training_curves(log_csv: Path, path: Path) -> Path | None:
     columns = [c for c in rows[0] if ("loss" in c or "top1" in c)]
     if not columns:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [float(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.5))
     for column in columns:
@@ -184,26 +178,35 @@ def _run_section(run_dir: Path, out_dir: Path, tag: str) -> list[str]:
     return lines
 
 
-def identity_variance(run_dir: Path, images: int = 128) -> dict[str, float]:
-    """``Var(identity) / Var(block output)`` per block of the run's last weights, measured on the
-    first ``images`` validation images of its data (empty for models without identity paths)."""
-    import torch
-
-    from .checkpoint import load_model
-    from .data import load_data
-    from .hypersearch import identity_variance_ratios
-
-    model, config = load_model(run_dir, weights="last")
-    val = load_data(config["data"], config["image_size"]).val
-    probe = torch.stack([val[i][0] for i in range(min(images, len(val)))])
-    return identity_variance_ratios(model, probe)
+def ptq_table(result: dict[str, Any]) -> str:
+    """Markdown table of a PTQ comparison (``compare.json``, :func:`reparam.deploy.compare_ptq`),
+    preceded by the settings used."""
+    s = result["settings"]
+    lines = [
+        f"PTQ on {result['data']} ({result['image_size']}x{result['image_size']}), "
+        "ONNX Runtime QDQ "
+        f"(uint8 activations, int8 weights), {s['granularity']} weights, {s['calibration']} "
+        f"calibration on {s['calib_images']} images, first/last layer "
+        f"{'float' if s['keep_first_last_float'] else 'int8'}",
+        "",
+        "| model | FP32 top-1 % | INT8 top-1 % | drop | agreement % | output SQNR dB "
+        "| weight SQNR dB (tensor / channel, median) | max/std (max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['model']} | {100 * r['top1_fp32']:.2f} | {100 * r['top1_int8']:.2f} "
+            f"| {100 * r['top1_drop']:+.2f} | {100 * r['top1_agreement']:.2f} "
+            f"| {float(r['output_sqnr_db']):.1f} "
+            f"| {r['weight_sqnr_per_tensor_db_median']:.1f} "
+            f"/ {r['weight_sqnr_per_channel_db_median']:.1f} "
+            f"| {r['max_over_std_max']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Write ``report.md`` and its PNGs into ``out_dir`` for run, deploy and comparison folders."""
-    from .deploy.compare import format_table
-    from .deploy.export import DeployError
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# reparam report", ""]
@@ -213,7 +216,7 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
         tag = f"{index:02d}_{source.name}"
         if (source / "compare.json").is_file():
             result = read_json(source / "compare.json")
-            lines += ["## PTQ comparison", "", format_table(result), ""]
+            lines += ["## PTQ comparison", "", ptq_table(result), ""]
             for row in result["rows"]:
                 section, quant = _deploy_section(
                     Path(row["deploy_dir"]), out_dir, f"{tag}_{row['model']}"
@@ -226,7 +229,7 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
             quants[f"{quant['model']} ({source.name})"] = quant
         elif (source / "metrics.json").is_file():
             lines += _run_section(source, out_dir, tag)
-            ratios = identity_variance(source)
+            ratios = run_identity_variance(source)
             if ratios:
                 identity_ratios[source.name] = ratios
         else:
@@ -238,8 +241,6 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
         bars = plot_sqnr_bars(quants, out_dir / "sqnr_all.png")
         lines += ["## Per-layer weight SQNR, all models", "", f"![sqnr]({bars.name})", ""]
     if identity_ratios:
-        from .hypersearch import plot_identity_variance
-
         plot = plot_identity_variance(identity_ratios, out_dir / "identity_variance.png")
         lines += [
             "## Identity variance ratio per block (RepOpt fig. 4)",

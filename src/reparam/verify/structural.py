@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..deploy.fuse import reparameterize
-from ..testing import fused_output_pairs, randomize_batchnorm_
-from ..verify import CheckResult, compare
-from .layers import RepVGGBlock
-from .vggnet import VGGNet
+from ..fuse import reparameterize
+from ..models.layers import RepVGGBlock
+from ..models.vggnet import VGGNet
+from .core import CheckResult, compare, fused_output_pairs, randomize_batchnorm_
 
 __all__ = ["verify_repvgg_deploy"]
 

@@ -1,4 +1,4 @@
-"""Hyper-Search (HS) scales: extraction, scale files, official imports, identity-variance analysis.
+"""RepOpt-VGG scales: scale files, official imports, reading scales out of a model and into it.
 
 A scale file is the whole hand-over from ``reparam hypersearch`` to ``reparam train --scales``:
 safetensors, one ``[C]`` float32 tensor per scale, keyed by the RepOpt-VGG buffer names
@@ -8,12 +8,12 @@ metadata ``format``, ``model`` (the target model, e.g. ``repopt_vgg_a0``), ``dat
 ``stageK.i.scale_{conv,1x1,identity}.weight``) are read with ``weights_only=True`` and renamed.
 
 Any module that owns scales takes part by defining ``scale_tensors() -> {local name: tensor}``
-(RepOpt-VGG blocks: buffers; HS blocks: parameters).
+(RepOpt-VGG blocks: buffers; HS blocks: parameters). The Hyper-Search run that produces a
+scale file is :func:`reparam.train.hypersearch.hyper_search`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -23,33 +23,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_weights, save_weights
+from ..checkpoint import load_weights, save_weights
+from ..errors import ScaleError
 
 __all__ = [
     "ScaleError",
-    "ablation_overrides",
     "apply_scales",
     "extract_scales",
-    "hyper_search",
-    "identity_variance_ratios",
     "model_scales",
-    "plot_identity_variance",
     "read_scale_file",
     "read_scales",
     "save_scale_file",
     "target_model_name",
 ]
 
-log = logging.getLogger(__name__)
 
 FORMAT = "reparam-scales/1"
 METADATA_KEYS = ("model", "data", "epochs", "seed", "top1")
 _OFFICIAL_STEM = re.compile(r"^stage0\.(scale_\w+)\.weight$")
 _OFFICIAL_BLOCK = re.compile(r"^stage(\d+)\.(\d+)\.(scale_\w+)\.weight$")
-
-
-class ScaleError(CheckpointError):
-    """Scales that do not fit the model: wrong keys, shapes, model, or non-finite values."""
 
 
 def target_model_name(name: str) -> str:
@@ -184,166 +176,3 @@ def apply_scales(model: nn.Module, scales: Mapping[str, Tensor], source: str = "
     with torch.no_grad():
         for key, tensor in live.items():
             tensor.copy_(scales[key])
-
-
-# The official HS recipe (CIFAR-100, 240 epochs): lr 0.1, wd 4e-5, warmup, label smoothing 0.1,
-# grad clip 5.0 (clipping is fine: HS is ordinary training of the HS model).
-HS_RECIPE: dict[str, Any] = {"weight_decay": 4e-5, "label_smoothing": 0.1, "grad_clip": 5.0}
-
-
-def hyper_search(
-    model: str,
-    data: str,
-    out: str | os.PathLike,
-    *,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    image_size: int | None = None,
-    seed: int = 0,
-    lr: float | None = None,
-    run_dir: str | os.PathLike | None = None,
-    recipe: str = "basic",
-    overrides: Mapping[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train the HS model of ``model`` (``repopt_vgg_a0`` or ``repopt_vgg_a0_hs``) on ``data``
-    with ``reparam.train.fit``, then write its final scales to the scale file ``out``.
-
-    ``run_dir`` keeps the HS run folder (default: a temporary one, deleted: the scale file is
-    the whole hand-over). Returns a summary: ``scales``, ``model``, ``hs_model``, ``top1``,
-    ``epochs``, ``seconds``, ``seed``, ``data``, ``run_dir`` (or ``None``).
-    """
-    import tempfile
-
-    from .checkpoint import load_model
-    from .models import list_models
-    from .train import fit, resolve_config
-
-    target = target_model_name(model)
-    hs_model = f"{target}_hs"
-    if hs_model not in list_models() or target not in list_models():
-        known = sorted(m[: -len("_hs")] for m in list_models() if m.endswith("_hs"))
-        raise ScaleError(f"no Hyper-Search model for {model!r}; searchable models: {known}")
-    values: dict[str, Any] = {**HS_RECIPE, "model": hs_model, "data": data, "seed": seed}
-    for key, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("image_size", image_size),
-        ("lr", lr),
-    ):
-        if value is not None:
-            values[key] = value
-    values.update(overrides or {})
-    with tempfile.TemporaryDirectory(prefix="reparam-hs-") as tmp:
-        folder = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
-        config = resolve_config(recipe, {**values, "out": str(folder)})
-        metrics = fit(config, progress=progress)
-        if metrics.get("interrupted"):
-            raise ScaleError("hyper-search interrupted; no scale file written")
-        trained, _ = load_model(folder, weights="last")
-    scales = extract_scales(trained)
-    save_scale_file(
-        out,
-        scales,
-        model=target,
-        data=data,
-        epochs=metrics["epochs"],
-        seed=seed,
-        top1=metrics["top1"],
-    )
-    return {
-        "scales": str(out),
-        "model": target,
-        "hs_model": hs_model,
-        "data": data,
-        "top1": metrics["top1"],
-        "epochs": metrics["epochs"],
-        "seconds": metrics["seconds"],
-        "seed": seed,
-        "run_dir": None if run_dir is None else str(run_dir),
-    }
-
-
-def ablation_overrides(scales: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The RepOpt-VGG ablation (BRIEF section 3; B1 ImageNet top-1 in brackets) as ``TrainConfig``
-    overrides for a ``repopt_vgg_*`` model, given a searched scale file. ``plain`` is the same
-    network trained as an ordinary VGG (default init, torch SGD)."""
-    f = os.fspath(scales)
-    return {
-        "hs_scales": {"model_kwargs": {"scales": f}},  # HS + new init + grad mult (78.48)
-        "no_reinit": {"model_kwargs": {"scales": f, "reinit": False}},  # (77.42)
-        "no_grad_mult": {"model_kwargs": {"scales": f}, "grad_mult": False},  # (77.07)
-        "plain": {
-            "model_kwargs": {"scales": "hs_init", "reinit": False},
-            "grad_mult": False,
-        },  # (76.91)
-        "all_ones": {"model_kwargs": {"scales": "ones"}},  # (77.59)
-        "hs_init_constants": {"model_kwargs": {"scales": "hs_init"}},  # (77.71)
-        "channel_averaged": {"model_kwargs": {"scales": f, "channel_average": True}},  # (77.40)
-    }
-
-
-@torch.no_grad()
-def identity_variance_ratios(model: nn.Module, images: Tensor) -> dict[str, float]:
-    """Per block with an identity branch: ``Var(identity path) / Var(block output)``.
-
-    RepOpt paper fig. 4. Blocks take part through ``identity_variance_parts(x) -> (identity,
-    output)`` (HS block: ``s_id x`` over the pre-BN sum; RepOpt-VGG block: ``x`` over the pre-BN
-    conv output, i.e. the share of an unscaled identity); RepVGG blocks: ``BN_id(x)`` over the
-    pre-ReLU sum. Runs in eval mode (running statistics); the model's mode is restored.
-    """
-    from .models.layers import RepVGGBlock
-
-    def parts(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        if isinstance(module, RepVGGBlock):
-            if module.identity is None:
-                return None
-            identity = module.identity(x)
-            return identity, module.conv3x3(x) + module.conv1x1(x) + identity
-        method = getattr(module, "identity_variance_parts", None)
-        return method(x) if callable(method) else None
-
-    ratios: dict[str, float] = {}
-    hooks = []
-    for name, module in model.named_modules():
-
-        def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
-            result = parts(mod, args[0])
-            if result is not None:
-                ratios[name] = (result[0].var() / result[1].var()).item()
-
-        if isinstance(module, RepVGGBlock) or hasattr(module, "identity_variance_parts"):
-            hooks.append(module.register_forward_pre_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()(images)
-    finally:
-        model.train(was_training)
-        for handle in hooks:
-            handle.remove()
-    return ratios
-
-
-def plot_identity_variance(
-    results: Mapping[str, Mapping[str, float]], path: str | os.PathLike
-) -> Path:
-    """PNG: identity variance ratio per block (x: block order), one line per model label."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for label, ratios in results.items():
-        ax.plot(range(1, len(ratios) + 1), list(ratios.values()), marker="o", ms=3, label=label)
-    ax.set_xlabel("block with identity (network order)")
-    ax.set_ylabel("Var(identity) / Var(block output)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

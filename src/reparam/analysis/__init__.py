@@ -1,0 +1,17 @@
+"""Analysis of trained and deployed models: identity variance per block (RepOptimizer fig. 4),
+weight and output statistics that explain INT8 results, and the markdown + PNG reports.
+
+Plots use matplotlib, imported only when a plot is drawn.
+"""
+
+from .identity import identity_variance_ratios, plot_identity_variance, run_identity_variance
+from .quant_stats import layer_stats, output_metrics, weight_stats
+
+__all__ = [
+    "identity_variance_ratios",
+    "layer_stats",
+    "output_metrics",
+    "plot_identity_variance",
+    "run_identity_variance",
+    "weight_stats",
+]

@@ -1,0 +1,58 @@
+"""The errors a user can fix, one type per kind of mistake; the bottom layer of the package.
+
+Every type derives from :class:`ReparamError`, which the ``reparam`` command prints as one line
+(``reparam <command>: error: ...``, exit status 2) instead of a traceback. Each also keeps the
+built-in base it has always had (``RuntimeError`` or ``ValueError``), so ``except`` clauses
+written against those still work.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "DeployError",
+    "FusionError",
+    "RecipeError",
+    "ReparamError",
+    "ScaleError",
+    "TrainingError",
+    "UserError",
+]
+
+
+class ReparamError(Exception):
+    """Base of every error caused by the input (files, specs, settings), not by a bug."""
+
+
+class UserError(ReparamError):
+    """A command-line argument that cannot work (raised by the commands)."""
+
+
+class FusionError(ReparamError, RuntimeError):
+    """Fusing now would silently produce a different function."""
+
+
+class DataError(ReparamError, ValueError):
+    """A data spec, path or file is missing or not in the expected format."""
+
+
+class CheckpointError(ReparamError, RuntimeError):
+    """A checkpoint or run folder is missing, corrupted or for another model."""
+
+
+class ScaleError(CheckpointError):
+    """Scales that do not fit the model: wrong keys, shapes, model, or non-finite values."""
+
+
+class DeployError(CheckpointError):
+    """A deployable model or its inputs do not fit: wrong input size, corrupted ONNX file,
+    calibration data of the wrong shape, ONNX output that differs from torch."""
+
+
+class RecipeError(ReparamError, ValueError):
+    """A recipe name, file or override is unknown or has a value of the wrong type."""
+
+
+class TrainingError(ReparamError, RuntimeError):
+    """Training cannot go on (non-finite loss, inconsistent resume)."""

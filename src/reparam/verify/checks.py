@@ -1,0 +1,36 @@
+"""The checks behind ``reparam verify`` (**contract**: one entry per check, each
+``{"max_abs_err", "max_rel_err", "dtype", "passed"}``).
+
+Each check is a function ``() -> CheckResult`` that builds its own float64 (or, for ONNX,
+float32) models with random BN statistics; add one line to :data:`CHECKS` per new check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from .core import CheckResult
+from .deployment import verify_onnx_vs_torch
+from .depth import verify_reducenet_deploy, verify_vanillanet_deploy
+from .gradient import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
+from .structural import verify_repvgg_deploy
+
+__all__ = ["CHECKS", "run_checks"]
+
+CHECKS: dict[str, Callable[[], CheckResult]] = {
+    "repvgg_deploy": verify_repvgg_deploy,
+    "csla_vs_repopt_sgd": verify_csla_vs_repopt_sgd,
+    "csla_vs_repopt_adamw": verify_csla_vs_repopt_adamw,
+    "onnx_vs_torch": verify_onnx_vs_torch,
+    "reducenet_deploy": verify_reducenet_deploy,
+    "vanillanet_deploy": verify_vanillanet_deploy,
+}
+
+
+def run_checks(names: Iterable[str] | None = None) -> dict[str, dict]:
+    """Run the named checks (all by default) and return ``{name: result dict}``."""
+    names = list(CHECKS) if names is None else list(names)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; known: {', '.join(CHECKS)}")
+    return {name: CHECKS[name]().to_dict() for name in names}
