@@ -10,10 +10,12 @@ loading checks it against the state's.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import os
 import random
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from ..errors import CheckpointError
 from ..models import create_model
 
 __all__ = [
+    "TrainState",
     "get_rng_state",
     "load_model",
     "load_training_state",
@@ -37,6 +40,31 @@ __all__ = [
 ]
 
 LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS = "last.safetensors", "last.state.pt", "best.safetensors"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands (saved in ``last.state.pt`` beside the optimizer, scheduler, EMA and
+    RNG states): position, running figures, the rows of ``log.csv`` so far."""
+
+    epoch: int = 0  # finished epochs
+    batch: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_source: str | None = None  # "raw" or "ema"
+    train_seconds: float = 0.0
+    seconds: float = 0.0  # training + evaluation
+    images: int = 0  # training images seen, all processes
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0, 0])  # loss, correct, seen
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.copy(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, checkpoint: dict[str, Any]) -> TrainState:
+        """The state from a checkpoint's dict (other keys ignored)."""
+        return cls(**{f.name: copy.copy(checkpoint[f.name]) for f in fields(cls)})
 
 
 def get_rng_state() -> dict[str, Any]:

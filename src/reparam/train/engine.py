@@ -37,6 +37,7 @@ from ..models.annealed import set_lambda
 from . import distributed
 from .checkpointing import (
     BEST_WEIGHTS,
+    TrainState,
     get_rng_state,
     load_training_state,
     save_training_state,
@@ -164,11 +165,7 @@ class _Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if config.compile:
             self.train_model = torch.compile(self.train_model)
-        self.epoch, self.batch, self.global_step = 0, 0, 0
-        self.best_top1, self.train_seconds, self.seconds, self.images = -1.0, 0.0, 0.0, 0
-        self.rows: list[dict[str, Any]] = []
-        self.epoch_sums: list[float] = [0.0, 0, 0]
-        self.best_source: str | None = None
+        self.state = TrainState()
         self.writer = None
 
     # ------------------------------------------------------------------------------- run
@@ -184,16 +181,16 @@ class _Trainer:
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out), purge_step=self.global_step or None)
+            self.writer = SummaryWriter(str(self.out), purge_step=self.state.global_step or None)
         session_steps, stopped = 0, False
         with _StopFlag() as stop:
-            while self.epoch < config.epochs:
+            while self.state.epoch < config.epochs:
                 session_steps, stopped = self._train_epoch(stop, session_steps)
                 if stopped:
                     self._save_last()
                     break
                 self._end_epoch()
-                if self.epoch < config.epochs and self._should_stop(stop, session_steps):
+                if self.state.epoch < config.epochs and self._should_stop(stop, session_steps):
                     stopped = True
                     break
             if stopped and info.is_main:
@@ -203,8 +200,8 @@ class _Trainer:
                     else f"stop_after_steps={config.stop_after_steps}"
                 )
                 print(
-                    f"reparam train: stopped by {why} at step {self.global_step} (epoch "
-                    f"{self.epoch + 1}, batch {self.batch}); saved {self.out}/last.*; continue "
+                    f"reparam train: stopped by {why} at step {self.state.global_step} (epoch "
+                    f"{self.state.epoch + 1}, batch {self.state.batch}); saved {self.out}/last.*; continue "
                     f"with --resume --out {self.out}",
                     file=sys.stderr,
                 )
@@ -213,8 +210,8 @@ class _Trainer:
         if stopped:
             return {
                 "interrupted": True,
-                "global_step": self.global_step,
-                "epoch": self.epoch,
+                "global_step": self.state.global_step,
+                "epoch": self.state.epoch,
                 "signal": stop.signal,
             }
         metrics = self._metrics()
@@ -245,28 +242,28 @@ class _Trainer:
     def _train_epoch(self, stop: _StopFlag, session_steps: int) -> tuple[int, bool]:
         """Train the rest of the current epoch; ``(session_steps, stopped mid-epoch)``."""
         config, info = self.config, self.info
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.skip_batches = self.batch
-        self.loader_generator.manual_seed(config.seed * 100_003 + self.epoch)
+        self.sampler.set_epoch(self.state.epoch)
+        self.sampler.skip_batches = self.state.batch
+        self.loader_generator.manual_seed(config.seed * 100_003 + self.state.epoch)
         self.model.train()
-        if self.batch == 0:
-            self.epoch_sums = [0.0, 0, 0]  # loss sum (per step), correct, seen
+        if self.state.batch == 0:
+            self.state.epoch_sums = [0.0, 0, 0]  # loss sum (per step), correct, seen
         bar = _progress_bar(
             self.progress and info.is_main,
             self.steps_per_epoch,
-            self.batch,
-            f"epoch {self.epoch + 1}/{config.epochs}",
+            self.state.batch,
+            f"epoch {self.state.epoch + 1}/{config.epochs}",
         )
         start = time.perf_counter()
         stopped = False
         for images, labels in self.loader:
             step_loss, step_correct = self._train_step(images, labels)
-            self.epoch_sums[0] += step_loss
-            self.epoch_sums[1] += step_correct
-            self.epoch_sums[2] += labels.numel()
-            self.images += labels.numel() * info.world_size
-            self.batch += 1
-            self.global_step += 1
+            self.state.epoch_sums[0] += step_loss
+            self.state.epoch_sums[1] += step_correct
+            self.state.epoch_sums[2] += labels.numel()
+            self.state.images += labels.numel() * info.world_size
+            self.state.batch += 1
+            self.state.global_step += 1
             session_steps += 1
             bar.set_postfix(
                 loss=f"{step_loss:.3f}",
@@ -274,20 +271,20 @@ class _Trainer:
                 refresh=False,
             )
             bar.update(1)
-            if self.global_step % config.log_every == 0 and self.writer is not None:
-                self.writer.add_scalar("train/loss", step_loss, self.global_step)
+            if self.state.global_step % config.log_every == 0 and self.writer is not None:
+                self.writer.add_scalar("train/loss", step_loss, self.state.global_step)
                 self.writer.add_scalar(
-                    "train/lr", self.optimizer.param_groups[0]["lr"], self.global_step
+                    "train/lr", self.optimizer.param_groups[0]["lr"], self.state.global_step
                 )
-            if self.batch < self.steps_per_epoch and self._should_stop(stop, session_steps):
+            if self.state.batch < self.steps_per_epoch and self._should_stop(stop, session_steps):
                 stopped = True
                 break
         bar.close()
         elapsed = time.perf_counter() - start
-        self.train_seconds += elapsed
-        self.seconds += elapsed
+        self.state.train_seconds += elapsed
+        self.state.seconds += elapsed
         if not stopped:
-            loss, correct, seen = distributed.reduce_sum(info, self.epoch_sums)
+            loss, correct, seen = distributed.reduce_sum(info, self.state.epoch_sums)
             self._epoch_train = {
                 "train_loss": loss / info.world_size / self.steps_per_epoch,
                 "train_top1": correct / max(1, seen),
@@ -298,9 +295,9 @@ class _Trainer:
         config, device = self.config, self.info.device
         lam = None
         if self.anneal is not None:
-            lam = self.anneal.value(self.global_step, self.total_steps, self.steps_per_epoch)
+            lam = self.anneal.value(self.state.global_step, self.total_steps, self.steps_per_epoch)
             set_lambda(self.model, lam)
-        self.scheduler.step_update(self.global_step + 1)
+        self.scheduler.step_update(self.state.global_step + 1)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if config.channels_last:
@@ -321,15 +318,15 @@ class _Trainer:
             correct += int((logits.argmax(1) == y).sum())
         if not math.isfinite(loss_value):
             raise TrainingError(
-                f"loss is {loss_value} at step {self.global_step} (epoch {self.epoch + 1}, batch "
-                f"{self.batch + 1}); training stopped, the last good checkpoint in {self.out} is "
+                f"loss is {loss_value} at step {self.state.global_step} (epoch {self.state.epoch + 1}, batch "
+                f"{self.state.batch + 1}); training stopped, the last good checkpoint in {self.out} is "
                 "intact (lower the lr, enable grad_clip, or check the data)"
             )
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step + 1)
+            self.ema.update(self.model, step=self.state.global_step + 1)
             if lam is not None:  # lambda is a schedule value, not a weight to average
                 set_lambda(self.ema.module, lam)
         return loss_value, correct
@@ -339,37 +336,37 @@ class _Trainer:
         start = time.perf_counter()
         val_loss, top1 = self._evaluate(self.model)
         top1_ema = self._evaluate(self.ema.module)[1] if self.ema is not None else None
-        self.seconds += time.perf_counter() - start
-        self.epoch += 1
-        self.batch = 0
+        self.state.seconds += time.perf_counter() - start
+        self.state.epoch += 1
+        self.state.batch = 0
         row = {
-            "epoch": self.epoch,
-            "step": self.global_step,
+            "epoch": self.state.epoch,
+            "step": self.state.global_step,
             "lr": self.optimizer.param_groups[0]["lr"],
             **self._epoch_train,
             "val_loss": val_loss,
             "top1": top1,
             "top1_ema": top1_ema,
-            "train_images_per_s": self.images / max(self.train_seconds, 1e-9),
-            "seconds": self.seconds,
+            "train_images_per_s": self.state.images / max(self.state.train_seconds, 1e-9),
+            "seconds": self.state.seconds,
         }
-        self.rows.append(row)
+        self.state.rows.append(row)
         candidates = [(top1, "raw")] + ([(top1_ema, "ema")] if top1_ema is not None else [])
         best, source = max(candidates, key=lambda c: c[0])
         if info.is_main:
-            if best > self.best_top1:
+            if best > self.state.best_top1:
                 module = self.model if source == "raw" else self.ema.module
                 save_weights(
                     module.state_dict(),
                     self.out / BEST_WEIGHTS,
-                    metadata={"epoch": str(self.epoch), "source": source},
+                    metadata={"epoch": str(self.state.epoch), "source": source},
                 )
-            write_log_csv(self.rows, LOG_FIELDS, self.out / "log.csv")
+            write_log_csv(self.state.rows, LOG_FIELDS, self.out / "log.csv")
             for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
                 if row[key] is not None:
-                    self.writer.add_scalar(f"epoch/{key}", row[key], self.epoch)
-        if best > self.best_top1:
-            self.best_top1, self.best_source = best, source
+                    self.writer.add_scalar(f"epoch/{key}", row[key], self.state.epoch)
+        if best > self.state.best_top1:
+            self.state.best_top1, self.state.best_source = best, source
         self._save_last()
 
     @torch.no_grad()
@@ -399,79 +396,67 @@ class _Trainer:
         return loss_sum / max(count, 1), correct / max(count, 1)
 
     # ------------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "global_step": self.global_step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "best_top1": self.best_top1,
-            "best_source": self.best_source,
-            "train_seconds": self.train_seconds,
-            "seconds": self.seconds,
-            "images": self.images,
-            "epoch_sums": list(self.epoch_sums),
-            "rows": self.rows,
-            "world_size": self.info.world_size,
-            "config": self.config.to_dict(),
-        }
+    def _components(self) -> dict[str, Any]:
+        """What a checkpoint carries besides the weights and :class:`TrainState`: every part
+        with ``state_dict`` / ``load_state_dict`` (``None`` for EMA when it is off)."""
+        ema = self.ema.module if self.ema is not None else None
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "ema": ema}
 
     def _save_last(self) -> None:
         rng = distributed.all_gather_objects(self.info, get_rng_state())
         if self.info.is_main:
-            save_training_state(self.out, self.model.state_dict(), {**self._state(), "rng": rng})
+            checkpoint = {
+                **self.state.to_dict(),
+                **{
+                    name: None if part is None else part.state_dict()
+                    for name, part in self._components().items()
+                },
+                "world_size": self.info.world_size,
+                "config": self.config.to_dict(),
+                "rng": rng,
+            }
+            save_training_state(self.out, self.model.state_dict(), checkpoint)
         distributed.barrier(self.info)
 
     def _restore(self) -> None:
-        weights, state = load_training_state(self.out)
-        changed = self.config.changes_from(state["config"])
+        weights, checkpoint = load_training_state(self.out)
+        changed = self.config.changes_from(checkpoint["config"])
         if changed:
             raise CheckpointError(f"{self.out}: cannot resume with a different config ({changed})")
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"])
-        self.epoch, self.batch, self.global_step = (
-            state["epoch"],
-            state["batch"],
-            state["global_step"],
-        )
-        self.best_top1, self.best_source = state["best_top1"], state["best_source"]
-        self.train_seconds, self.seconds = state["train_seconds"], state["seconds"]
-        self.images, self.rows = state["images"], list(state["rows"])
-        self.epoch_sums = list(state["epoch_sums"])
-        if state["world_size"] == self.info.world_size:
-            set_rng_state(state["rng"][self.info.rank])
+        for name, part in self._components().items():
+            if part is not None:
+                part.load_state_dict(checkpoint[name])
+        self.state = TrainState.from_dict(checkpoint)
+        if checkpoint["world_size"] == self.info.world_size:
+            set_rng_state(checkpoint["rng"][self.info.rank])
         else:
             log.warning(
                 "resuming with %d processes (saved with %d): RNG streams restart",
                 self.info.world_size,
-                state["world_size"],
+                checkpoint["world_size"],
             )
-        if self.batch and self.config.workers:
+        if self.state.batch and self.config.workers:
             log.warning(
                 "mid-epoch resume with workers>0: augmentation differs from an "
                 "uninterrupted run for the rest of this epoch"
             )
 
     def _metrics(self) -> dict[str, Any]:
-        last = self.rows[-1]
+        last = self.state.rows[-1]
         metrics = {
             "model": self.config.model,
             "data": self.config.data,
-            "epochs": self.epoch,
-            "steps": self.global_step,
+            "epochs": self.state.epoch,
+            "steps": self.state.global_step,
             "top1": last["top1"],
             "val_loss": last["val_loss"],
-            "best_top1": self.best_top1,
-            "best_source": self.best_source,
+            "best_top1": self.state.best_top1,
+            "best_source": self.state.best_source,
             "train_loss": last["train_loss"],
             "train_top1": last["train_top1"],
             "train_images_per_s": last["train_images_per_s"],
-            "seconds": self.seconds,
+            "seconds": self.state.seconds,
             "world_size": self.info.world_size,
             "device": str(self.info.device),
         }
