@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reparam import reparameterize
+from reparam.bench.machine import machine_info
 from reparam.checkpoint import load_weights, write_json
 from reparam.data import DataBundle, load_data
 from reparam.models import create_model
@@ -207,7 +207,7 @@ def main() -> int:
         "results": results,
         "logistic_regression_top1": logistic_regression_top1(data),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine_info(),
         "threads": torch.get_num_threads(),
         "total_seconds": time.perf_counter() - start,
     }

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from quant_compare import machine_info
 
 import reparam
+from reparam.bench.machine import machine_info
 from reparam.deploy.export import build_deploy_model
 from reparam.deploy.onnx_export import export_onnx, open_session
 from reparam.deploy.predict import session_latency_ms

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import onnxruntime
 import torch
 
 import reparam
-from reparam.checkpoint import write_json
 from reparam.analysis.report import ptq_table
+from reparam.bench.machine import machine_info
+from reparam.checkpoint import write_json
 from reparam.deploy.compare import compare_ptq
 from reparam.deploy.quantize import QuantSettings
 
@@ -35,27 +33,6 @@ PRESETS = {
     "per-channel-minmax": dict(granularity="per-channel", calibration="minmax"),
     "per-tensor-entropy": dict(granularity="per-tensor", calibration="entropy"),
 }
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "reparam": reparam.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def train_if_missing(

@@ -40,6 +40,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
+        "reparam_version": _version("reparam"),
         "torch_version": torch.__version__,
         "timm_version": _version("timm"),
         "onnxruntime_version": _version("onnxruntime"),
