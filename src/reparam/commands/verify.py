@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
         for name, r in results.items():
             verdict = "PASS" if r["passed"] else "FAIL"
             print(
-                f"{name:<24} {r['dtype']:<8} {r['max_abs_err']:>12.3e} {r['max_rel_err']:>12.3e}  {verdict}"
+                f"{name:<24} {r['dtype']:<8} {_error(r['max_abs_err'])} {_error(r['max_rel_err'])}  "
+                f"{verdict}"
             )
     return 0 if all(r["passed"] for r in results.values()) else 1
+
+
+def _error(value: float | None) -> str:
+    return f"{value:>12.3e}" if value is not None else f"{'non-finite':>12}"

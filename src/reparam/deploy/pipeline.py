@@ -97,8 +97,8 @@ def deploy(
     summary["onnx"] = {"path": str(onnx_path), **check.to_dict(), "tolerance": ONNX_TOLERANCE}
     if not check.passed:
         raise DeployError(
-            f"{onnx_path}: ONNX Runtime differs from torch by {check.max_rel_err:.2e} "
-            f"(relative, max abs {check.max_abs_err:.2e}; tolerance {ONNX_TOLERANCE})"
+            f"{onnx_path}: ONNX Runtime differs from torch: {check.describe()} "
+            f"(tolerance {ONNX_TOLERANCE} relative)"
         )
     log.info("ONNX written to %s; max abs error vs torch %.2e", onnx_path, check.max_abs_err)
     if int8:

@@ -18,27 +18,43 @@ __all__ = ["CheckResult", "compare", "fused_output_pairs", "randomize_batchnorm_
 
 @dataclass
 class CheckResult:
-    max_abs_err: float
-    max_rel_err: float
+    """One comparison. ``finite`` is false when either side held a NaN or an infinity: then the
+    errors are ``None`` (JSON ``null``) and the check has failed."""
+
+    max_abs_err: float | None
+    max_rel_err: float | None
     dtype: str
     passed: bool
+    finite: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """``"max rel err 1.2e-16 (abs 3.4e-15)"``, or what was not finite."""
+        if not self.finite:
+            return "non-finite values (NaN or inf) in the compared outputs"
+        return f"max rel err {self.max_rel_err:.2e} (abs {self.max_abs_err:.2e})"
+
 
 def compare(pairs: Iterable[tuple[Tensor, Tensor]], tolerance: float) -> CheckResult:
-    """Compare ``(candidate, reference)`` tensor pairs; passed when ``max_rel_err <= tolerance``."""
-    max_abs, max_ref, dtype = 0.0, 0.0, None
+    """Compare ``(candidate, reference)`` tensor pairs; passed when every value on both sides is
+    finite and ``max_rel_err <= tolerance``."""
+    max_abs, max_ref, dtype, finite = 0.0, 0.0, None, True
     for candidate, reference in pairs:
+        candidate, reference = candidate.detach(), reference.detach()
         dtype = dtype or str(reference.dtype).replace("torch.", "")
-        max_abs = max(max_abs, (candidate.detach() - reference.detach()).abs().max().item())
-        max_ref = max(max_ref, reference.detach().abs().max().item())
+        finite = finite and bool(
+            torch.isfinite(candidate).all() and torch.isfinite(reference).all()
+        )
+        max_abs = max(max_abs, (candidate - reference).abs().max().item())
+        max_ref = max(max_ref, reference.abs().max().item())
     if dtype is None:
         raise ValueError("compare needs at least one pair of tensors")
+    if not finite:
+        return CheckResult(None, None, dtype, passed=False, finite=False)
     rel = max_abs / max_ref if max_ref > 0 else max_abs
-    finite = torch.isfinite(torch.tensor([max_abs, rel])).all().item()
-    return CheckResult(max_abs, rel, dtype, bool(finite and rel <= tolerance))
+    return CheckResult(max_abs, rel, dtype, rel <= tolerance)
 
 
 def randomize_batchnorm_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
