@@ -6,7 +6,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from reparam.checkpoint import json_text, save_weights, write_json
+from reparam.cli import main
+from reparam.errors import CheckpointError, TrainingError
+from reparam.models import create_model
+from reparam.train import TrainConfig, fit, load_model
 from reparam.verify import compare
 
 
@@ -28,3 +34,47 @@ def test_compare_passes_finite_values_within_tolerance():
     reference = torch.tensor([1.0, -2.0], dtype=torch.float64)
     result = compare([(reference + 1e-7, reference)], tolerance=1e-6)
     assert result.passed and result.finite and result.max_rel_err == pytest.approx(5e-8)
+
+
+def test_a_diverged_run_stops_before_writing_non_finite_weights(tmp_path):
+    """``--lr 1e6`` drives BN statistics to inf with a finite loss: the run stops with the
+    tensors named, and no checkpoint or metrics file holds them."""
+    config = TrainConfig(
+        model="reducenet20",
+        data="synthetic:64",
+        epochs=3,
+        batch_size=16,
+        lr=1e6,
+        out=str(tmp_path / "run"),
+        device="cpu",
+    )
+    with pytest.raises(TrainingError, match=r"running_var.*no checkpoint had been written yet"):
+        fit(config, progress=False)
+    assert not any((tmp_path / "run").glob("*.safetensors"))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_non_finite_weights_are_never_written_nor_loaded(tmp_path):
+    model = create_model("vgg_a0", num_classes=3)
+    state = model.state_dict()
+    with pytest.raises(CheckpointError, match=r"refusing to write .*fc.bias"):
+        save_weights(
+            {**state, "fc.bias": torch.full((3,), float("nan"))}, tmp_path / "w.safetensors"
+        )
+    assert not (tmp_path / "w.safetensors").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json({"model": "vgg_a0", "num_classes": 3, "image_size": 16}, run / "config.json")
+    save_file({**state, "fc.bias": torch.full((3,), float("inf"))}, str(run / "best.safetensors"))
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) hold NaN or inf \(fc.bias\)"):
+        load_model(run)
+    assert main(["eval", str(run), "--data", "synthetic:8"]) == 2
+
+
+def test_json_output_is_strict_json_with_a_flag_for_non_finite_values(tmp_path):
+    text = json_text({"top1": 0.5, "val_loss": float("nan"), "rows": [{"loss": float("inf")}]})
+    data = json.loads(text)
+    assert data["val_loss"] is None and data["rows"][0]["loss"] is None
+    assert data["non_finite"] == ["val_loss", "rows[0].loss"]
+    write_json({"x": float("-inf")}, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": None, "non_finite": ["x"]}

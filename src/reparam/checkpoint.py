@@ -11,9 +11,10 @@ What the files mean (run folders, fused folders, scale files) is known to the la
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from .errors import CheckpointError
 __all__ = [
     "CheckpointError",
     "atomic_path",
+    "check_finite",
+    "json_text",
+    "non_finite_tensors",
     "load_state",
     "load_weights",
     "read_json",
@@ -51,9 +55,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def _without_non_finite(obj: Any, path: str, found: list[str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(path or "<value>")
+        return None
+    if isinstance(obj, dict):
+        return {
+            k: _without_non_finite(v, f"{path}.{k}" if path else str(k), found)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [_without_non_finite(v, f"{path}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """Strict JSON for ``obj``: a NaN or infinity (not JSON) becomes ``null``, and a dict gets a
+    flag ``"non_finite": [paths of those values]``."""
+    found: list[str] = []
+    clean = _without_non_finite(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = found
+    return json.dumps(clean, indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """:func:`json_text` of ``obj``, written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json_text(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -66,12 +95,33 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity, sorted."""
+    return sorted(
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    )
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`CheckpointError` naming the tensors of ``what`` that are not finite."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CheckpointError(f"{what}: {len(bad)} tensor(s) hold NaN or inf ({shown})")
+
+
 def save_weights(
     state_dict: dict[str, torch.Tensor],
     path: str | os.PathLike,
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write a state dict as safetensors, atomically (tensors made contiguous, no shared storage)."""
+    """Write a state dict as safetensors, atomically (tensors made contiguous, no shared storage).
+
+    Non-finite weights are refused (:func:`check_finite`): a checkpoint is never written broken.
+    """
+    check_finite(state_dict, f"refusing to write {path}")
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -14,7 +14,6 @@ model and batch size, each with the ``machine`` it ran on) on stdout; progress g
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -22,7 +21,7 @@ import sys
 from ..bench.infer import InferBenchConfig, run_infer_bench
 from ..bench.subjects import OPTIMIZERS, check_spec, parse_spec
 from ..bench.train import TrainBenchConfig, run_train_bench
-from ..checkpoint import write_json
+from ..checkpoint import json_text, write_json
 from ..errors import UserError
 
 __all__ = ["add_arguments", "run"]
@@ -174,5 +173,5 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json(results, args.out)
     if args.json:
-        print(json.dumps(results))
+        print(json_text(results))
     return 0

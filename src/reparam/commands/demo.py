@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..analysis.identity import identity_variance_ratios, plot_identity_variance
 from ..analysis.plots import pyplot
-from ..checkpoint import write_json
+from ..checkpoint import json_text, write_json
 from ..data import load_data
 from ..deploy.pipeline import deploy
 from ..deploy.quantize import QuantSettings
@@ -227,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     table = _markdown(rows, settings)
     (report / "summary.md").write_text(table)
     if args.json:
-        print(json.dumps(summary))
+        print(json_text(summary))
     else:
         print(table)
         print(

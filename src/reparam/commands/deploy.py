@@ -18,10 +18,10 @@ so check top-1 agreement before trusting it. The PyTorch PT2E path (torchao) is 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
+from ..checkpoint import json_text
 from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
 from ..errors import UserError
 
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             train={"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0},
             progress=not args.json,
         )
-        print(json.dumps(result, indent=2) if args.json else ptq_table(result))
+        print(json_text(result, indent=2) if args.json else ptq_table(result))
         return 0
     if len(args.sources) != 1:
         raise UserError(
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary, indent=2))
         return 0
     print(f"fused model: {summary['fused']}")
     if "onnx" in summary:

@@ -11,8 +11,8 @@ defaults to the model's own (the run's image_size, or the size the ONNX file was
 from __future__ import annotations
 
 import argparse
-import json
 
+from ..checkpoint import json_text
 from ..data import load_data
 from ..deploy.predict import evaluate, open_model
 from ..errors import UserError
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     metrics.update(data=args.data, image_size=image_size)
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(json_text(metrics, indent=2))
     else:
         print(
             f"{args.model} ({metrics['kind']}) on {args.data} val: top-1 {100 * metrics['top1']:.2f}% "

@@ -15,8 +15,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from ..checkpoint import json_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print(json_text(summary, sort_keys=True))
     else:
         print(
             f"{summary['hs_model']} on {summary['data']}: top1 {summary['top1']:.4f} after "

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 
 from tqdm import tqdm
 
+from ..checkpoint import json_text
 from ..fuse import prepare_for_deploy, reparameterize
 from ..models import create_model, list_models
 from ..models.summary import count_macs, count_params
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     if args.json:
         print(
-            json.dumps(
+            json_text(
                 {"image_size": args.image_size, "num_classes": args.num_classes, "models": rows}
             )
         )

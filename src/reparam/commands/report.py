@@ -9,9 +9,9 @@ comparison folders (reparam deploy --compare) the PTQ-drop table as well.
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..analysis.report import write_report
+from ..checkpoint import json_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     report = write_report(args.sources, args.out)
     plots = sorted(str(p) for p in report.parent.glob("*.png"))
     if args.json:
-        print(json.dumps({"report": str(report), "plots": plots}, indent=2))
+        print(json_text({"report": str(report), "plots": plots}, indent=2))
     else:
         print(f"wrote {report} and {len(plots)} plot(s)")
     return 0

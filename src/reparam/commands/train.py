@@ -14,13 +14,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_json
+from ..checkpoint import json_text, read_json
 from ..errors import UserError
 from ..train import TrainConfig, fit, parse_overrides, parse_value, recipes, resolve_config
 
@@ -128,7 +127,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
-        print(json.dumps(recipes(), indent=2, sort_keys=True))
+        print(json_text(recipes(), indent=2, sort_keys=True))
         return 0
     config = build_config(args)
     try:
@@ -140,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json_text(metrics, sort_keys=True))
     else:
         ema = f", top1_ema {metrics['top1_ema']:.4f}" if "top1_ema" in metrics else ""
         print(

@@ -7,10 +7,10 @@ check fails. With --json, one JSON object {check: result} is printed on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 
 from tqdm import tqdm
 
+from ..checkpoint import json_text
 from ..errors import UserError
 from ..verify.checks import CHECKS, run_checks
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     for name in tqdm(names, desc="verify", unit="check", disable=args.json):
         results.update(run_checks([name]))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results, indent=2))
     else:
         print(f"{'check':<24} {'dtype':<8} {'max_abs_err':>12} {'max_rel_err':>12}  result")
         for name, r in results.items():

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import load_weights, read_json, save_weights, write_json
+from ..checkpoint import check_finite, load_weights, read_json, save_weights, write_json
 from ..errors import CheckpointError
 from ..fuse import prepare_for_deploy, reparameterize, train_mode_batchnorms
 from ..models import create_model
@@ -96,6 +96,7 @@ def load_fused(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         )
     model = build_deploy_model(config)
     state = load_weights(folder / FUSED_WEIGHTS)
+    check_finite(state, str(folder / FUSED_WEIGHTS))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_path, load_state, load_weights, read_json
+from ..checkpoint import atomic_path, check_finite, load_state, load_weights, read_json
 from ..errors import CheckpointError
 from ..models import create_model
 
@@ -101,6 +101,7 @@ def save_training_state(
 ) -> None:
     """Write both files to temp names, then rename them back to back (the rename window is the
     only moment a kill can pair new weights with an old state; loading detects that case)."""
+    check_finite(model_state, f"refusing to write {out / LAST_WEIGHTS}")
     step = str(state["global_step"])
     tensors = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
     with atomic_path(out / LAST_STATE) as state_tmp, atomic_path(out / LAST_WEIGHTS) as weights_tmp:
@@ -160,6 +161,7 @@ def load_model(
         config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
     )
     state = load_weights(weights_path)
+    check_finite(state, str(weights_path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

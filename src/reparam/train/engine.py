@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import save_weights, write_json
+from ..checkpoint import non_finite_tensors, save_weights, write_json
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import set_lambda
 from . import distributed
@@ -331,7 +331,28 @@ class _Trainer:
                 set_lambda(self.ema.module, lam)
         return loss_value, correct
 
+    def _check_finite(self) -> None:
+        """Refuse to go on (and to save) once a weight or BN statistic is NaN or inf: the last
+        checkpoint, written before the divergence, stays intact."""
+        modules = {"model": self.model} | ({"EMA": self.ema.module} if self.ema else {})
+        kept = (
+            f"the last good checkpoint in {self.out} is intact"
+            if (self.out / "last.state.pt").is_file()
+            else "no checkpoint had been written yet"
+        )
+        for what, module in modules.items():
+            bad = non_finite_tensors(module.state_dict())
+            if bad:
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                raise TrainingError(
+                    f"training diverged by step {self.state.global_step} (epoch "
+                    f"{self.state.epoch + 1}): {len(bad)} {what} tensor(s) hold NaN or inf "
+                    f"({shown}); nothing was saved, {kept} (lower the lr, enable grad_clip, "
+                    "or check the data)"
+                )
+
     def _end_epoch(self) -> None:
+        self._check_finite()
         info = self.info
         start = time.perf_counter()
         val_loss, top1 = self._evaluate(self.model)
@@ -403,6 +424,7 @@ class _Trainer:
         return {"optimizer": self.optimizer, "scheduler": self.scheduler, "ema": ema}
 
     def _save_last(self) -> None:
+        self._check_finite()
         rng = distributed.all_gather_objects(self.info, get_rng_state())
         if self.info.is_main:
             checkpoint = {
