@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
+from reparam import reparameterize
 from reparam.checkpoint import json_text, save_weights, write_json
 from reparam.cli import main
 from reparam.errors import CheckpointError, TrainingError
@@ -78,3 +80,22 @@ def test_json_output_is_strict_json_with_a_flag_for_non_finite_values(tmp_path):
     assert data["non_finite"] == ["val_loss", "rows[0].loss"]
     write_json({"x": float("-inf")}, tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": None, "non_finite": ["x"]}
+
+
+def test_only_a_checkpoint_at_lambda_one_becomes_best(tmp_path):
+    """An annealed model's best checkpoint must fuse: epochs that end below lambda = 1 are
+    never 'best', however good their top-1."""
+    out = tmp_path / "run"
+    config = TrainConfig(
+        model="reducenet20",
+        data="synthetic:32",
+        epochs=2,
+        batch_size=16,
+        out=str(out),
+        device="cpu",
+    )
+    fit(config, progress=False)
+    with safe_open(str(out / "best.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["epoch"] == "2"
+    model, _ = load_model(out)
+    reparameterize(model)  # would raise FusionError below lambda = 1

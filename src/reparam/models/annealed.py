@@ -31,6 +31,7 @@ from .summary import count_macs
 __all__ = [
     "AnnealedActivation",
     "LambdaSchedule",
+    "annealing_finished",
     "fusion_macs",
     "has_annealing",
     "set_lambda",
@@ -94,6 +95,12 @@ def set_lambda(model: nn.Module, value: float) -> int:
         for module in modules:
             module.lam.fill_(value)
     return len(modules)
+
+
+def annealing_finished(model: nn.Module) -> bool:
+    """Whether every annealed activation is at ``lambda = 1`` (true for a model with none): the
+    model fuses exactly."""
+    return all(m.value == 1.0 for m in model.modules() if isinstance(m, AnnealedActivation))
 
 
 def has_annealing(model: nn.Module) -> bool:

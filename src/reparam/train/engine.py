@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import non_finite_tensors, save_weights, write_json
 from ..errors import CheckpointError, TrainingError
-from ..models.annealed import set_lambda
+from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
 from .checkpointing import (
     BEST_WEIGHTS,
@@ -374,8 +374,10 @@ class _Trainer:
         self.state.rows.append(row)
         candidates = [(top1, "raw")] + ([(top1_ema, "ema")] if top1_ema is not None else [])
         best, source = max(candidates, key=lambda c: c[0])
+        # only a checkpoint that fuses may become best: annealed models at lambda = 1
+        improved = best > self.state.best_top1 and annealing_finished(self.model)
         if info.is_main:
-            if best > self.state.best_top1:
+            if improved:
                 module = self.model if source == "raw" else self.ema.module
                 save_weights(
                     module.state_dict(),
@@ -386,7 +388,7 @@ class _Trainer:
             for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
                 if row[key] is not None:
                     self.writer.add_scalar(f"epoch/{key}", row[key], self.state.epoch)
-        if best > self.state.best_top1:
+        if improved:
             self.state.best_top1, self.state.best_source = best, source
         self._save_last()
 
