@@ -10,9 +10,11 @@ What the files mean (run folders, fused folders, scale files) is known to the la
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,12 +25,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError
+from .errors import BusyError, CheckpointError
 
 __all__ = [
     "CheckpointError",
+    "atomic_folder",
     "atomic_path",
+    "exclusive_lock",
     "check_finite",
+    "check_writable",
     "json_text",
     "non_finite_tensors",
     "load_state",
@@ -77,6 +82,70 @@ def json_text(obj: Any, indent: int | None = None, sort_keys: bool = False) -> s
     if found and isinstance(clean, dict):
         clean["non_finite"] = found
     return json.dumps(clean, indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless a file can be written at ``path`` (its folder is
+    created if needed): checked before long work, so it never ends in a write error."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write here ({err.strerror or err})") from None
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temp folder beside ``path``; on success it replaces ``path`` whole (an old
+    ``path`` is renamed aside, the new folder renamed in, the old one deleted), so no file of an
+    earlier version is left among the new ones. On failure the temp folder is deleted and
+    ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield work
+        old = path.parent / f".{path.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(work, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+
+
+@contextmanager
+def exclusive_lock(target: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``target`` (a run folder, deploy
+    folder or file) while writing it; a second process gets :class:`BusyError` naming the
+    holder's PID. The kernel releases the lock when its process dies: a killed run never
+    leaves a stale lock behind."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise BusyError(
+            f"{target} is being written by another reparam process (PID {holder}); wait for it "
+            "to finish or choose another output"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

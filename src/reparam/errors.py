@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DataError",
+    "BusyError",
     "DeployError",
     "FusionError",
     "RecipeError",
@@ -23,6 +24,10 @@ __all__ = [
 
 class ReparamError(Exception):
     """Base of every error caused by the input (files, specs, settings), not by a bug."""
+
+
+class BusyError(ReparamError, RuntimeError):
+    """Another process is writing the same run folder, deploy folder or scale file."""
 
 
 class UserError(ReparamError):

@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
         run_dir=out / f"{repopt}_hs",
+        force=True,  # the demo owns its output folder: a second `make demo` starts afresh
     )
 
     runs: dict[str, Path] = {}
@@ -166,7 +167,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{step}/6] training {name}", file=sys.stderr)
         runs[name] = out / name
         config = resolve_config(
-            "basic", {**common, "model": name, "model_kwargs": model_kwargs, "out": str(runs[name])}
+            "basic",
+            {
+                **common,
+                "model": name,
+                "model_kwargs": model_kwargs,
+                "out": str(runs[name]),
+                "force": True,
+            },
         )
         metrics[name] = fit(config)
 
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             int8=True,
             calib_data=args.data,
             settings=quant_settings,
+            force=True,
         )["int8"]
         row.update(
             top1_int8=int8["top1_int8"],

@@ -24,6 +24,8 @@ from pathlib import Path
 from ..checkpoint import json_text
 from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
 from ..errors import UserError
+from ..models import list_models
+from ..train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +89,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=8, help="--compare: epochs for model names")
     parser.add_argument("--batch-size", type=int, default=64, help="--compare: training batch size")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing --out (never a run folder)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Every number is checked before any work is done."""
+    for flag in ("latency_batch", "latency_repeats", "epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 def _trained_sources(args: argparse.Namespace) -> list[str]:
     """``--compare`` sources as run folders: a registered model name that is not a path is
-    trained first into ``OUT/runs/NAME`` (same schedule for all)."""
-    from ..models import list_models
-    from ..train import TrainConfig, fit
-
+    trained first into ``OUT/runs/NAME`` (same schedule for all; a finished run there is reused)."""
     sources = []
     for source in args.sources:
-        if Path(source).exists():
-            sources.append(source)
+        out = Path(args.out) / "runs" / source
+        if (
+            Path(source).exists() or (out / "metrics.json").is_file()
+        ):  # a run, or one trained before
+            sources.append(source if Path(source).exists() else str(out))
             continue
         if source not in list_models():
             raise UserError(
                 f"{source!r} is neither a run folder/checkpoint nor a registered model "
                 f"({', '.join(list_models())})"
             )
-        out = Path(args.out) / "runs" / source
         config = TrainConfig(
             model=source,
             data=args.calib_data,
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.compare import compare_ptq
     from ..deploy.pipeline import deploy
 
+    _check_flags(args)
     settings = QuantSettings(
         granularity=args.granularity,
         calibration=args.calibration,
@@ -151,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             train={"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0},
             progress=not args.json,
+            force=args.force,
         )
         print(json_text(result, indent=2) if args.json else ptq_table(result))
         return 0
@@ -170,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         latency_repeats=args.latency_repeats,
         threads=args.threads,
         progress=not args.json,
+        force=args.force,
     )
     if args.json:
         print(json_text(summary, indent=2))

@@ -47,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run-dir",
         default=None,
         metavar="DIR",
-        help="keep the HS run folder here (default: temporary, deleted)",
+        help="the HS run folder (default runs/hs-<model>-<data>)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the interrupted search in --run-dir"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing scale file and run folder"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         run_dir=args.run_dir,
         recipe=args.recipe,
+        resume=args.resume,
+        force=args.force,
         progress=not args.no_progress,
     )
     if args.json:

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import json_text, read_json
+from ..checkpoint import json_text
 from ..errors import UserError
-from ..train import TrainConfig, fit, parse_overrides, parse_value, recipes, resolve_config
+from ..train import fit, parse_overrides, parse_value, recipes, resolve_config, resume_config
 
 # CLI flag -> (config field, type, help); everything else goes through --set
 _FLAGS: list[tuple[str, str, Any, str]] = [
@@ -52,6 +52,7 @@ _SWITCHES = [
     ("compile", "torch.compile the model"),
     ("nesterov", "Nesterov momentum for sgd"),
     ("grad_mult", "RepOpt gradient multipliers when the model has them"),
+    ("force", "start afresh in an --out that holds files (a previous run's files are replaced)"),
 ]
 
 
@@ -113,11 +114,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.resume:
         if "out" not in explicit:
             raise UserError("--resume needs --out DIR (the run folder to continue)")
-        saved = Path(explicit["out"]) / "config.json"
-        if not saved.is_file():
-            raise UserError(f"{saved}: not found; nothing to resume")
-        values = {**read_json(saved), "stop_after_steps": None, **explicit, "resume": True}
-        return TrainConfig.from_dict(values)
+        return resume_config(explicit["out"], explicit)
     config = resolve_config(args.recipe, explicit)
     if "out" not in explicit:
         data_name = config.data.split(":")[0]

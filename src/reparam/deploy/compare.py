@@ -33,6 +33,7 @@ def compare_ptq(
     threads: int | None = None,
     train: Mapping[str, Any] | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Deploy + quantize every source; returns (and writes ``compare.json``) settings and rows.
 
@@ -55,6 +56,7 @@ def compare_ptq(
             latency_repeats=latency_repeats,
             threads=threads,
             progress=progress,
+            force=force,
         )
         rows.append(_row(summary, out_dir / "deploy" / name))
     result = {

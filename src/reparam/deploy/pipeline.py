@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..analysis.quant_stats import output_metrics, weight_stats
-from ..checkpoint import write_json
+from ..checkpoint import atomic_folder, exclusive_lock, write_json
 from ..data import load_data
 from ..errors import DeployError
 from ..train.checkpointing import load_model
@@ -28,7 +28,7 @@ from .onnx_export import ONNX_TOLERANCE, check_onnx_vs_torch, export_onnx, open_
 from .predict import Predictor, predict_dataset, session_latency_ms
 from .quantize import QuantSettings, calibration_images, quantize_onnx
 
-__all__ = ["ONNX_NAME", "INT8_NAME", "deploy", "load_source"]
+__all__ = ["ONNX_NAME", "INT8_NAME", "check_deploy_target", "deploy", "load_source"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,13 @@ def deploy(
     latency_repeats: int = 30,
     threads: int | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Write the deploy folder (module docstring) and return ``deploy.json``'s content.
+
+    The folder is written beside ``out_dir`` and swapped in whole when complete, under a lock
+    (:func:`reparam.checkpoint.exclusive_lock`); an existing ``out_dir`` is replaced only with
+    ``force`` and a run folder never (:func:`check_deploy_target`).
 
     INT8 needs ``calib_data`` (a data spec): calibration uses ``settings.calib_images`` images of
     its train split, the end-to-end figures its val split. ONNX Runtime output differing from
@@ -74,12 +79,12 @@ def deploy(
     out_dir = Path(out_dir)
     if image_size is not None and image_size < 1:
         raise DeployError(f"image_size must be a positive number of pixels, got {image_size}")
+    check_deploy_target(out_dir, force)
     fused, config = load_source(source)
     image_size = image_size or config.get("image_size")
     if (onnx or int8) and not image_size:
         raise DeployError(f"{source}: config.json has no image_size; pass --image-size")
     bundle = _calibration_data(calib_data, image_size, config) if int8 else None
-    save_fused(fused, config, out_dir)
     summary: dict[str, Any] = {
         "source": str(source),
         "model": config["model"],
@@ -87,37 +92,58 @@ def deploy(
         "fused": str(out_dir / "fused.safetensors"),
         "image_size": image_size,
     }
-    if not (onnx or int8):
-        write_json(summary, out_dir / "deploy.json")
-        return summary
-
-    onnx_path = export_onnx(fused, out_dir / ONNX_NAME, image_size, {"model": str(config["model"])})
-    probe = torch.randn(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    check = check_onnx_vs_torch(fused, onnx_path, probe)
-    summary["onnx"] = {"path": str(onnx_path), **check.to_dict(), "tolerance": ONNX_TOLERANCE}
-    if not check.passed:
-        raise DeployError(
-            f"{onnx_path}: ONNX Runtime differs from torch: {check.describe()} "
-            f"(tolerance {ONNX_TOLERANCE} relative)"
-        )
-    log.info("ONNX written to %s; max abs error vs torch %.2e", onnx_path, check.max_abs_err)
-    if int8:
-        summary["int8"] = _quantize_and_measure(
-            fused,
-            config,
-            onnx_path,
-            out_dir,
-            calib_data,
-            bundle,
-            settings or QuantSettings(),
-            latency_batch,
-            latency_repeats,
-            threads,
-            progress,
-        )
-    summary = _finite(summary)
-    write_json(summary, out_dir / "deploy.json")
+    with exclusive_lock(out_dir), atomic_folder(out_dir) as work:
+        save_fused(fused, config, work)
+        if onnx or int8:
+            onnx_path = export_onnx(
+                fused, work / ONNX_NAME, image_size, {"model": str(config["model"])}
+            )
+            probe = torch.randn(
+                3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
+            )
+            check = check_onnx_vs_torch(fused, onnx_path, probe)
+            summary["onnx"] = {
+                "path": str(out_dir / ONNX_NAME),
+                **check.to_dict(),
+                "tolerance": ONNX_TOLERANCE,
+            }
+            if not check.passed:
+                raise DeployError(
+                    f"{out_dir / ONNX_NAME}: ONNX Runtime differs from torch: "
+                    f"{check.describe()} (tolerance {ONNX_TOLERANCE} relative); nothing written"
+                )
+            log.info("ONNX written to %s; max abs error vs torch %.2e", out_dir, check.max_abs_err)
+        if int8:
+            summary["int8"] = _quantize_and_measure(
+                fused,
+                config,
+                onnx_path,
+                work,
+                calib_data,
+                bundle,
+                settings or QuantSettings(),
+                latency_batch,
+                latency_repeats,
+                threads,
+                progress,
+            )
+            summary["int8"]["path"] = str(out_dir / INT8_NAME)
+        summary = _finite(summary)
+        write_json(summary, work / "deploy.json")
     return summary
+
+
+def check_deploy_target(out_dir: Path, force: bool) -> None:
+    """Refuse, before any work, an output that would destroy something: a run folder (always),
+    or any other non-empty path unless ``force`` (a deploy folder is then replaced whole)."""
+    if out_dir.is_file():
+        raise DeployError(f"{out_dir}: is a file; --out must be a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if (out_dir / "last.state.pt").exists() or (out_dir / "metrics.json").exists():
+        raise DeployError(f"{out_dir}: is a training run folder; deploy into another --out")
+    if not force:
+        raise DeployError(f"{out_dir}: already exists; pass --force to replace it")
 
 
 def _calibration_data(calib_data: str | None, image_size: int, config: dict[str, Any]):

@@ -63,6 +63,10 @@ class QuantSettings:
             raise DeployError(f"calibration {self.calibration!r}: expected one of {CALIBRATIONS}")
         if self.calib_images < 1:
             raise DeployError(f"calib_images must be >= 1, got {self.calib_images}")
+        if not 0 < self.percentile <= 100:
+            raise DeployError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.calib_batch_size < 1:
+            raise DeployError(f"calib_batch_size must be >= 1, got {self.calib_batch_size}")
         if self.num_bins < 256:
             raise DeployError(
                 f"num_bins must be >= 256 (Entropy needs more than 128), got {self.num_bins}"

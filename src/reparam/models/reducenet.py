@@ -1,15 +1,17 @@
 """ReduceNet: depth re-parameterized residual nets that deploy as one 3x3 conv per block.
 
-Training block (https://github.com/ohmydroid/reducenet, re-designed per BRIEF section 4)::
+After the ReduceNet repository (https://github.com/ohmydroid/reducenet), whose block keeps a 3x3
+conv after its branches; here the nonlinear bottleneck is annealed to linear instead, so the
+whole training block fuses::
 
     y = BN2(conv1x1(A_lambda(BN1(conv3x3(x))))) + shortcut(x);  out = ReLU(y)  (the kept ReLU)
 
 ``conv3x3`` (stride ``s``) widens to ``expansion * C_out`` channels, ``A_lambda`` anneals from ReLU
 to the identity, ``shortcut`` is the identity when ``s = 1`` and ``C_in = C_out``, a 1x1-BN
-projection otherwise (``projection=True``, default) or absent (``projection=False``, the seed's
-choice). At ``lambda = 1`` the block is one exact 3x3 conv: ``compose(3x3, 1x1)`` (``p2 = 0``:
-exact everywhere) plus the Dirac kernel or the projection kernel padded to 3x3. Deploy:
-``Sequential(conv=Conv2d(3x3, bias), act=ReLU)``, the plain VGG block.
+projection otherwise (``projection=True``, default, as in the repository) or absent
+(``projection=False``). At ``lambda = 1`` the block is one exact 3x3 conv: ``compose(3x3, 1x1)``
+(``p2 = 0``: exact everywhere) plus the Dirac kernel or the projection kernel padded to 3x3.
+Deploy: ``Sequential(conv=Conv2d(3x3, bias), act=ReLU)``, the plain VGG block.
 
 ``keep_relu=False`` drops the kept ReLU and anneals the stem's activation too: the deployed
 network is then one affine map (see ``benchmarks/depth_reparam.py``). ``plain=True`` builds the
@@ -18,10 +20,14 @@ deploy-shaped network trained directly (``conv3x3-BN + shortcut -> ReLU``), the 
 Layouts (``stem`` -> ``stages`` -> global average pool -> ``fc``; no max pool, stride-2 3x3 convs
 downsample; train depth counts convs + fc, deploy depth after fusion):
 
-- ``reducenet20``: CIFAR, stem 3x3/1 16, stages 16/32/64 x 3 blocks (strides 1, 2, 2): 20 -> 11.
-- ``reducenet56``: CIFAR, same with 9 blocks per stage: 56 -> 29 (the seed's "ResNet-29").
-- ``reducenet18_imagenet``: stem 3x3/2 64, stages 64/128/256/512 x 2 blocks, all first blocks
-  stride 2 (total stride 32): 18 -> 10. ``reducenet34_imagenet``: 3/4/6/3 blocks: 34 -> 18.
+- ``reducenet20`` (ResNet-20 shaped): CIFAR, stem 3x3/1 16, stages 16/32/64 x 3 blocks
+  (strides 1, 2, 2): 20 -> 11. ``reducenet56``: the same with 9 blocks per stage: 56 -> 29.
+- ``reducenet18_imagenet`` (ResNet-18 shaped, stride-2 3x3 convs instead of the 7x7 stem and max
+  pool): stem 3x3/2 64, stages 64/128/256/512 x 2 blocks, all first blocks stride 2 (total stride
+  32): 18 -> 10. ``reducenet34_imagenet``: 3/4/6/3 blocks: 34 -> 18.
+
+Entrypoint kwargs: ``expansion`` (2.0), ``keep_relu`` (True), ``projection`` (True), ``plain``
+(False), ``drop_rate``, ``in_channels``, and any :class:`ReduceNetLayout` field.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -45,6 +52,7 @@ from .vggnet import PooledClassifier
 __all__ = [
     "ReduceBlock",
     "ReduceNet",
+    "ReduceNetLayout",
     "reducenet18_imagenet",
     "reducenet20",
     "reducenet34_imagenet",
@@ -191,39 +199,46 @@ class ReduceNet(PooledClassifier):
         self.build_head(channels, num_classes, drop_rate)
 
 
-_CIFAR = {"widths": (16, 32, 64), "strides": (1, 2, 2), "stem_width": 16, "stem_stride": 1}
-_IMAGENET = {
-    "widths": (64, 128, 256, 512),
-    "strides": (2, 2, 2, 2),
-    "stem_width": 64,
-    "stem_stride": 2,
-}
+@dataclass(frozen=True)
+class ReduceNetLayout:
+    """Stage widths, first-block strides and the stem (width, stride) of a :class:`ReduceNet`."""
+
+    widths: tuple[int, ...]
+    strides: tuple[int, ...]
+    stem_width: int
+    stem_stride: int
+
+
+_CIFAR = ReduceNetLayout((16, 32, 64), (1, 2, 2), stem_width=16, stem_stride=1)
+_IMAGENET = ReduceNetLayout((64, 128, 256, 512), (2, 2, 2, 2), stem_width=64, stem_stride=2)
+
+
+def _create(
+    depths: tuple[int, ...], layout: ReduceNetLayout, num_classes: int, **kwargs: Any
+) -> ReduceNet:
+    """``ReduceNet(depths, **layout)``; ``kwargs`` may override any layout field."""
+    return ReduceNet(depths, num_classes=num_classes, **{**asdict(layout), **kwargs})
 
 
 @register_model
 def reducenet20(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
-    """ReduceNet-20, CIFAR layout (ResNet-20 shaped): 3 blocks per stage, 20 layers -> 11 deployed.
-
-    kwargs: ``expansion`` (2.0), ``keep_relu`` (True), ``projection`` (True), ``plain`` (False),
-    ``drop_rate``, ``in_channels``.
-    """
-    return ReduceNet((3, 3, 3), num_classes=num_classes, **{**_CIFAR, **kwargs})
+    """ReduceNet-20, CIFAR layout, 20 -> 11 layers (https://github.com/ohmydroid/reducenet)."""
+    return _create((3, 3, 3), _CIFAR, num_classes, **kwargs)
 
 
 @register_model
 def reducenet56(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
-    """ReduceNet-56, CIFAR layout (ResNet-56 shaped): 9 blocks/stage, 56 layers -> 29 deployed."""
-    return ReduceNet((9, 9, 9), num_classes=num_classes, **{**_CIFAR, **kwargs})
+    """ReduceNet-56, CIFAR layout, 56 -> 29 layers (https://github.com/ohmydroid/reducenet)."""
+    return _create((9, 9, 9), _CIFAR, num_classes, **kwargs)
 
 
 @register_model
 def reducenet18_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
-    """ReduceNet-18, ImageNet layout (ResNet-18 shaped, stride-2 3x3 convs instead of the 7x7 stem
-    and max pool): 2 blocks per stage, widths 64-512, 18 layers -> 10 deployed."""
-    return ReduceNet((2, 2, 2, 2), num_classes=num_classes, **{**_IMAGENET, **kwargs})
+    """ReduceNet-18, ImageNet layout, 18 -> 10 layers (https://github.com/ohmydroid/reducenet)."""
+    return _create((2, 2, 2, 2), _IMAGENET, num_classes, **kwargs)
 
 
 @register_model
 def reducenet34_imagenet(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
-    """ReduceNet-34, ImageNet layout (ResNet-34 shaped): 3/4/6/3 blocks, 34 -> 18 layers."""
-    return ReduceNet((3, 4, 6, 3), num_classes=num_classes, **{**_IMAGENET, **kwargs})
+    """ReduceNet-34, ImageNet layout, 34 -> 18 layers (https://github.com/ohmydroid/reducenet)."""
+    return _create((3, 4, 6, 3), _IMAGENET, num_classes, **kwargs)

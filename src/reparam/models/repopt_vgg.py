@@ -6,8 +6,10 @@ Each block stores the constant scales of its imaginary CSLA block
 ``scale_identity``) and describes it with :meth:`RepOptVGGBlock.csla_specs`, so
 ``reparam.optim.RepOptSGD(model)`` multiplies the conv's gradient by
 ``M = s^2`` (+ ``t^2`` at the centre tap, + 1 on the diagonal centre when the block has an
-identity). The conv starts at paper eq. 14, ``W'0 = s W3x3_0 + t pad(W1x1_0) + I`` (BRIEF: 1,
-not the searched ``scale_identity``, which is kept only so scale files round-trip whole).
+identity). The conv starts at eq. 14, ``W'0 = s W3x3_0 + t pad(W1x1_0) + I``: the paper puts 1
+on the identity, as here; the official code (https://github.com/DingXiaoH/RepOptimizers) puts the
+searched ``scale_identity`` there by default and notes that this makes almost no difference.
+``scale_identity`` is kept only so scale files round-trip whole.
 Deploy form (BN folded): ``Sequential(conv=Conv2d 3x3 + bias, act=ReLU)``, the same keys as
 RepVGG and plain VGG.
 
@@ -41,7 +43,7 @@ from ..kernels import Kernel, fold_bn
 from .layers import VGGBlock, conv_from_kernel
 from .registry import register_model
 from .scales import apply_scales, model_scales, read_scales
-from .vggnet import BlockSpec, VGGNet
+from .vggnet import BlockSpec, VGGArch, VGGNet
 
 __all__ = [
     "REPOPT_ARCHS",
@@ -57,15 +59,15 @@ log = logging.getLogger(__name__)
 _A, _B, _L = (2, 4, 14, 1), (4, 6, 16, 1), (8, 14, 24, 1)
 _B1_WIDTHS, _B2_WIDTHS = (128, 256, 512, 2048), (160, 320, 640, 2560)
 
-# arch -> (blocks per stage, widths); A widths are RepVGG's, stem min(64, widths[0])
-REPOPT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "a0": (_A, (48, 96, 192, 1280)),
-    "a1": (_A, (64, 128, 256, 1280)),
-    "a2": (_A, (96, 192, 384, 1408)),
-    "b1": (_B, _B1_WIDTHS),
-    "b2": (_B, _B2_WIDTHS),
-    "l1": (_L, _B1_WIDTHS),
-    "l2": (_L, _B2_WIDTHS),
+# A widths are RepVGG-A's; B1/L1 widths are RepVGG-B1's, B2/L2 RepVGG-B2's
+REPOPT_ARCHS: dict[str, VGGArch] = {
+    "a0": VGGArch(_A, (48, 96, 192, 1280)),
+    "a1": VGGArch(_A, (64, 128, 256, 1280)),
+    "a2": VGGArch(_A, (96, 192, 384, 1408)),
+    "b1": VGGArch(_B, _B1_WIDTHS),
+    "b2": VGGArch(_B, _B2_WIDTHS),
+    "l1": VGGArch(_L, _B1_WIDTHS),
+    "l2": VGGArch(_L, _B2_WIDTHS),
 }
 
 
@@ -227,6 +229,17 @@ def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) ->
                 tensor.fill_(tensor.mean().item())
 
 
+def _create(arch: str, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
+    spec = REPOPT_ARCHS[arch]
+    return VGGNet(
+        lambda s: block(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
+        spec.depths,
+        spec.widths,
+        num_classes=num_classes,
+        **{"groups_map": spec.groups_map(), **kwargs},
+    )
+
+
 def repopt_vgg(
     arch: str,
     num_classes: int = 1000,
@@ -236,16 +249,7 @@ def repopt_vgg(
     **kwargs: Any,
 ) -> VGGNet:
     """RepOpt-VGG-``arch`` target model (see module docstring for the kwargs)."""
-    depths, widths = REPOPT_ARCHS[arch]
-    model = VGGNet(
-        lambda s: RepOptVGGBlock(
-            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
-        ),
-        depths,
-        widths,
-        num_classes=num_classes,
-        **kwargs,
-    )
+    model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
     _set_scales(model, f"repopt_vgg_{arch}", scales, channel_average)
     if reinit:
         for module in model.modules():
@@ -256,29 +260,88 @@ def repopt_vgg(
 
 def repopt_vgg_hs(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """Hyper-Search model for RepOpt-VGG-``arch``: trainable scales, HS init."""
-    depths, widths = REPOPT_ARCHS[arch]
-    return VGGNet(
-        lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
-        depths,
-        widths,
-        num_classes=num_classes,
-        **kwargs,
-    )
+    return _create(arch, HSBlock, num_classes, **kwargs)
 
 
-def _entrypoint(arch: str, hs: bool):
-    def entrypoint(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
-        return (repopt_vgg_hs if hs else repopt_vgg)(arch, num_classes, **kwargs)
-
-    name = f"repopt_vgg_{arch}" + ("_hs" if hs else "")
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    depths, widths = REPOPT_ARCHS[arch]
-    kind = "Hyper-Search model (trainable scales)" if hs else "target model (train with RepOptSGD)"
-    entrypoint.__doc__ = f"RepOpt-VGG-{arch.upper()} {kind}: depths {depths}, widths {widths}."
-    return entrypoint
+@register_model
+def repopt_vgg_a0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A0 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("a0", num_classes, **kwargs)
 
 
-for _arch in REPOPT_ARCHS:
-    register_model(_entrypoint(_arch, hs=False))
-    register_model(_entrypoint(_arch, hs=True))
+@register_model
+def repopt_vgg_a0_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A0 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("a0", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_a1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A1 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("a1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_a1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("a1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_a2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A2 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("a2", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_a2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-A2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("a2", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_b1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-B1 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("b1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_b1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-B1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("b1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-B2 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("b2", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_b2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-B2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("b2", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_l1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-L1 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("l1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_l1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-L1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("l1", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_l2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-L2 target model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg("l2", num_classes, **kwargs)
+
+
+@register_model
+def repopt_vgg_l2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepOpt-VGG-L2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
+    return repopt_vgg_hs("l2", num_classes, **kwargs)

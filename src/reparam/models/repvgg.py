@@ -1,76 +1,192 @@
-"""RepVGG (https://arxiv.org/abs/2101.03697) and the plain VGG baseline with the same deploy form.
+"""RepVGG (Ding et al. 2021, https://arxiv.org/abs/2101.03697) and plain VGG of its deploy form.
 
 ``repvgg_*``: multi-branch training blocks (3x3-BN + 1x1-BN + BN identity), fused by
 ``reparam.reparameterize`` into ``conv3x3 + ReLU``. ``vgg_*``: the same network trained directly
 as ``conv3x3-BN-ReLU`` (what RepOpt-VGG also trains), for side-by-side comparisons.
+
+Architectures (paper Table 2): A depths ``(2, 4, 14, 1)``, B depths ``(4, 6, 16, 1)``, widths
+``(64a, 128a, 256a, 512b)`` for multipliers ``(a, b)``; ``gN`` puts ``N`` groups on every other
+layer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from .layers import RepVGGBlock, VGGBlock
 from .registry import register_model
-from .vggnet import VGGNet, groups_every_other, repvgg_widths
+from .vggnet import VGGArch, VGGNet, repvgg_widths
 
 __all__ = ["REPVGG_ARCHS", "repvgg", "vgg"]
 
-_A_DEPTHS, _B_DEPTHS = (2, 4, 14, 1), (4, 6, 16, 1)
+_A, _B = (2, 4, 14, 1), (4, 6, 16, 1)
 
-# name -> (depths, width multipliers (a, b), groups on every other layer)
-REPVGG_ARCHS: dict[str, tuple[tuple[int, ...], tuple[float, float], int]] = {
-    "a0": (_A_DEPTHS, (0.75, 2.5), 1),
-    "a1": (_A_DEPTHS, (1.0, 2.5), 1),
-    "a2": (_A_DEPTHS, (1.5, 2.75), 1),
-    "b0": (_B_DEPTHS, (1.0, 2.5), 1),
-    "b1": (_B_DEPTHS, (2.0, 4.0), 1),
-    "b1g2": (_B_DEPTHS, (2.0, 4.0), 2),
-    "b1g4": (_B_DEPTHS, (2.0, 4.0), 4),
-    "b2": (_B_DEPTHS, (2.5, 5.0), 1),
-    "b2g4": (_B_DEPTHS, (2.5, 5.0), 4),
-    "b3": (_B_DEPTHS, (3.0, 5.0), 1),
-    "b3g4": (_B_DEPTHS, (3.0, 5.0), 4),
+REPVGG_ARCHS: dict[str, VGGArch] = {
+    "a0": VGGArch(_A, repvgg_widths((0.75, 2.5))),
+    "a1": VGGArch(_A, repvgg_widths((1.0, 2.5))),
+    "a2": VGGArch(_A, repvgg_widths((1.5, 2.75))),
+    "b0": VGGArch(_B, repvgg_widths((1.0, 2.5))),
+    "b1": VGGArch(_B, repvgg_widths((2.0, 4.0))),
+    "b1g2": VGGArch(_B, repvgg_widths((2.0, 4.0)), groups=2),
+    "b1g4": VGGArch(_B, repvgg_widths((2.0, 4.0)), groups=4),
+    "b2": VGGArch(_B, repvgg_widths((2.5, 5.0))),
+    "b2g4": VGGArch(_B, repvgg_widths((2.5, 5.0)), groups=4),
+    "b3": VGGArch(_B, repvgg_widths((3.0, 5.0))),
+    "b3g4": VGGArch(_B, repvgg_widths((3.0, 5.0)), groups=4),
 }
 
 
-def _build(arch: str, block: type, num_classes: int, **kwargs: Any) -> VGGNet:
-    depths, multipliers, groups = REPVGG_ARCHS[arch]
+def _create(arch: str, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
+    spec = REPVGG_ARCHS[arch]
     return VGGNet(
         lambda s: block(s.in_channels, s.out_channels, s.stride, s.groups),
-        depths,
-        repvgg_widths(multipliers),
+        spec.depths,
+        spec.widths,
         num_classes=num_classes,
-        groups_map=groups_every_other(groups, depths) if groups > 1 else None,
+        groups_map=spec.groups_map(),
         **kwargs,
     )
 
 
 def repvgg(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
-    """RepVGG-``arch`` (``a0`` ... ``b3g4``) in its multi-branch training form."""
-    return _build(arch, RepVGGBlock, num_classes, **kwargs)
+    """RepVGG-``arch`` (a key of :data:`REPVGG_ARCHS`) in its multi-branch training form."""
+    return _create(arch, RepVGGBlock, num_classes, **kwargs)
 
 
 def vgg(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """Plain VGG with RepVGG-``arch``'s deploy structure, trained as ``conv3x3-BN-ReLU``."""
-    return _build(arch, VGGBlock, num_classes, **kwargs)
+    return _create(arch, VGGBlock, num_classes, **kwargs)
 
 
-def _entrypoint(family: str, arch: str):
-    build = repvgg if family == "repvgg" else vgg
-
-    def entrypoint(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
-        return build(arch, num_classes, **kwargs)
-
-    entrypoint.__name__ = entrypoint.__qualname__ = f"{family}_{arch}"
-    entrypoint.__module__ = __name__
-    depths, (a, b), groups = REPVGG_ARCHS[arch]
-    kind = "RepVGG (multi-branch training form)" if family == "repvgg" else "plain VGG baseline"
-    entrypoint.__doc__ = (
-        f"{kind}, {arch.upper()}: depths {depths}, multipliers a={a} b={b}, groups {groups}."
-    )
-    return entrypoint
+@register_model
+def repvgg_a0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-A0 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("a0", num_classes, **kwargs)
 
 
-for _family in ("repvgg", "vgg"):
-    for _arch in REPVGG_ARCHS:
-        register_model(_entrypoint(_family, _arch))
+@register_model
+def repvgg_a1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-A1 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("a1", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_a2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-A2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("a2", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B0 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b0", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B1 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b1", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b1g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B1g2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b1g2", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b1g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B1g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b1g4", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b2", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b2g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B2g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b2g4", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b3(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B3 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b3", num_classes, **kwargs)
+
+
+@register_model
+def repvgg_b3g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B3g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b3g4", num_classes, **kwargs)
+
+
+@register_model
+def vgg_a0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-A0's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("a0", num_classes, **kwargs)
+
+
+@register_model
+def vgg_a1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-A1's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("a1", num_classes, **kwargs)
+
+
+@register_model
+def vgg_a2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-A2's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("a2", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B0's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b0", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B1's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b1", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b1g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B1g2's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b1g2", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b1g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B1g4's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b1g4", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B2's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b2", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b2g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B2g4's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b2g4", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b3(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B3's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b3", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b3g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B3g4's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b3g4", num_classes, **kwargs)

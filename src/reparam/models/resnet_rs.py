@@ -7,9 +7,11 @@ last BN gamma in every residual branch, dropout before the classifier (``drop_ra
 stochastic depth with the paper's per-stage schedule (``drop_path_rate`` r: stage s of 4 drops
 its residual branch with probability ``r * (s + 1) / 5``, i.e. 0.04/0.06/0.08/0.10 for r = 0.1).
 
-``width`` multiplies every stage's channels (and the stem's); :func:`scale_resnet_rs` applies
-the paper's scaling rules. ``resnet_rs_tiny`` (one block per stage, width 0.25) trains on 32x32
-images in seconds, for tests.
+``resnet_rs``: kwargs ``depth`` (50, 101, 152, 200, 270, 350, 420; default 50) and ``width``
+(multiplies every stage's channels and the stem's), e.g. ``create_model("resnet_rs", depth=200)``;
+:func:`scale_resnet_rs` applies the paper's scaling rules to them. Depth 50 has the structure and
+state-dict keys of timm's ``resnetrs50``. ``resnet_rs_tiny`` (one block per stage, width 0.25)
+trains on 32x32 images in seconds, for tests.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ RESNET_RS_IMAGE_SIZES: dict[int, int] = {
 
 
 def stage_drop_path_rates(rate: float, num_stages: int = 4) -> list[float]:
-    """Per-stage stochastic depth of ResNet-RS: stage ``s`` (1-based) gets ``rate * (s+1) / (n+1)``."""
+    """Per-stage stochastic depth of ResNet-RS: stage ``s`` (1-based) of ``n`` gets
+    ``rate * (s + 1) / (n + 1)``."""
     return [rate * (stage + 1) / (num_stages + 1) for stage in range(1, num_stages + 1)]
 
 
@@ -70,7 +73,8 @@ def build_resnet_rs(
     zero_init_last: bool = True,
     **kwargs: Any,
 ) -> ResNet:
-    """A ResNet-RS of ``depth`` (50 ... 420) or explicit bottleneck ``layers``, scaled by ``width``."""
+    """A ResNet-RS of ``depth`` (50 ... 420) or explicit bottleneck ``layers``, every width scaled
+    by ``width`` (at least 8 channels)."""
     if layers is None:
         if depth not in RESNET_RS_DEPTHS:
             raise ValueError(
@@ -138,14 +142,12 @@ def scale_resnet_rs(scale: ResNetRSScale, epochs: int) -> ResNetRSScale:
 def resnet_rs(
     num_classes: int = 1000, depth: int = 50, width: float = 1.0, **kwargs: Any
 ) -> ResNet:
-    """ResNet-RS of any paper depth (50, 101, 152, 200, 270, 350, 420) and width multiplier, e.g.
-    ``create_model("resnet_rs", depth=200)``; what :func:`scale_resnet_rs` yields. Depth 50 has
-    the structure and state-dict keys of timm's ``resnetrs50``."""
+    """ResNet-RS, any depth and width (Bello et al. 2021, https://arxiv.org/abs/2103.07579)."""
     return build_resnet_rs(depth, num_classes=num_classes, width=width, **kwargs)
 
 
 @register_model
 def resnet_rs_tiny(num_classes: int = 1000, **kwargs: Any) -> ResNet:
-    """ResNet-RS structure with one bottleneck per stage and width 0.25 (tests, 32x32 inputs)."""
+    """Tiny ResNet-RS for tests (Bello et al. 2021, https://arxiv.org/abs/2103.07579)."""
     kwargs.setdefault("width", 0.25)
     return build_resnet_rs(None, num_classes=num_classes, layers=(1, 1, 1, 1), **kwargs)

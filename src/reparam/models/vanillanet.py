@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,10 +40,12 @@ from .registry import register_model
 __all__ = [
     "VANILLANET_ARCHS",
     "SeriesActivation",
+    "VanillaArch",
     "VanillaBlock",
     "VanillaHead",
     "VanillaNet",
     "VanillaStem",
+    "vanillanet",
 ]
 
 BN_EPS = 1e-6
@@ -224,46 +227,92 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+@dataclass(frozen=True)
+class VanillaArch:
+    """A VanillaNet configuration: ``dims`` (stem width, then each block's output width) and the
+    max-pool stride of each block; depth ``len(dims) + 1`` (stem + blocks + head)."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+
+
 _S, _M, _L, _XL = 128 * 4, 256 * 4, 512 * 4, 1024 * 4
-# depth -> (dims, max-pool strides): the official configurations
-VANILLANET_ARCHS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    5: ((_S, _M, _L, _XL), (2, 2, 2)),
-    6: ((_S, _M, _L, _XL, _XL), (2, 2, 2, 1)),
-    7: ((_S, _S, _M, _L, _XL, _XL), (1, 2, 2, 2, 1)),
-    8: ((_S, _S, _M, _L, _L, _XL, _XL), (1, 2, 2, 1, 2, 1)),
-    9: ((_S, _S, _M) + (_L,) * 3 + (_XL, _XL), (1, 2, 2, 1, 1, 2, 1)),
-    10: ((_S, _S, _M) + (_L,) * 4 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 2, 1)),
-    11: ((_S, _S, _M) + (_L,) * 5 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 2, 1)),
-    12: ((_S, _S, _M) + (_L,) * 6 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 2, 1)),
-    13: ((_S, _S, _M) + (_L,) * 7 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1)),
+# depth -> the official configuration
+VANILLANET_ARCHS: dict[int, VanillaArch] = {
+    5: VanillaArch((_S, _M, _L, _XL), (2, 2, 2)),
+    6: VanillaArch((_S, _M, _L, _XL, _XL), (2, 2, 2, 1)),
+    7: VanillaArch((_S, _S, _M, _L, _XL, _XL), (1, 2, 2, 2, 1)),
+    8: VanillaArch((_S, _S, _M, _L, _L, _XL, _XL), (1, 2, 2, 1, 2, 1)),
+    9: VanillaArch((_S, _S, _M) + (_L,) * 3 + (_XL, _XL), (1, 2, 2, 1, 1, 2, 1)),
+    10: VanillaArch((_S, _S, _M) + (_L,) * 4 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 2, 1)),
+    11: VanillaArch((_S, _S, _M) + (_L,) * 5 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 2, 1)),
+    12: VanillaArch((_S, _S, _M) + (_L,) * 6 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 2, 1)),
+    13: VanillaArch((_S, _S, _M) + (_L,) * 7 + (_XL, _XL), (1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 1)),
 }
 
 
 def vanillanet(
     depth: int, num_classes: int = 1000, width_multiplier: float = 1.0, **kwargs: Any
 ) -> VanillaNet:
-    """VanillaNet-``depth`` (5 ... 13) with every width scaled by ``width_multiplier``."""
+    """VanillaNet-``depth`` (5 ... 13) with every width ``round(d * width_multiplier)`` (at least
+    1); other kwargs (``stem_stride``, ``act_num``, ``drop_rate``, ``in_channels``) go to
+    :class:`VanillaNet`."""
     if depth not in VANILLANET_ARCHS:
         raise ValueError(f"VanillaNet depth must be one of {sorted(VANILLANET_ARCHS)}, got {depth}")
-    dims, strides = VANILLANET_ARCHS[depth]
-    dims = tuple(max(1, round(d * width_multiplier)) for d in dims)
-    return VanillaNet(dims, strides, num_classes=num_classes, **kwargs)
+    arch = VANILLANET_ARCHS[depth]
+    dims = tuple(max(1, round(d * width_multiplier)) for d in arch.dims)
+    return VanillaNet(dims, arch.strides, num_classes=num_classes, **kwargs)
 
 
-def _entrypoint(depth: int):
-    def entrypoint(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
-        return vanillanet(depth, num_classes, **kwargs)
-
-    dims, strides = VANILLANET_ARCHS[depth]
-    entrypoint.__name__ = entrypoint.__qualname__ = f"vanillanet_{depth}"
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = (
-        f"VanillaNet-{depth} (https://arxiv.org/abs/2305.12972): widths {dims}, "
-        f"pool strides {strides}. kwargs: width_multiplier, stem_stride, "
-        "act_num, drop_rate, in_channels."
-    )
-    return entrypoint
+@register_model
+def vanillanet_5(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-5 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(5, num_classes, **kwargs)
 
 
-for _depth in VANILLANET_ARCHS:
-    register_model(_entrypoint(_depth))
+@register_model
+def vanillanet_6(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-6 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(6, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_7(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-7 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(7, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_8(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-8 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(8, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_9(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-9 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(9, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_10(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-10 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(10, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_11(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-11 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(11, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_12(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-12 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(12, num_classes, **kwargs)
+
+
+@register_model
+def vanillanet_13(num_classes: int = 1000, **kwargs: Any) -> VanillaNet:
+    """VanillaNet-13 (Chen et al. 2023, https://arxiv.org/abs/2305.12972)."""
+    return vanillanet(13, num_classes, **kwargs)

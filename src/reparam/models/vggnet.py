@@ -13,12 +13,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockSpec", "PooledClassifier", "VGGNet", "repvgg_widths", "groups_every_other"]
+__all__ = [
+    "BlockSpec",
+    "PooledClassifier",
+    "VGGArch",
+    "VGGNet",
+    "groups_every_other",
+    "repvgg_widths",
+]
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """Where a block sits: ``stage`` 0 is the stem, 1..4 the stages; ``index`` counts from 0 per stage."""
+    """Where a block sits: ``stage`` 0 is the stem, 1..4 the stages; ``index`` counts from 0 in
+    each stage."""
 
     in_channels: int
     out_channels: int
@@ -38,8 +46,23 @@ def repvgg_widths(width_multipliers: tuple[float, float]) -> tuple[int, ...]:
 
 
 def groups_every_other(groups: int, depths: Sequence[int]) -> dict[int, int]:
-    """RepVGG's ``g2``/``g4`` map: ``groups`` on every even layer index, counted from 1 after the stem."""
+    """RepVGG's ``g2``/``g4`` map: ``groups`` on every even layer index (layers after the stem
+    count from 1)."""
     return {layer: groups for layer in range(2, sum(depths) + 1, 2)}
+
+
+@dataclass(frozen=True)
+class VGGArch:
+    """A VGG-style architecture: blocks per stage, stage widths (the stem is ``min(64, widths[0])``
+    wide) and the groups of every other layer (1: dense everywhere)."""
+
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    groups: int = 1
+
+    def groups_map(self) -> dict[int, int] | None:
+        """``{layer: groups}`` for :class:`VGGNet`, ``None`` when dense."""
+        return groups_every_other(self.groups, self.depths) if self.groups > 1 else None
 
 
 class PooledClassifier(nn.Module):

@@ -16,6 +16,7 @@ from .recipe import (
     parse_value,
     recipes,
     resolve_config,
+    resume_config,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "parse_value",
     "recipes",
     "resolve_config",
+    "resume_config",
 ]

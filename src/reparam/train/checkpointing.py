@@ -34,6 +34,7 @@ __all__ = [
     "get_rng_state",
     "load_model",
     "load_training_state",
+    "remove_run_files",
     "save_training_state",
     "set_rng_state",
     "write_log_csv",
@@ -107,6 +108,19 @@ def save_training_state(
     with atomic_path(out / LAST_STATE) as state_tmp, atomic_path(out / LAST_WEIGHTS) as weights_tmp:
         save_file(tensors, str(weights_tmp), metadata={"global_step": step})
         torch.save(state, state_tmp)
+
+
+RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
+
+
+def remove_run_files(out: Path) -> None:
+    """Delete what a run writes in ``out`` (:data:`RUN_FILES`, TensorBoard events); other files
+    stay."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        if path.name in RUN_FILES or path.name.startswith("events.out.tfevents."):
+            path.unlink()
 
 
 def write_log_csv(rows: list[dict[str, Any]], fields: list[str], path: Path) -> None:

@@ -31,15 +31,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import non_finite_tensors, save_weights, write_json
+from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
 from .checkpointing import (
     BEST_WEIGHTS,
+    LAST_STATE,
     TrainState,
     get_rng_state,
     load_training_state,
+    remove_run_files,
     save_training_state,
     set_rng_state,
     write_log_csv,
@@ -98,8 +100,10 @@ def fit(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """
     joined = not torch.distributed.is_initialized()
     info = distributed.setup(config.device)
+    lock = exclusive_lock(config.out) if info.is_main else contextlib.nullcontext()
     try:
-        return _Trainer(config, info, progress).run()
+        with lock:
+            return _Trainer(config, info, progress).run()
     finally:
         if joined:  # leave a process group the caller created alone
             distributed.cleanup()
@@ -221,14 +225,19 @@ class _Trainer:
         return metrics
 
     def _start_folder(self) -> None:
-        """Refuse (on every rank) to overwrite a run; rank 0 writes ``config.json``."""
-        for name in ("metrics.json", "last.state.pt"):
-            if (self.out / name).exists():
-                raise TrainingError(
-                    f"{self.out} already holds a run ({name}); pass --resume to "
-                    "continue it or choose another --out"
-                )
+        """Refuse (on every rank) to start in a folder that holds files, unless ``force``: then
+        rank 0 removes the files a run writes. Rank 0 writes ``config.json``."""
+        existing = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
+        if existing and not self.config.force:
+            is_run = "metrics.json" in existing or LAST_STATE in existing
+            raise TrainingError(
+                f"{self.out} already holds {'a run' if is_run else 'other files'} "
+                f"({', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}); pass "
+                "--resume to continue a run, --force to start afresh there, or choose another --out"
+            )
+        distributed.barrier(self.info)  # every rank has looked before rank 0 writes
         if self.info.is_main:
+            remove_run_files(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
             write_json(self.config.to_dict(), self.out / "config.json")
 

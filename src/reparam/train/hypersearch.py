@@ -9,22 +9,27 @@ the paper's ablation as training overrides.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import check_writable, exclusive_lock
 from ..models import list_models
 from ..models.scales import ScaleError, extract_scales, save_scale_file, target_model_name
 from .checkpointing import load_model
 from .engine import fit
-from .recipe import resolve_config
+from .recipe import resolve_config, resume_config
 
-__all__ = ["HS_RECIPE", "ablation_overrides", "hyper_search"]
+__all__ = ["HS_RECIPE", "ablation_overrides", "default_run_dir", "hyper_search"]
 
 # The official HS recipe (CIFAR-100, 240 epochs): lr 0.1, wd 4e-5, warmup, label smoothing 0.1,
 # grad clip 5.0 (clipping is fine: HS is ordinary training of the HS model).
 HS_RECIPE: dict[str, Any] = {"weight_decay": 4e-5, "label_smoothing": 0.1, "grad_clip": 5.0}
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``runs/hs-<target model>-<data kind>``, where a search keeps its run folder."""
+    return Path("runs") / f"hs-{target_model_name(model)}-{data.split(':')[0]}"
 
 
 def hyper_search(
@@ -40,57 +45,72 @@ def hyper_search(
     run_dir: str | os.PathLike | None = None,
     recipe: str = "basic",
     overrides: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the HS model of ``model`` (``repopt_vgg_a0`` or ``repopt_vgg_a0_hs``) on ``data``
-    with ``reparam.train.fit``, then write its final scales to the scale file ``out``.
+    with ``reparam.train.fit`` in ``run_dir`` (default :func:`default_run_dir`), then write its
+    final scales to the scale file ``out``.
 
-    ``run_dir`` keeps the HS run folder (default: a temporary one, deleted: the scale file is
-    the whole hand-over). Returns a summary: ``scales``, ``model``, ``hs_model``, ``top1``,
-    ``epochs``, ``seconds``, ``seed``, ``data``, ``run_dir`` (or ``None``).
+    ``out`` is checked before training: an existing file is replaced only with ``force``, and
+    its folder must be writable. ``resume`` continues an interrupted search from ``run_dir``
+    (the training settings come from the run's own ``config.json``). Returns a summary:
+    ``scales``, ``model``, ``hs_model``, ``top1``, ``epochs``, ``seconds``, ``seed``, ``data``,
+    ``run_dir``.
     """
     target = target_model_name(model)
     hs_model = f"{target}_hs"
     if hs_model not in list_models() or target not in list_models():
         known = sorted(m[: -len("_hs")] for m in list_models() if m.endswith("_hs"))
         raise ScaleError(f"no Hyper-Search model for {model!r}; searchable models: {known}")
-    values: dict[str, Any] = {**HS_RECIPE, "model": hs_model, "data": data, "seed": seed}
-    for key, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("image_size", image_size),
-        ("lr", lr),
-    ):
-        if value is not None:
-            values[key] = value
-    values.update(overrides or {})
-    with tempfile.TemporaryDirectory(prefix="reparam-hs-") as tmp:
-        folder = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
-        config = resolve_config(recipe, {**values, "out": str(folder)})
+    out = Path(out)
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(target, data)
+    if out.exists() and not force:
+        raise ScaleError(f"{out}: already exists; pass --force to replace it")
+    check_writable(out)
+    with exclusive_lock(out):
+        if resume:
+            config = resume_config(folder)
+        else:
+            values: dict[str, Any] = {**HS_RECIPE, "model": hs_model, "data": data, "seed": seed}
+            for key, value in (
+                ("epochs", epochs),
+                ("batch_size", batch_size),
+                ("image_size", image_size),
+                ("lr", lr),
+            ):
+                if value is not None:
+                    values[key] = value
+            values.update(overrides or {})
+            config = resolve_config(recipe, {**values, "out": str(folder), "force": force})
         metrics = fit(config, progress=progress)
         if metrics.get("interrupted"):
-            raise ScaleError("hyper-search interrupted; no scale file written")
+            raise ScaleError(
+                f"hyper-search interrupted; no scale file written. Continue it with: reparam "
+                f"hypersearch --model {target} --data {config.data} --run-dir {folder} --out {out} "
+                "--resume"
+            )
         trained, _ = load_model(folder, weights="last")
-    scales = extract_scales(trained)
-    save_scale_file(
-        out,
-        scales,
-        model=target,
-        data=data,
-        epochs=metrics["epochs"],
-        seed=seed,
-        top1=metrics["top1"],
-    )
+        save_scale_file(
+            out,
+            extract_scales(trained),
+            model=target,
+            data=config.data,
+            epochs=metrics["epochs"],
+            seed=config.seed,
+            top1=metrics["top1"],
+        )
     return {
         "scales": str(out),
         "model": target,
         "hs_model": hs_model,
-        "data": data,
+        "data": config.data,
         "top1": metrics["top1"],
         "epochs": metrics["epochs"],
         "seconds": metrics["seconds"],
-        "seed": seed,
-        "run_dir": None if run_dir is None else str(run_dir),
+        "seed": config.seed,
+        "run_dir": str(folder),
     }
 
 

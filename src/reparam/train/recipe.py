@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..checkpoint import read_json
 from ..errors import RecipeError
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
 
@@ -34,6 +36,7 @@ __all__ = [
     "parse_value",
     "recipes",
     "resolve_config",
+    "resume_config",
 ]
 
 
@@ -97,6 +100,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads per process (torch's default when None)
     out: str = "runs/train"
     resume: bool = False
+    force: bool = False  # start afresh in an ``out`` that holds other files (they are replaced)
     log_every: int = 10  # TensorBoard scalars every N steps
     stop_after_steps: int | None = None  # stop (resumably) after N optimizer steps of this session
 
@@ -104,6 +108,7 @@ class TrainConfig:
     RESUME_FREE: typing.ClassVar[frozenset[str]] = frozenset(
         {
             "resume",
+            "force",
             "workers",
             "threads",
             "out",
@@ -363,4 +368,15 @@ def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = Non
     ):
         values.pop("model_kwargs", None)  # a preset's model_kwargs belong to the preset's model
     values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def resume_config(out: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config that continues the run in ``out``: its saved ``config.json`` with
+    ``resume=True``, the session step budget cleared, and ``overrides`` (fields that may change
+    on resume, see :attr:`TrainConfig.RESUME_FREE`; others are refused when training starts)."""
+    saved = Path(out) / "config.json"
+    if not saved.is_file():
+        raise RecipeError(f"{saved}: not found; nothing to resume")
+    values = {**read_json(saved), "stop_after_steps": None, **(overrides or {}), "resume": True}
     return TrainConfig.from_dict(values)

@@ -25,7 +25,10 @@ class CheckResult:
     max_rel_err: float | None
     dtype: str
     passed: bool
-    finite: bool = True
+
+    @property
+    def finite(self) -> bool:
+        return self.max_abs_err is not None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +55,7 @@ def compare(pairs: Iterable[tuple[Tensor, Tensor]], tolerance: float) -> CheckRe
     if dtype is None:
         raise ValueError("compare needs at least one pair of tensors")
     if not finite:
-        return CheckResult(None, None, dtype, passed=False, finite=False)
+        return CheckResult(None, None, dtype, passed=False)
     rel = max_abs / max_ref if max_ref > 0 else max_abs
     return CheckResult(max_abs, rel, dtype, rel <= tolerance)
 
