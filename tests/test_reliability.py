@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from reparam import reparameterize
-from reparam.checkpoint import json_text, save_weights, write_json
+from reparam.checkpoint import exclusive_lock, json_text, read_json, save_weights, write_json
 from reparam.cli import main
 from reparam.errors import CheckpointError, TrainingError
 from reparam.models import create_model
@@ -99,3 +100,56 @@ def test_only_a_checkpoint_at_lambda_one_becomes_best(tmp_path):
         assert handle.metadata()["epoch"] == "2"
     model, _ = load_model(out)
     reparameterize(model)  # would raise FusionError below lambda = 1
+
+
+TRAIN = ["train", "--model", "vgg_a0", "--data", "synthetic:32", "--epochs", "1"]
+TRAIN += ["--batch-size", "16", "--image-size", "8", "--no-progress"]
+
+
+def test_a_second_writer_of_the_same_output_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "run"
+    with exclusive_lock(out):
+        assert main([*TRAIN, "--out", str(out)]) == 2
+    assert f"PID {os.getpid()}" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*TRAIN, "--out", str(out)]) == 0  # released: the lock never goes stale
+
+
+def test_train_refuses_a_folder_with_other_files_unless_forced(tmp_path, capsys):
+    out = tmp_path / "deployed"
+    out.mkdir()
+    write_json({"model": "repvgg_a0", "fused": True}, out / "config.json")
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert read_json(out / "config.json")["model"] == "repvgg_a0"
+    assert main([*TRAIN, "--out", str(out), "--force"]) == 0
+    assert read_json(out / "config.json")["model"] == "vgg_a0"
+
+
+def test_deploy_never_replaces_a_run_and_replaces_a_deploy_folder_whole(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(run)]) == 0
+    config = read_json(run / "config.json")
+    assert main(["deploy", str(run), "--out", str(run), "--force"]) == 2
+    assert "training run folder" in capsys.readouterr().err
+    assert read_json(run / "config.json") == config
+    out = tmp_path / "deploy"
+    assert main(["deploy", str(run), "--out", str(out), "--onnx"]) == 0
+    assert (out / "model.onnx").is_file()
+    assert main(["deploy", str(run), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["deploy", str(run), "--out", str(out), "--force"]) == 0
+    assert not (out / "model.onnx").exists()  # nothing of the old folder is left behind
+    assert not list(tmp_path.glob(".deploy.*tmp")) and not (tmp_path / ".deploy.old").exists()
+
+
+def test_hypersearch_checks_its_output_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    scales = tmp_path / "a0.safetensors"
+    scales.write_bytes(b"earlier search")
+    search = ["hypersearch", "--model", "repopt_vgg_a0", "--data", "synthetic:32"]
+    search += ["--epochs", "1", "--batch-size", "16", "--image-size", "8", "--no-progress"]
+    assert main([*search, "--out", str(scales)]) == 2
+    assert "--force" in capsys.readouterr().err and scales.read_bytes() == b"earlier search"
+    assert main([*search, "--out", str(tmp_path)]) == 2  # a folder, not a file
+    assert not (tmp_path / "runs").exists()  # refused before any training
