@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from reparam.cli import main
 from reparam.errors import CheckpointError, TrainingError
 from reparam.models import create_model
 from reparam.train import TrainConfig, fit, load_model
+from reparam.train.checkpointing import load_training_state
 from reparam.verify import compare
 
 
@@ -153,3 +156,51 @@ def test_hypersearch_checks_its_output_before_training(tmp_path, monkeypatch, ca
     assert "--force" in capsys.readouterr().err and scales.read_bytes() == b"earlier search"
     assert main([*search, "--out", str(tmp_path)]) == 2  # a folder, not a file
     assert not (tmp_path / "runs").exists()  # refused before any training
+
+
+KILL_DURING_SAVE = """
+import os, sys
+from pathlib import Path
+import torch
+from reparam.train.checkpointing import save_training_state
+
+out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+weights = lambda step: {"w": torch.full((3,), float(step))}
+save_training_state(out, weights(1), {"global_step": 1})
+calls = {"n": 0}
+def dying(real):
+    def call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            os._exit(137)  # a kill: no finally blocks, no cleanup
+        return real(*args, **kwargs)
+    return call
+os.replace, os.fsync = dying(os.replace), dying(os.fsync)
+save_training_state(out, weights(2), {"global_step": 2})
+print(calls["n"])
+"""
+
+
+def test_a_kill_at_any_step_of_a_checkpoint_save_leaves_a_complete_pair(tmp_path):
+    """Kill the second save before each of its renames and flushes (and let it finish once):
+    the run folder always loads as one consistent pair, the old one or the new one."""
+
+    def save(kill_at: int, out) -> subprocess.CompletedProcess:
+        out.mkdir()
+        return subprocess.run(
+            [sys.executable, "-c", KILL_DURING_SAVE, str(out), str(kill_at)],
+            capture_output=True,
+            text=True,
+        )
+
+    finished = save(0, tmp_path / "whole")
+    steps = int(finished.stdout)
+    assert finished.returncode == 0 and steps >= 5  # 3+ flushes, 2 renames
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        out = tmp_path / f"kill{kill_at}"
+        assert save(kill_at, out).returncode == 137
+        weights, state = load_training_state(out)
+        assert weights["w"][0].item() == state["global_step"], kill_at
+        outcomes.append(state["global_step"])
+    assert outcomes[0] == 1 and outcomes[-1] == 2  # killed first: old pair; killed last: new

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_folder",
     "atomic_path",
     "exclusive_lock",
+    "fsync_path",
     "check_finite",
     "check_writable",
     "json_text",
@@ -45,16 +46,28 @@ __all__ = [
 ]
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success rename it over ``path`` (atomic on POSIX)."""
+    """Yield a temp path beside ``path``; on success flush it to disk and rename it over
+    ``path`` (atomic on POSIX; the folder is flushed too, so the rename survives a power cut)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

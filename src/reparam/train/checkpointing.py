@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import logging
 import os
 import random
 from dataclasses import dataclass, field, fields
@@ -25,7 +26,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_path, check_finite, load_state, load_weights, read_json
+from ..checkpoint import (
+    atomic_path,
+    check_finite,
+    fsync_path,
+    load_state,
+    load_weights,
+    read_json,
+)
 from ..errors import CheckpointError
 from ..models import create_model
 
@@ -39,6 +47,8 @@ __all__ = [
     "set_rng_state",
     "write_log_csv",
 ]
+
+log = logging.getLogger(__name__)
 
 LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS = "last.safetensors", "last.state.pt", "best.safetensors"
 
@@ -100,14 +110,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_training_state(
     out: Path, model_state: dict[str, torch.Tensor], state: dict[str, Any]
 ) -> None:
-    """Write both files to temp names, then rename them back to back (the rename window is the
-    only moment a kill can pair new weights with an old state; loading detects that case)."""
+    """Commit the pair ``last.safetensors`` + ``last.state.pt`` as one unit.
+
+    Both are written in full to ``.<name>.<step>.tmp`` and flushed, then the state and then the
+    weights are renamed into place. A kill before the first rename leaves the previous pair; a
+    kill between the two leaves the new state beside the complete new weights' temp file, which
+    :func:`load_training_state` renames in (roll forward). Either way a complete pair remains.
+    """
     check_finite(model_state, f"refusing to write {out / LAST_WEIGHTS}")
-    step = str(state["global_step"])
+    step = state["global_step"]
+    for stale in out.glob(".last.*.tmp"):  # left by a kill during an earlier save
+        stale.unlink()
+    weights_tmp, state_tmp = _pending(out, LAST_WEIGHTS, step), _pending(out, LAST_STATE, step)
     tensors = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
-    with atomic_path(out / LAST_STATE) as state_tmp, atomic_path(out / LAST_WEIGHTS) as weights_tmp:
-        save_file(tensors, str(weights_tmp), metadata={"global_step": step})
-        torch.save(state, state_tmp)
+    save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
+    torch.save(state, state_tmp)
+    for path in (weights_tmp, state_tmp, out):
+        fsync_path(path)
+    os.replace(state_tmp, out / LAST_STATE)
+    os.replace(weights_tmp, out / LAST_WEIGHTS)
+    fsync_path(out)
+
+
+def _pending(out: Path, name: str, step: int) -> Path:
+    return out / f".{name}.{step}.tmp"
+
+
+def _weights_step(path: Path) -> str | None:
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("global_step")
 
 
 RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
@@ -139,10 +170,17 @@ def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not (out / LAST_STATE).is_file():
         raise CheckpointError(f"{out}: no {LAST_STATE} to resume from")
     state = load_state(out / LAST_STATE)
+    step = state.get("global_step")
+    pending = _pending(out, LAST_WEIGHTS, step)
+    if _weights_step(out / LAST_WEIGHTS) != str(step) and pending.is_file():
+        load_weights(pending)  # complete and readable: the save was killed between its renames
+        if _weights_step(pending) == str(step):
+            log.warning("%s: completing the checkpoint of step %s (interrupted save)", out, step)
+            os.replace(pending, out / LAST_WEIGHTS)
+            fsync_path(out)
     weights = load_weights(out / LAST_WEIGHTS)
-    with safe_open(str(out / LAST_WEIGHTS), framework="pt") as handle:
-        weights_step = (handle.metadata() or {}).get("global_step")
-    if weights_step != str(state.get("global_step")):
+    weights_step = _weights_step(out / LAST_WEIGHTS)
+    if weights_step != str(step):
         raise CheckpointError(
             f"{out}: {LAST_WEIGHTS} (step {weights_step}) and {LAST_STATE} "
             f"(step {state.get('global_step')}) differ; the run was killed between the two writes"
