@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +207,20 @@ def test_a_kill_at_any_step_of_a_checkpoint_save_leaves_a_complete_pair(tmp_path
         assert weights["w"][0].item() == state["global_step"], kill_at
         outcomes.append(state["global_step"])
     assert outcomes[0] == 1 and outcomes[-1] == 2  # killed first: old pair; killed last: new
+
+
+def test_sigterm_ends_the_whole_demo(tmp_path):
+    """The stage that gets SIGTERM saves and stops, and the demo ends with rc 143 instead of
+    going on to the next stage with a half-trained model."""
+    out = tmp_path / "demo"
+    demo = [str(Path(sys.executable).parent / "reparam"), "demo", "--out", str(out)]
+    demo += ["--data", "synthetic:64", "--image-size", "8", "--batch-size", "16"]
+    process = subprocess.Popen([*demo, "--hs-epochs", "500"], stderr=subprocess.PIPE, text=True)
+    hs_run = out / "repopt_vgg_a0_hs"
+    deadline = time.monotonic() + 120
+    while not (hs_run / "last.state.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "--resume" in err and not (out / "repvgg_a0").exists()

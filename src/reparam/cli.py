@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from types import ModuleType
 
 from . import __version__
 from .commands import bench, demo, deploy, evaluate, hypersearch, models, report, train, verify
-from .errors import ReparamError
+from .errors import ReparamError, RunInterrupted
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
+    except RunInterrupted as err:
+        print(f"reparam {args.command}: {err}", file=sys.stderr)
+        return 128 + (err.signal or signal.SIGINT)
     except (ReparamError, FileNotFoundError) as err:
         print(f"reparam {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ __all__ = [
     "FusionError",
     "RecipeError",
     "ReparamError",
+    "RunInterrupted",
     "ScaleError",
     "TrainingError",
     "UserError",
@@ -57,6 +58,15 @@ class DeployError(CheckpointError):
 
 class RecipeError(ReparamError, ValueError):
     """A recipe name, file or override is unknown or has a value of the wrong type."""
+
+
+class RunInterrupted(ReparamError):
+    """A run stopped by a signal after saving (resumable); the command exits ``128 + signal``
+    (143 for SIGTERM, 130 for Ctrl-C) instead of going on to its next stage."""
+
+    def __init__(self, message: str, signal: int | None = None):
+        super().__init__(message)
+        self.signal = signal
 
 
 class TrainingError(ReparamError, RuntimeError):

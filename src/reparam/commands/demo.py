@@ -34,6 +34,7 @@ from ..checkpoint import json_text, write_json
 from ..data import load_data
 from ..deploy.pipeline import deploy
 from ..deploy.quantize import QuantSettings
+from ..errors import RunInterrupted
 from ..fuse import reparameterize
 from ..models.summary import count_macs, count_params
 from ..train import fit, hyper_search, load_model, resolve_config
@@ -177,6 +178,11 @@ def run(args: argparse.Namespace) -> int:
             },
         )
         metrics[name] = fit(config)
+        if metrics[name].get("interrupted"):  # saved; the demo ends here, not half-trained
+            raise RunInterrupted(
+                f"interrupted while training {name}; run folder {runs[name]}",
+                metrics[name].get("signal"),
+            )
 
     print("[5/6] fusing, evaluating, plotting", file=sys.stderr)
     val = load_data(args.data, args.image_size).val

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import check_writable, exclusive_lock
+from ..errors import RunInterrupted
 from ..models import list_models
 from ..models.scales import ScaleError, extract_scales, save_scale_file, target_model_name
 from .checkpointing import load_model
@@ -86,10 +87,11 @@ def hyper_search(
             config = resolve_config(recipe, {**values, "out": str(folder), "force": force})
         metrics = fit(config, progress=progress)
         if metrics.get("interrupted"):
-            raise ScaleError(
+            raise RunInterrupted(
                 f"hyper-search interrupted; no scale file written. Continue it with: reparam "
                 f"hypersearch --model {target} --data {config.data} --run-dir {folder} --out {out} "
-                "--resume"
+                "--resume",
+                metrics.get("signal"),
             )
         trained, _ = load_model(folder, weights="last")
         save_scale_file(
