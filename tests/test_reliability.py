@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -18,7 +21,8 @@ from safetensors.torch import save_file
 from reparam import reparameterize
 from reparam.checkpoint import exclusive_lock, json_text, read_json, save_weights, write_json
 from reparam.cli import main
-from reparam.errors import CheckpointError, TrainingError
+from reparam.data import load_data
+from reparam.errors import CheckpointError, DataError, TrainingError
 from reparam.models import create_model
 from reparam.train import TrainConfig, fit, load_model
 from reparam.train.checkpointing import load_training_state
@@ -224,3 +228,101 @@ def test_sigterm_ends_the_whole_demo(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
     assert "--resume" in err and not (out / "repvgg_a0").exists()
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and stderr of ``reparam ARGV``, whether it returns or the parser exits."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main([*TRAIN, "--out", str(run)]) == 0
+    return run
+
+
+def test_every_input_mistake_is_one_line_with_status_2(trained_run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    odd_config = tmp_path / "odd"
+    odd_config.mkdir()
+    (odd_config / "best.safetensors").write_bytes((trained_run / "best.safetensors").read_bytes())
+    write_json(
+        {"model": "vgg_a0", "num_classes": 10, "model_kwargs": {"bogus": 1}},
+        odd_config / "config.json",
+    )
+    cases = {
+        "--set without =": [*TRAIN, "--set", "foo", "--out", str(tmp_path / "r1")],
+        "--out is a file": [*TRAIN, "--out", str(a_file)],
+        "--out under a file": [*TRAIN, "--out", str(a_file / "run")],
+        "eval --batch-size 0": ["eval", str(trained_run), "--batch-size", "0"],
+        "deploy --percentile 200": [
+            *("deploy", str(trained_run), "--out", str(tmp_path / "d1"), "--int8"),
+            *("--calib-data", "synthetic:32", "--percentile", "200"),
+        ],
+        "deploy --latency-batch 0": [
+            *("deploy", str(trained_run), "--out", str(tmp_path / "d2")),
+            *("--latency-batch", "0"),
+        ],
+        "models --image-size 0": ["models", "vgg_a0", "--image-size", "0"],
+        "unknown model_kwargs": ["eval", str(odd_config), "--data", "synthetic:32"],
+    }
+    for case, argv in cases.items():
+        code, err = cli(argv, capsys)
+        assert code == 2, case
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("reparam"), case
+    assert not (tmp_path / "d1").exists()  # refused before any work
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_a_matching_log(
+    tmp_path, monkeypatch, capsys
+):
+    """The second epoch's checkpoint write fails with ENOSPC: one line naming it, and the run
+    folder still holds epoch 1's pair, with log.csv listing exactly epoch 1."""
+    from reparam.train import checkpointing
+
+    real_save, calls = checkpointing.save_file, {"n": 0}
+
+    def full_disk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", "last.safetensors")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing, "save_file", full_disk)
+    out = tmp_path / "run"
+    code, err = cli([*TRAIN[:6], "2", *TRAIN[7:], "--out", str(out)], capsys)
+    assert code == 2 and "No space left on device" in err
+    weights, state = load_training_state(out)
+    assert state["epoch"] == 1
+    assert (out / "log.csv").read_text().count("\n") == 2  # header + epoch 1
+    assert not list(out.glob(".last.*.tmp"))
+
+
+def test_cifar_batches_are_read_strictly(tmp_path):
+    """Protocol-2 pickles (bytes through ``_codecs.encode``) load; an empty test batch and
+    non-uint8 data are refused, not cast."""
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+
+    def write(name, data, protocol=2):
+        batch = {b"data": data, b"labels": [int(i) for i in rng.integers(0, 10, len(data))]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+
+    for i in range(1, 6):
+        write(f"data_batch_{i}", rng.integers(0, 256, (4, 3072), dtype=np.uint8))
+    write("test_batch", rng.integers(0, 256, (4, 3072), dtype=np.uint8))
+    assert b"_codecs" in (root / "test_batch").read_bytes()
+    assert len(load_data(f"cifar10:{tmp_path}", 32).train) == 20
+    write("test_batch", np.zeros((0, 3072), dtype=np.uint8), protocol=4)
+    with pytest.raises(DataError, match="no images"):
+        load_data(f"cifar10:{tmp_path}", 32)
+    write("test_batch", rng.random((4, 3072)).astype(np.float32) * 255)
+    with pytest.raises(DataError, match="uint8"):
+        load_data(f"cifar10:{tmp_path}", 32)

@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as err:
         print(f"reparam {args.command}: {err}", file=sys.stderr)
         return 128 + (err.signal or signal.SIGINT)
-    except (ReparamError, FileNotFoundError) as err:
+    except ReparamError as err:
         print(f"reparam {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the environment: missing files, permissions, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"reparam {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"reparam {args.command}: interrupted", file=sys.stderr)

@@ -23,20 +23,9 @@ from ..bench.subjects import OPTIMIZERS, check_spec, parse_spec
 from ..bench.train import TrainBenchConfig, run_train_bench
 from ..checkpoint import json_text, write_json
 from ..errors import UserError
+from .arguments import positive_ints
 
 __all__ = ["add_arguments", "run"]
-
-
-def _positive_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=_positive_ints,
+        type=positive_ints,
         default=None,
         help="comma-separated batch sizes (default: train 32, infer 1,32)",
     )

@@ -38,6 +38,7 @@ from ..errors import RunInterrupted
 from ..fuse import reparameterize
 from ..models.summary import count_macs, count_params
 from ..train import fit, hyper_search, load_model, resolve_config
+from .arguments import positive_int
 
 ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
 
@@ -47,10 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch", default="a0", help="deploy structure shared by the three (a0, a1, ...)"
     )
-    parser.add_argument("--epochs", type=int, default=8, help="epochs per trained model")
-    parser.add_argument("--hs-epochs", type=int, default=8, help="Hyper-Search epochs")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=8, help="epochs per trained model")
+    parser.add_argument("--hs-epochs", type=positive_int, default=8, help="Hyper-Search epochs")
+    parser.add_argument("--image-size", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")

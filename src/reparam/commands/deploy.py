@@ -26,6 +26,7 @@ from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
 from ..errors import UserError
 from ..models import list_models
 from ..train import TrainConfig, fit
+from .arguments import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +77,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, help="export size (default: the run's image_size)"
     )
     parser.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)"
+        "--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's)"
     )
-    parser.add_argument("--latency-batch", type=int, default=32, help="batch for FP32/INT8 latency")
     parser.add_argument(
-        "--latency-repeats", type=int, default=30, help="timed runs (median reported)"
+        "--latency-batch", type=positive_int, default=32, help="batch for FP32/INT8 latency"
+    )
+    parser.add_argument(
+        "--latency-repeats", type=positive_int, default=30, help="timed runs (median reported)"
     )
     parser.add_argument(
         "--compare",
         action="store_true",
         help="quantize several models with identical settings and print the table",
     )
-    parser.add_argument("--epochs", type=int, default=8, help="--compare: epochs for model names")
-    parser.add_argument("--batch-size", type=int, default=64, help="--compare: training batch size")
+    parser.add_argument(
+        "--epochs", type=positive_int, default=8, help="--compare: epochs for model names"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, help="--compare: training batch size"
+    )
     parser.add_argument(
         "--force", action="store_true", help="replace an existing --out (never a run folder)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    """Every number is checked before any work is done."""
-    for flag in ("latency_batch", "latency_repeats", "epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
 
 
 def _trained_sources(args: argparse.Namespace) -> list[str]:
@@ -139,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.compare import compare_ptq
     from ..deploy.pipeline import deploy
 
-    _check_flags(args)
     settings = QuantSettings(
         granularity=args.granularity,
         calibration=args.calibration,

@@ -16,6 +16,7 @@ from ..checkpoint import json_text
 from ..data import load_data
 from ..deploy.predict import evaluate, open_model
 from ..errors import UserError
+from .arguments import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data", default="digits", help="data spec (default digits); its val split is used"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="evaluation batch size (default 64)"
+        "--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)"
     )
-    parser.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    parser.add_argument("--image-size", type=positive_int, help="input size (default: the model's)")
     parser.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads (default: ORT's)"
+        "--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 

@@ -15,6 +15,7 @@ from ..checkpoint import json_text
 from ..fuse import prepare_for_deploy, reparameterize
 from ..models import create_model, list_models
 from ..models.summary import count_macs, count_params
+from .arguments import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "pattern", nargs="?", default="*", help="shell-style filter, e.g. 'repvgg_*'"
     )
     parser.add_argument(
-        "--image-size", type=int, default=224, help="input size for MACs (default 224)"
+        "--image-size", type=positive_int, default=224, help="input size for MACs (default 224)"
     )
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=positive_int, default=1000)
     parser.add_argument(
         "--names-only", action="store_true", help="list names without building models"
     )

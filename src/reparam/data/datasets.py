@@ -86,13 +86,17 @@ def _synthetic(count: int, image_size: int, num_classes: int = 10) -> tuple[Tens
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admit only what CIFAR python batches hold: builtins containers and numpy arrays."""
+    """Admit only what CIFAR python batches hold: builtins containers and numpy arrays.
+
+    ``_codecs.encode`` is how Python 3 writes ``bytes`` under pickle protocol 2 (re-saved
+    batches): it only turns a ``str`` back into ``bytes``, so it is admitted too."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -107,12 +111,17 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     try:
         with path.open("rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        data = batch[b"data"]
         labels = np.asarray(batch[label_key.encode()], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
         raise DataError(
             f"{path}: not a CIFAR python batch with 'data' and '{label_key}' ({err})"
         ) from None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: CIFAR 'data' must be a uint8 array, got {kind}")
+    if len(data) == 0:
+        raise DataError(f"{path}: the batch holds no images")
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(
             f"{path}: expected data [N, 3072] and N labels, got {data.shape} and {len(labels)}"

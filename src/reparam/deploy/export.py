@@ -19,7 +19,7 @@ from torch import nn
 from ..checkpoint import check_finite, load_weights, read_json, save_weights, write_json
 from ..errors import CheckpointError
 from ..fuse import prepare_for_deploy, reparameterize, train_mode_batchnorms
-from ..models import create_model
+from ..models import create_model_from_config
 
 __all__ = [
     "FUSED_CONFIG",
@@ -38,19 +38,14 @@ FUSED_WEIGHTS = "fused.safetensors"
 FUSED_CONFIG = "config.json"
 
 
-def build_deploy_model(config: dict[str, Any]) -> nn.Module:
+def build_deploy_model(config: dict[str, Any], source: str = "model config") -> nn.Module:
     """The fused (deploy) structure of ``config["model"]``, weights not loaded (**contract**).
 
     ``create_model(model, num_classes, **model_kwargs)`` put in its end-of-training state by
     :func:`reparam.fuse.prepare_for_deploy`, then :func:`reparameterize`; the parameters hold
     whatever the fresh model folds to.
     """
-    for key in ("model", "num_classes"):
-        if key not in config:
-            raise CheckpointError(f"model config is missing key {key!r} (has {sorted(config)})")
-    model = create_model(
-        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
-    )
+    model = create_model_from_config(config, source)
     return reparameterize(prepare_for_deploy(model))
 
 
@@ -94,7 +89,7 @@ def load_fused(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f'{folder / FUSED_CONFIG}: not a fused model config (no "fused": true)'
         )
-    model = build_deploy_model(config)
+    model = build_deploy_model(config, str(folder / FUSED_CONFIG))
     state = load_weights(folder / FUSED_WEIGHTS)
     check_finite(state, str(folder / FUSED_WEIGHTS))
     try:

@@ -7,6 +7,18 @@
 """
 
 from . import reducenet, repopt_vgg, repvgg, resnet_rs, vanillanet  # noqa: F401 (registration)
-from .registry import TIMM_PREFIX, create_model, list_models, register_model
+from .registry import (
+    TIMM_PREFIX,
+    create_model,
+    create_model_from_config,
+    list_models,
+    register_model,
+)
 
-__all__ = ["TIMM_PREFIX", "create_model", "list_models", "register_model"]
+__all__ = [
+    "TIMM_PREFIX",
+    "create_model",
+    "create_model_from_config",
+    "list_models",
+    "register_model",
+]

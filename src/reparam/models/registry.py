@@ -10,13 +10,21 @@ Every entrypoint decorated with :func:`register_model` is available two ways:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import timm.models
 from torch import nn
 
-__all__ = ["TIMM_PREFIX", "create_model", "list_models", "register_model"]
+from ..errors import CheckpointError
+
+__all__ = [
+    "TIMM_PREFIX",
+    "create_model",
+    "create_model_from_config",
+    "list_models",
+    "register_model",
+]
 
 TIMM_PREFIX = "reparam_"
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
@@ -44,6 +52,24 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     timm_entrypoint.__qualname__ = TIMM_PREFIX + name
     timm.models.register_model(timm_entrypoint)
     return fn
+
+
+def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Module:
+    """The model a run or fused folder's ``config.json`` describes (``model``, ``num_classes``,
+    ``model_kwargs``); any mistake in it is a :class:`CheckpointError` naming ``source``."""
+    missing = [key for key in ("model", "num_classes") if key not in config]
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r} (has {sorted(config)})")
+    kwargs = config.get("model_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"{source}: model_kwargs must be a mapping, got {kwargs!r}")
+    try:
+        return create_model(config["model"], num_classes=config["num_classes"], **kwargs)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{source}: cannot build {config['model']!r} with num_classes="
+            f"{config['num_classes']!r} and model_kwargs {dict(kwargs)!r} ({err})"
+        ) from None
 
 
 def list_models() -> list[str]:

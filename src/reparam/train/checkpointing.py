@@ -35,7 +35,7 @@ from ..checkpoint import (
     read_json,
 )
 from ..errors import CheckpointError
-from ..models import create_model
+from ..models import create_model_from_config
 
 __all__ = [
     "TrainState",
@@ -206,12 +206,7 @@ def load_model(
     else:
         raise CheckpointError(f"{source}: expected a run folder or a .safetensors file")
     config = read_json(run_dir / "config.json")
-    for key in ("model", "num_classes"):
-        if key not in config:
-            raise CheckpointError(f"{run_dir / 'config.json'}: missing key {key!r}")
-    model = create_model(
-        config["model"], num_classes=config["num_classes"], **config.get("model_kwargs", {})
-    )
+    model = create_model_from_config(config, str(run_dir / "config.json"))
     state = load_weights(weights_path)
     check_finite(state, str(weights_path))
     missing, unexpected = model.load_state_dict(state, strict=False)

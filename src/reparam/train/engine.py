@@ -227,6 +227,8 @@ class _Trainer:
     def _start_folder(self) -> None:
         """Refuse (on every rank) to start in a folder that holds files, unless ``force``: then
         rank 0 removes the files a run writes. Rank 0 writes ``config.json``."""
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingError(f"{self.out}: is a file; --out must be a folder")
         existing = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
         if existing and not self.config.force:
             is_run = "metrics.json" in existing or LAST_STATE in existing
@@ -385,21 +387,23 @@ class _Trainer:
         best, source = max(candidates, key=lambda c: c[0])
         # only a checkpoint that fuses may become best: annealed models at lambda = 1
         improved = best > self.state.best_top1 and annealing_finished(self.model)
+        if improved and info.is_main:
+            module = self.model if source == "raw" else self.ema.module
+            save_weights(
+                module.state_dict(),
+                self.out / BEST_WEIGHTS,
+                metadata={"epoch": str(self.state.epoch), "source": source},
+            )
+        if improved:
+            self.state.best_top1, self.state.best_source = best, source
+        # the resume point before the log: a failed write (full disk) leaves log.csv matching
+        # the checkpoint that is still there
+        self._save_last()
         if info.is_main:
-            if improved:
-                module = self.model if source == "raw" else self.ema.module
-                save_weights(
-                    module.state_dict(),
-                    self.out / BEST_WEIGHTS,
-                    metadata={"epoch": str(self.state.epoch), "source": source},
-                )
             write_log_csv(self.state.rows, LOG_FIELDS, self.out / "log.csv")
             for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
                 if row[key] is not None:
                     self.writer.add_scalar(f"epoch/{key}", row[key], self.state.epoch)
-        if improved:
-            self.state.best_top1, self.state.best_source = best, source
-        self._save_last()
 
     @torch.no_grad()
     def _evaluate(self, model: nn.Module) -> tuple[float, float]:
