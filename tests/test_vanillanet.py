@@ -14,6 +14,7 @@ from reparam.models.annealed import set_lambda
 from reparam.models.vanillanet import (
     VANILLANET_ARCHS,
     SeriesActivation,
+    VanillaArch,
     VanillaBlock,
     vanillanet,
 )
@@ -41,11 +42,11 @@ def test_all_depths_registered_with_official_widths():
     assert {f"vanillanet_{d}" for d in range(5, 14)} == {
         n for n in list_models() if n.startswith("vanillanet_")
     }
-    assert VANILLANET_ARCHS[5] == ((512, 1024, 2048, 4096), (2, 2, 2))
-    assert VANILLANET_ARCHS[13][0] == (512, 512, 1024) + (2048,) * 7 + (4096, 4096)
-    for depth, (dims, strides) in VANILLANET_ARCHS.items():
-        assert len(strides) == depth - 2 and len(dims) == depth - 1
-        assert sum(s == 2 for s in strides) == 3  # stem /4 then /8 = total stride 32
+    assert VANILLANET_ARCHS[5] == VanillaArch((512, 1024, 2048, 4096), (2, 2, 2))
+    assert VANILLANET_ARCHS[13].dims == (512, 512, 1024) + (2048,) * 7 + (4096, 4096)
+    for depth, arch in VANILLANET_ARCHS.items():
+        assert len(arch.strides) == depth - 2 and len(arch.dims) == depth - 1
+        assert sum(s == 2 for s in arch.strides) == 3  # stem /4 then /8 = total stride 32
         model = create_model(f"vanillanet_{depth}", num_classes=4, width_multiplier=1 / 128)
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
