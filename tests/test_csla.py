@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from helpers import twin_train
 from reparam.csla import Branch, CSLABlock, CSLASpec, attach, grad_mult, init_weight, specs_of
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
 from reparam.verify import rel_err
@@ -112,20 +113,18 @@ def csla_specs(draw):
     return spec, stride
 
 
-def _train(imaginary, target, reference_opt, repopt, steps, shape, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(*shape, generator=gen, dtype=DT)
-        for net, opt in ((imaginary, reference_opt), (target, repopt)):
-            opt.zero_grad()
-            (net(x) ** 2).sum().backward()
-            opt.step()
-    x = torch.randn(*shape, generator=gen, dtype=DT)
-    with torch.no_grad():
-        return (
-            rel_err(target(x), imaginary(x)),
-            rel_err(target.weight, imaginary.equivalent_weight()),
-        )
+def train_errors(imaginary, target, reference_opt, repopt, shape):
+    """4 steps side by side on the same random inputs of ``shape``: (held-out output error,
+    weight vs the block's equivalent weight)."""
+    out_err = twin_train(
+        imaginary,
+        target,
+        reference_opt,
+        repopt,
+        steps=4,
+        batch=lambda gen: (torch.randn(*shape, generator=gen, dtype=DT),),
+    )
+    return out_err, rel_err(target.weight, imaginary.equivalent_weight())
 
 
 @settings(max_examples=20, deadline=None)
@@ -136,12 +135,11 @@ def test_repopt_sgd_trains_any_csla_spec_exactly(case, nesterov):
     imaginary = CSLABlock(spec, stride=stride, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=1e-2)
-    errs = _train(
+    errs = train_errors(
         imaginary,
         target,
         torch.optim.SGD(imaginary.parameters(), **kw),
         RepOptSGD(target, **kw),
-        steps=4,
         shape=(2, spec.in_channels, 7, 7),
     )
     assert max(errs) <= 1e-10, errs
@@ -155,12 +153,11 @@ def test_repopt_adamw_tracks_any_csla_spec_up_to_eps(case):
     imaginary = CSLABlock(spec, stride=stride, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-12, weight_decay=1e-2)
-    errs = _train(
+    errs = train_errors(
         imaginary,
         target,
         torch.optim.AdamW(imaginary.parameters(), **kw),
         RepOptAdamW(target, **kw),
-        steps=4,
         shape=(2, spec.in_channels, 7, 7),
     )
     assert max(errs) <= 1e-6, errs
@@ -176,12 +173,11 @@ def test_linear_branches_train_exactly(cin, cout, a, b, identity):
     imaginary = CSLABlock(spec, dtype=DT)
     target = imaginary.to_target()
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-2)
-    errs = _train(
+    errs = train_errors(
         imaginary,
         target,
         torch.optim.SGD(imaginary.parameters(), **kw),
         RepOptSGD(target, **kw),
-        steps=4,
         shape=(3, cin),
     )
     assert max(errs) <= 1e-10, errs

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import json
 
-import reparam
-from reparam.checkpoint import read_json, save_weights, write_json
+from helpers import make_run
+from reparam.checkpoint import read_json
 from reparam.cli import main
-from reparam.verify import randomize_batchnorm_
 
 
 def test_compare_run_folders_prints_the_table(tmp_path, capsys):
     sources = []
     for name in ("repvgg_a0", "vgg_a0"):
-        model = randomize_batchnorm_(reparam.create_model(name, num_classes=10))
-        save_weights(model.state_dict(), tmp_path / name / "best.safetensors")
-        write_json(
-            {"model": name, "num_classes": 10, "image_size": 16}, tmp_path / name / "config.json"
-        )
+        make_run(tmp_path / name, name=name, data="synthetic:40")
         sources.append(str(tmp_path / name))
     argv = [
         "deploy",

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import reparam
-from reparam.checkpoint import read_json, save_weights, write_json
+from helpers import make_run
+from reparam.checkpoint import read_json
 from reparam.cli import main
 from reparam.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
 from reparam.verify import randomize_batchnorm_
@@ -17,27 +18,10 @@ from reparam.verify import randomize_batchnorm_
 DATA = "synthetic:60"  # 48 train / 12 val images, 10 classes
 
 
-def make_run(folder, name="repvgg_a0", num_classes=10, image_size=16):
-    """A run folder as ``reparam train`` writes it (config.json + best.safetensors)."""
-    model = randomize_batchnorm_(reparam.create_model(name, num_classes=num_classes))
-    save_weights(model.state_dict(), folder / "best.safetensors")
-    write_json(
-        {
-            "model": name,
-            "num_classes": num_classes,
-            "model_kwargs": {},
-            "image_size": image_size,
-            "data": DATA,
-        },
-        folder / "config.json",
-    )
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
-    model = make_run(root / "run")
+    model = make_run(root / "run", data=DATA)
     argv = [
         "deploy",
         str(root / "run"),
@@ -120,9 +104,8 @@ def test_deploy_structure_is_shared_by_the_vgg_families():
     """RepVGG, RepOpt-VGG and plain VGG A0 fuse to the same state-dict keys and shapes."""
     shapes = {}
     for name in ("repvgg_a0", "repopt_vgg_a0", "vgg_a0"):
-        if name in reparam.list_models():
-            state = build_deploy_model({"model": name, "num_classes": 10}).state_dict()
-            shapes[name] = {k: tuple(v.shape) for k, v in state.items()}
+        state = build_deploy_model({"model": name, "num_classes": 10}).state_dict()
+        shapes[name] = {k: tuple(v.shape) for k, v in state.items()}
     assert len(shapes) >= 2
     first = next(iter(shapes.values()))
     assert all(s == first for s in shapes.values())
@@ -148,14 +131,14 @@ def test_train_mode_model_is_fused_from_eval_mode_and_logged(caplog):
     ],
 )
 def test_bad_deploy_input_is_one_clear_line(tmp_path, capsys, extra, message):
-    make_run(tmp_path / "run", name="vgg_a0")
+    make_run(tmp_path / "run", name="vgg_a0", data=DATA)
     code = main(["deploy", str(tmp_path / "run"), "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1] and err[-1].startswith("reparam deploy: error:")
 
 
 def test_wrong_class_count_and_missing_run_are_clear_errors(tmp_path, capsys):
-    make_run(tmp_path / "run", name="vgg_a0", num_classes=7)
+    make_run(tmp_path / "run", name="vgg_a0", num_classes=7, data=DATA)
     argv = [
         "deploy",
         str(tmp_path / "run"),
@@ -177,8 +160,6 @@ def test_wrong_class_count_and_missing_run_are_clear_errors(tmp_path, capsys):
 def test_fused_folder_round_trip_for_depth_reparam_families(name, tmp_path):
     """Annealed families: a trained model (lambda = 1) fuses, and build_deploy_model (which sets
     lambda to 1 on a fresh model) rebuilds the same fused structure for its weights."""
-    if name not in reparam.list_models():
-        pytest.skip(f"{name} is not registered")
     model = reparam.prepare_for_deploy(
         randomize_batchnorm_(reparam.create_model(name, num_classes=10))
     )

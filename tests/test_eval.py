@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-import reparam
-from reparam.checkpoint import save_weights, write_json
+from helpers import make_run
 from reparam.cli import main
-from reparam.verify import randomize_batchnorm_
 
 DATA = "synthetic:60"  # 12 val images, 10 classes
 
@@ -17,11 +15,7 @@ DATA = "synthetic:60"  # 12 val images, 10 classes
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    model = randomize_batchnorm_(reparam.create_model("repvgg_a0", num_classes=10))
-    save_weights(model.state_dict(), root / "run" / "best.safetensors")
-    write_json(
-        {"model": "repvgg_a0", "num_classes": 10, "image_size": 16}, root / "run" / "config.json"
-    )
+    make_run(root / "run", data=DATA)
     assert main(["deploy", str(root / "run"), "--out", str(root / "dep"), "--onnx"]) == 0
     return root
 
@@ -64,11 +58,7 @@ def test_corrupted_onnx(folders, tmp_path, capsys):
 
 
 def test_class_count_mismatch_and_missing_model(folders, tmp_path, capsys):
-    model = reparam.create_model("vgg_a0", num_classes=3)
-    save_weights(model.state_dict(), tmp_path / "run" / "best.safetensors")
-    write_json(
-        {"model": "vgg_a0", "num_classes": 3, "image_size": 16}, tmp_path / "run" / "config.json"
-    )
+    make_run(tmp_path / "run", name="vgg_a0", num_classes=3, data=DATA)
     assert main(["eval", str(tmp_path / "run"), "--data", DATA]) == 2
     assert "predicts 3 classes; the data has 10" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nothing.onnx"), "--data", DATA]) == 2

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 import reparam
+from helpers import (
+    TINY_DEPTHS,
+    TINY_WIDTHS,
+    imaginary_twin,
+    labelled_images,
+    tiny_target,
+    twin_train,
+)
 from reparam.analysis.identity import identity_variance_ratios, plot_identity_variance
 from reparam.cli import main as cli_main
 from reparam.errors import ScaleError
@@ -24,7 +33,6 @@ from reparam.models.scales import (
 from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
 from reparam.train.hypersearch import ablation_overrides
-from test_repopt_vgg import imaginary_twin, tiny_target
 
 DT = torch.float64
 
@@ -33,8 +41,8 @@ def tiny_hs() -> VGGNet:
     """The HS model of ``tiny_target`` (same scale keys)."""
     return VGGNet(
         lambda s: HSBlock(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
-        (1, 2, 2, 1),
-        (4, 4, 8, 8),
+        TINY_DEPTHS,
+        TINY_WIDTHS,
         num_classes=3,
     )
 
@@ -147,29 +155,27 @@ def test_repopt_vgg_with_searched_scales_trains_like_the_csla_model(tmp_path):
     path = tmp_path / "searched.safetensors"
     save_scale_file(path, searched_scales(seed=3), model="tiny")
     target = tiny_target(scales=str(path)).to(DT)
-    imaginary, blocks = imaginary_twin(target)
+    imaginary, _ = imaginary_twin(target)
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
-    opt_t, opt_i = RepOptSGD(target, **kw), torch.optim.SGD(imaginary.parameters(), **kw)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        x = torch.randn(2, 3, 16, 16, generator=gen, dtype=DT)
-        y = torch.randint(0, 3, (2,), generator=gen)
-        for net, opt in ((target, opt_t), (imaginary, opt_i)):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-    x = torch.randn(4, 3, 16, 16, generator=gen, dtype=DT)
-    with torch.no_grad():
-        out_t, out_i = target.eval()(x), imaginary.eval()(x)
-    assert ((out_t - out_i).abs().max() / out_i.abs().max()).item() <= 1e-10
+    out_err = twin_train(
+        imaginary,
+        target,
+        torch.optim.SGD(imaginary.parameters(), **kw),
+        RepOptSGD(target, **kw),
+        steps=3,
+        batch=labelled_images(2),
+        loss=nn.functional.cross_entropy,
+        held_out=lambda gen: labelled_images(4)(gen)[0],
+    )
+    assert out_err <= 1e-10
 
 
 def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):
     images = torch.randn(2, 3, 16, 16)
     tiny_repvgg = VGGNet(
         lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
-        (1, 2, 2, 1),
-        (4, 4, 8, 8),
+        TINY_DEPTHS,
+        TINY_WIDTHS,
         num_classes=3,
     )
     results = {}
@@ -186,7 +192,8 @@ def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, capsys):
+def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the HS run folder goes to runs/hs-<model>-<data>
     out = tmp_path / "a0.safetensors"
     code = cli_main(
         [
@@ -212,7 +219,9 @@ def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, ca
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     scales, metadata = read_scale_file(out)
-    assert summary["scales"] == str(out) and summary["run_dir"] is None
+    assert summary["scales"] == str(out)
+    assert summary["run_dir"] == str(Path("runs") / "hs-repopt_vgg_a0-synthetic")
+    assert (tmp_path / summary["run_dir"] / "last.state.pt").is_file()  # kept, resumable
     assert metadata["model"] == "repopt_vgg_a0" and metadata["data"] == "synthetic:32"
     assert metadata["epochs"] == "1" and metadata["seed"] == "3"
     assert math.isclose(float(metadata["top1"]), summary["top1"])

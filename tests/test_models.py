@@ -6,21 +6,10 @@ import torch
 
 import reparam
 from reparam.errors import FusionError
-from reparam.verify import randomize_batchnorm_
+from reparam.verify import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 NUM_CLASSES = 7
-
-
-def prepare_for_fusion(model: torch.nn.Module) -> torch.nn.Module:
-    """Annealed models fuse only at lambda = 1 (the end of their schedule)."""
-    try:
-        from reparam.models.annealed import has_annealing, set_lambda
-    except ImportError:
-        return model
-    if has_annealing(model):
-        set_lambda(model, 1.0)
-    return model
 
 
 @pytest.mark.parametrize("name", reparam.list_models())
@@ -35,13 +24,14 @@ def test_forward_backward_fused(name):
     with_grad = [n for n, p in model.named_parameters() if p.requires_grad]
     assert with_grad and all(model.get_parameter(n).grad is not None for n in with_grad)
 
-    randomize_batchnorm_(prepare_for_fusion(model), gen).eval()
+    # the state training ends in (eval; annealed models fuse only at lambda = 1)
+    randomize_batchnorm_(reparam.prepare_for_deploy(model), gen)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = reparam.reparameterize(model)
     assert not fused.training
     with torch.no_grad():
         expected, got = model(x), fused(x)
-    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-10
+    assert rel_err(got, expected) <= 1e-10
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 

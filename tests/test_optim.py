@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import train_together
 from reparam.csla import Branch, CSLASpec, attach
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
+from reparam.verify import rel_err
 from reparam.verify.gradient import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
 
 DT = torch.float64
@@ -30,15 +32,9 @@ def small_model(scale=2.0):
     ).to(DT)
 
 
-def run(model, opt, steps, seed=0, scheduler=None):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(2, 4, 6, 6, generator=gen, dtype=DT)
-        opt.zero_grad()
-        model(x).square().sum().backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
+def batch(gen):
+    """Inputs of ``small_model`` (the loss is the squared sum of the output)."""
+    return (torch.randn(2, 4, 6, 6, generator=gen, dtype=DT),)
 
 
 def clone_params(model):
@@ -46,7 +42,7 @@ def clone_params(model):
 
 
 def max_rel(a_list, b_list):
-    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(a_list, b_list))
+    return max(rel_err(a, b) for a, b in zip(a_list, b_list))
 
 
 @pytest.mark.parametrize(
@@ -72,8 +68,8 @@ def test_unit_masks_equal_torch_sgd_with_groups_and_scheduler(kw):
 
     ours = RepOptSGD(groups(a), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
     ref = torch.optim.SGD(groups(b), **kw)
-    run(a, ours, 5, scheduler=torch.optim.lr_scheduler.StepLR(ours, 2, 0.5))
-    run(b, ref, 5, scheduler=torch.optim.lr_scheduler.StepLR(ref, 2, 0.5))
+    step_lr = torch.optim.lr_scheduler.StepLR
+    train_together([(a, ours, step_lr(ours, 2, 0.5)), (b, ref, step_lr(ref, 2, 0.5))], 5, batch)
     assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.025
     assert max_rel(clone_params(a), clone_params(b)) <= 1e-14
 
@@ -83,12 +79,8 @@ def test_unit_masks_equal_torch_adamw():
     a, b = small_model(), small_model()
     b.load_state_dict(a.state_dict())
     kw = dict(lr=1e-2, weight_decay=1e-2)
-    run(
-        a,
-        RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw),
-        5,
-    )
-    run(b, torch.optim.AdamW(b.parameters(), **kw), 5)
+    ours = RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
+    train_together([(a, ours), (b, torch.optim.AdamW(b.parameters(), **kw))], 5, batch)
     assert max_rel(clone_params(a), clone_params(b)) <= 1e-13
 
 
@@ -115,8 +107,14 @@ def test_masks_work_through_a_ddp_like_wrapper():
     plain, wrapped = small_model(), Wrapper(small_model())
     wrapped.module.load_state_dict(plain.state_dict())
     assert list(grad_mults(wrapped)) == ["module.0.weight"]
-    run(plain, RepOptSGD(plain, lr=0.05, momentum=0.9), 3)
-    run(wrapped, RepOptSGD(wrapped, lr=0.05, momentum=0.9), 3)
+    train_together(
+        [
+            (plain, RepOptSGD(plain, lr=0.05, momentum=0.9)),
+            (wrapped, RepOptSGD(wrapped, lr=0.05, momentum=0.9)),
+        ],
+        3,
+        batch,
+    )
     assert max_rel(clone_params(wrapped), clone_params(plain)) == 0
 
 
@@ -133,21 +131,17 @@ def test_state_dict_round_trip_resumes_exactly(cls, kw):
     b = small_model()
     b.load_state_dict(a.state_dict())
     opt_a = cls(a, **kw)
-    run(a, opt_a, 6)
+    train_together([(a, opt_a)], 6, batch)
     opt_b = cls(b, **kw)
-    run(b, opt_b, 3)
+    train_together([(b, opt_b)], 3, batch)
     state = opt_b.state_dict()
     assert any("grad_mult" in s for s in state["state"].values())
     opt_c = cls(b, **kw)
     opt_c.load_state_dict(state)
-    gen_state = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
     for _ in range(3):  # advance the data stream as the uninterrupted run did
-        torch.randn(2, 4, 6, 6, generator=gen_state, dtype=DT)
-    for _ in range(3):
-        x = torch.randn(2, 4, 6, 6, generator=gen_state, dtype=DT)
-        opt_c.zero_grad()
-        b(x).square().sum().backward()
-        opt_c.step()
+        batch(gen)
+    train_together([(b, opt_c)], 3, batch, generator=gen)
     assert max_rel(clone_params(b), clone_params(a)) == 0
 
 
@@ -155,11 +149,11 @@ def test_load_state_dict_refuses_other_masks_and_rebuilds_missing_ones():
     model = small_model(scale=2.0)
     other = small_model(scale=3.0)
     opt_other = RepOptSGD(other, lr=0.1, momentum=0.9)
-    run(other, opt_other, 1)
+    train_together([(other, opt_other)], 1, batch)
     with pytest.raises(ValueError, match="other scales"):
         RepOptSGD(model, lr=0.1, momentum=0.9).load_state_dict(opt_other.state_dict())
     plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    run(model, plain, 1)
+    train_together([(model, plain)], 1, batch)
     opt = RepOptSGD(model, lr=0.1, momentum=0.9)
     opt.load_state_dict(plain.state_dict())
     assert torch.equal(opt.state[model[0].weight]["grad_mult"], grad_mults(model)["0.weight"])
@@ -170,7 +164,7 @@ def test_a_lost_mask_is_an_error_not_a_plain_step():
     opt = RepOptSGD(model, lr=0.1)
     opt.state.clear()
     with pytest.raises(RuntimeError, match="lost its grad mult"):
-        run(model, opt, 1)
+        train_together([(model, opt)], 1, batch)
 
 
 def test_bad_arguments_are_refused():

@@ -22,9 +22,9 @@ from reparam import reparameterize
 from reparam.checkpoint import exclusive_lock, json_text, read_json, save_weights, write_json
 from reparam.cli import main
 from reparam.data import load_data
-from reparam.errors import CheckpointError, DataError, TrainingError
+from reparam.errors import CheckpointError, DataError, RunInterrupted, TrainingError
 from reparam.models import create_model
-from reparam.train import TrainConfig, fit, load_model
+from reparam.train import TrainConfig, fit, hyper_search, load_model
 from reparam.train.checkpointing import load_training_state
 from reparam.verify import compare
 
@@ -326,3 +326,15 @@ def test_cifar_batches_are_read_strictly(tmp_path):
     write("test_batch", rng.random((4, 3072)).astype(np.float32) * 255)
     with pytest.raises(DataError, match="uint8"):
         load_data(f"cifar10:{tmp_path}", 32)
+
+
+def test_an_interrupted_hyper_search_keeps_its_run_and_resumes(tmp_path):
+    out, run_dir = tmp_path / "a0.safetensors", tmp_path / "hs"
+    settings = dict(epochs=2, batch_size=16, image_size=8, run_dir=run_dir, progress=False)
+    with pytest.raises(RunInterrupted, match="--resume"):
+        hyper_search(
+            "repopt_vgg_a0", "synthetic:32", out, overrides={"stop_after_steps": 1}, **settings
+        )
+    assert (run_dir / "last.state.pt").is_file() and not out.exists()
+    summary = hyper_search("repopt_vgg_a0", "synthetic:32", out, resume=True, **settings)
+    assert out.is_file() and summary["epochs"] == 2 and summary["run_dir"] == str(run_dir)

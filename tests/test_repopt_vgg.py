@@ -1,9 +1,7 @@
 """RepOpt-VGG: official scales, grad mults = BRIEF formula, eq. 14 init, CSLA equivalence, errors."""
 
-import copy
 import logging
 import math
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -11,12 +9,13 @@ import torch
 from torch import nn
 
 import reparam
+from helpers import imaginary_twin, labelled_images, tiny_target, twin_train
 from reparam.csla import CSLABlock
 from reparam.errors import ScaleError
-from reparam.models.repopt_vgg import RepOptVGGBlock, hs_init_scale
+from reparam.models.repopt_vgg import RepOptVGGBlock
 from reparam.models.scales import model_scales, save_scale_file
-from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
+from reparam.verify import rel_err
 
 DT = torch.float64
 ANCHORS = Path(__file__).parent / "fixtures" / "repopt-scales"  # the official files (MIT)
@@ -134,46 +133,6 @@ def test_reinit_is_eq14_and_can_be_turned_off():
     assert not torch.equal(plain.stages[1][1].conv.conv.weight, block.conv.conv.weight)
 
 
-def tiny_target(**kwargs) -> VGGNet:
-    """A 6-block RepOpt-VGG (stem 4, stages 1,2,2,1 x 4,4,8,8) through the same scale loader."""
-    from reparam.models.repopt_vgg import _set_scales
-
-    scales = kwargs.pop("scales", None)
-    channel_average = kwargs.pop("channel_average", False)
-    reinit = kwargs.pop("reinit", True)
-    model = VGGNet(
-        lambda s: RepOptVGGBlock(
-            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
-        ),
-        (1, 2, 2, 1),
-        (4, 4, 8, 8),
-        num_classes=3,
-        **kwargs,
-    )
-    _set_scales(model, "tiny", scales, channel_average)
-    if reinit:
-        for module in model.modules():
-            if isinstance(module, RepOptVGGBlock):
-                module.reset_csla_init()
-    return model
-
-
-def imaginary_twin(target: VGGNet) -> tuple[nn.Module, dict[str, CSLABlock]]:
-    """The CSLA model of ``target``: each block -> ``ReLU(BN(CSLABlock(x)))`` with the block's
-    constant scales; the target's conv gets the equivalent weight."""
-    imaginary = copy.deepcopy(target)
-    blocks = {}
-    for name, block in list(imaginary.named_modules()):
-        if isinstance(block, RepOptVGGBlock):
-            csla = CSLABlock(block.csla_spec(), stride=block.conv.conv.stride[0], dtype=DT)
-            twin = nn.Sequential(OrderedDict(csla=csla, bn=block.conv.bn, act=nn.ReLU()))
-            parent, _, child = name.rpartition(".")
-            setattr(imaginary.get_submodule(parent) if parent else imaginary, child, twin)
-            target.get_submodule(name).conv.conv.weight.data.copy_(csla.equivalent_weight())
-            blocks[name] = csla
-    return imaginary, blocks
-
-
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_repopt_vgg_with_scales_trains_like_its_csla_model(nesterov):
     gen = torch.Generator().manual_seed(0)
@@ -182,22 +141,20 @@ def test_repopt_vgg_with_scales_trains_like_its_csla_model(nesterov):
     target = tiny_target(scales=scales).to(DT)
     imaginary, blocks = imaginary_twin(target)
     kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
-    opt_t, opt_i = RepOptSGD(target, **kw), torch.optim.SGD(imaginary.parameters(), **kw)
-    for _ in range(5):
-        x = torch.randn(4, 3, 16, 16, generator=gen, dtype=DT)
-        y = torch.randint(0, 3, (4,), generator=gen)
-        for net, opt in ((target, opt_t), (imaginary, opt_i)):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-    x = torch.randn(4, 3, 16, 16, generator=gen, dtype=DT)
-    with torch.no_grad():
-        out_t, out_i = target.eval()(x), imaginary.eval()(x)
-    assert ((out_t - out_i).abs().max() / out_i.abs().max()).item() <= 1e-10
+    out_err = twin_train(
+        imaginary,
+        target,
+        torch.optim.SGD(imaginary.parameters(), **kw),
+        RepOptSGD(target, **kw),
+        steps=5,
+        batch=labelled_images(4),
+        loss=nn.functional.cross_entropy,
+        generator=gen,  # the one that drew the scales
+    )
+    assert out_err <= 1e-10
     for name, csla in blocks.items():
         weight = target.get_submodule(name).conv.conv.weight
-        ref = csla.equivalent_weight()
-        assert ((weight - ref).abs().max() / ref.abs().max()).item() <= 1e-10, name
+        assert rel_err(weight, csla.equivalent_weight()) <= 1e-10, name
 
 
 def test_fused_repopt_vgg_has_the_plain_vgg_deploy_keys():

@@ -16,25 +16,8 @@ from reparam.train import TrainConfig, TrainingError, fit, load_model
 from reparam.train import engine as engine_module
 
 
-def tiny_config(tmp_path, name="run", **overrides) -> TrainConfig:
-    """4 steps per epoch of a ResNet-RS-tiny on 64 random 16x16 images (seconds on one core)."""
-    values = dict(
-        model="resnet_rs_tiny",
-        data="synthetic:80",
-        image_size=16,
-        epochs=2,
-        batch_size=16,
-        crop_padding=0,
-        workers=0,
-        threads=1,
-        out=str(tmp_path / name),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def test_run_folder_contents(tmp_path):
-    config = tiny_config(tmp_path, ema=True, ema_decay=0.9)
+def test_run_folder_contents(tmp_path, tiny_config):
+    config = tiny_config(ema=True, ema_decay=0.9)
     metrics = fit(config, progress=False)
     out = tmp_path / "run"
     names = {p.name for p in out.iterdir()}
@@ -75,16 +58,16 @@ def test_run_folder_contents(tmp_path):
     assert torch.equal(model.state_dict()["fc.weight"], raw["fc.weight"])
 
 
-def test_refuses_to_overwrite_a_run(tmp_path):
-    metrics = fit(tiny_config(tmp_path, epochs=1), progress=False)
+def test_refuses_to_overwrite_a_run(tmp_path, tiny_config):
+    metrics = fit(tiny_config(epochs=1), progress=False)
     assert (
         "top1_ema" not in metrics and load_state(tmp_path / "run" / "last.state.pt")["ema"] is None
     )
     with pytest.raises(TrainingError, match="--resume"):
-        fit(tiny_config(tmp_path, epochs=1), progress=False)
+        fit(tiny_config(epochs=1), progress=False)
 
 
-def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch, tiny_config):
     real_build = engine_module.build_model
     calls = {"n": 0}
 
@@ -103,7 +86,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine_module, "build_model", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan at step 5 \(epoch 2, batch 2\)"):
-        fit(tiny_config(tmp_path), progress=False)
+        fit(tiny_config(), progress=False)
     state = load_state(tmp_path / "run" / "last.state.pt")
     assert state["global_step"] == 4 and state["epoch"] == 1
     weights = load_weights(tmp_path / "run" / "last.safetensors")
@@ -111,8 +94,8 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_sigterm_saves_and_returns(tmp_path):
-    config = tiny_config(tmp_path, epochs=200)
+def test_sigterm_saves_and_returns(tmp_path, tiny_config):
+    config = tiny_config(epochs=200)
     state_file = tmp_path / "run" / "last.state.pt"
 
     def killer():

@@ -10,26 +10,11 @@ from torch import nn
 import reparam
 import reparam.train.setup
 from reparam.checkpoint import load_weights
+from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
 from reparam.train import TrainConfig, fit
 from reparam.train import engine as engine_module
 from reparam.train.optim_factory import create_optimizer, weight_decay_groups
 from reparam.train.setup import build_data, build_ema, build_model, build_scheduler, lambda_schedule
-
-
-def tiny_config(tmp_path, **overrides) -> TrainConfig:
-    values = dict(
-        model="resnet_rs_tiny",
-        data="synthetic:80",
-        image_size=16,
-        epochs=1,
-        batch_size=16,
-        crop_padding=0,
-        workers=0,
-        threads=1,
-        out=str(tmp_path / "run"),
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def bn_free_net(num_classes: int = 10) -> nn.Module:
@@ -111,11 +96,10 @@ def test_optimizer_choice_and_repopt_hook():
     )
     adamw = create_optimizer(model, TrainConfig(optimizer="adamw", betas=(0.8, 0.9)))
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.8, 0.9)
-    optim = pytest.importorskip("reparam.optim")
     repopt = reparam.create_model("repopt_vgg_a0", num_classes=3)
-    assert optim.grad_mults(repopt)
-    assert isinstance(create_optimizer(repopt, TrainConfig()), optim.RepOptSGD)
-    assert isinstance(create_optimizer(repopt, TrainConfig(optimizer="adamw")), optim.RepOptAdamW)
+    assert grad_mults(repopt)
+    assert isinstance(create_optimizer(repopt, TrainConfig()), RepOptSGD)
+    assert isinstance(create_optimizer(repopt, TrainConfig(optimizer="adamw")), RepOptAdamW)
     assert (
         type(create_optimizer(repopt, TrainConfig(grad_mult=False))) is torch.optim.SGD
     )  # ablation
@@ -167,14 +151,11 @@ def test_cosine_schedule_with_linear_warmup_per_iteration():
     assert lr_at(50) == pytest.approx(0.01)
 
 
-def test_gradient_accumulation_equals_the_full_batch(tmp_path, swap_model):
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, swap_model, tiny_config):
     results = []
     for accum in (1, 2, 4):
         built = swap_model(lambda: bn_free_net())
-        fit(
-            tiny_config(tmp_path, accum_steps=accum, out=str(tmp_path / f"a{accum}")),
-            progress=False,
-        )
+        fit(tiny_config(f"a{accum}", epochs=1, accum_steps=accum), progress=False)
         results.append(load_weights(tmp_path / f"a{accum}" / "last.safetensors"))
         assert not torch.equal(results[-1]["4.weight"], built[0][1]["4.weight"])
     for other in results[1:]:
@@ -182,19 +163,19 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, swap_model):
             torch.testing.assert_close(other[key], results[0][key], rtol=0, atol=1e-6)
 
 
-def test_grad_clip_bounds_the_first_update(tmp_path, swap_model):
+def test_grad_clip_bounds_the_first_update(tmp_path, swap_model, tiny_config):
     moves = {}
     for clip in (None, 1e-6):
         built = swap_model(lambda: bn_free_net())
         config = tiny_config(
-            tmp_path,
+            f"c{clip}",
+            epochs=1,
             grad_clip=clip,
             lr=1.0,
             warmup_epochs=0,
             momentum=0.0,
             weight_decay=0.0,
             stop_after_steps=1,
-            out=str(tmp_path / f"c{clip}"),
         )
         fit(config, progress=False)
         after, before = load_weights(tmp_path / f"c{clip}" / "last.safetensors"), built[0][1]
@@ -202,7 +183,7 @@ def test_grad_clip_bounds_the_first_update(tmp_path, swap_model):
     assert moves[1e-6] <= 1e-6 * (1 + 1e-4) and moves[None] > 1e-3
 
 
-def test_amp_and_channels_last_switch_independently(tmp_path, swap_model):
+def test_amp_and_channels_last_switch_independently(tmp_path, swap_model, tiny_config):
     seen = {}
     for amp, channels_last in ((False, False), (True, False), (False, True)):
         record = {}
@@ -225,11 +206,11 @@ def test_amp_and_channels_last_switch_independently(tmp_path, swap_model):
         swap_model(factory)
         fit(
             tiny_config(
-                tmp_path,
+                f"{amp}{channels_last}",
+                epochs=1,
                 amp=amp,
                 channels_last=channels_last,
                 stop_after_steps=1,
-                out=str(tmp_path / f"{amp}{channels_last}"),
             ),
             progress=False,
         )
@@ -241,7 +222,7 @@ def test_amp_and_channels_last_switch_independently(tmp_path, swap_model):
     }
 
 
-def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
+def test_annealing_hook_sets_lambda_every_iteration(tmp_path, tiny_config):
     from reparam.models import annealed
 
     model = reparam.create_model("reducenet20", num_classes=10)
@@ -253,7 +234,6 @@ def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
     assert schedule == annealed.LambdaSchedule(kind="cosine", fraction=0.5, per="iteration")
     fit(
         tiny_config(
-            tmp_path,
             model="reducenet20",
             anneal_kind="cosine",
             anneal_fraction=0.5,
@@ -272,11 +252,11 @@ def test_annealing_hook_sets_lambda_every_iteration(tmp_path):
     assert schedule.value(2, 8, 4) == pytest.approx(0.75)
 
 
-def test_ema_copy_follows_lambda_and_fuses(tmp_path):
+def test_ema_copy_follows_lambda_and_fuses(tmp_path, tiny_config):
     """EMA averages buffers; lambda is a schedule value, so the EMA copy must carry it exactly."""
     from reparam.checkpoint import load_state
 
-    config = tiny_config(tmp_path, model="reducenet20", epochs=2, ema=True, ema_decay=0.9)
+    config = tiny_config(model="reducenet20", epochs=2, ema=True, ema_decay=0.9)
     fit(config, progress=False)
     ema_state = load_state(tmp_path / "run" / "last.state.pt")["ema"]
     lams = [v for k, v in ema_state.items() if k.endswith("lam")]

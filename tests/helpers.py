@@ -1,0 +1,191 @@
+"""Shared test helpers (``from helpers import ...``; pytest puts ``tests/`` on ``sys.path``).
+
+- :func:`make_run`: a run folder as ``reparam train`` writes it;
+- :func:`tiny_config`: a seconds-long :class:`~reparam.train.TrainConfig`;
+- :func:`train_together` / :func:`twin_train`: nets trained side by side on the same batches
+  (an imaginary CSLA network against its RepOpt target);
+- :func:`tiny_target` / :func:`imaginary_twin`: a 6-block RepOpt-VGG and its CSLA model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import reparam
+from reparam.checkpoint import save_weights, write_json
+from reparam.csla import CSLABlock
+from reparam.models.repopt_vgg import RepOptVGGBlock, hs_init_scale
+from reparam.models.vggnet import VGGNet
+from reparam.train import TrainConfig
+from reparam.verify import randomize_batchnorm_, rel_err
+
+DT = torch.float64
+
+# --- run folders and training configs ---------------------------------------------------------
+
+
+def make_run(
+    folder: Path,
+    name: str = "repvgg_a0",
+    num_classes: int = 10,
+    image_size: int = 16,
+    data: str = "synthetic:60",
+) -> nn.Module:
+    """A run folder as ``reparam train`` writes it: ``config.json`` + ``best.safetensors`` of a
+    fresh ``name`` with random BN statistics. Returns that model in eval mode."""
+    model = randomize_batchnorm_(reparam.create_model(name, num_classes=num_classes))
+    save_weights(model.state_dict(), folder / "best.safetensors")
+    write_json(
+        {
+            "model": name,
+            "num_classes": num_classes,
+            "model_kwargs": {},
+            "image_size": image_size,
+            "data": data,
+        },
+        folder / "config.json",
+    )
+    return model.eval()
+
+
+def tiny_config(out: Path, **overrides) -> TrainConfig:
+    """2 epochs x 4 steps of a ResNet-RS-tiny on 64 random 16x16 images (seconds on one core),
+    run folder ``out``; ``overrides`` replace any field."""
+    values = dict(
+        model="resnet_rs_tiny",
+        data="synthetic:80",
+        image_size=16,
+        epochs=2,
+        batch_size=16,
+        crop_padding=0,
+        workers=0,
+        threads=1,
+        out=str(out),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# --- training side by side ---------------------------------------------------------------------
+
+Batch = Callable[[torch.Generator], tuple]
+
+
+def square_sum(output: Tensor) -> Tensor:
+    return output.square().sum()
+
+
+def train_together(
+    runs: Sequence[tuple],
+    steps: int,
+    batch: Batch,
+    loss: Callable[..., Tensor] = square_sum,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> torch.Generator:
+    """Train every ``(net, optimizer)`` or ``(net, optimizer, scheduler)`` of ``runs`` on the same
+    batches: each of ``steps`` steps draws ``(x, *rest) = batch(gen)`` once, and every net takes
+    one step on ``loss(net(x), *rest)`` (its scheduler, if any, steps after). ``gen`` is
+    ``generator`` or a fresh one seeded ``seed``; it is returned, for a held-out draw."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, *rest = batch(gen)
+        for net, opt, *scheduler in runs:
+            opt.zero_grad()
+            loss(net(x), *rest).backward()
+            opt.step()
+            for s in scheduler:
+                s.step()
+    return gen
+
+
+def twin_train(
+    imaginary: nn.Module,
+    target: nn.Module,
+    reference_opt: torch.optim.Optimizer,
+    repopt: torch.optim.Optimizer,
+    steps: int,
+    batch: Batch,
+    loss: Callable[..., Tensor] = square_sum,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    held_out: Callable[[torch.Generator], Tensor] | None = None,
+) -> float:
+    """Train the imaginary CSLA network with ``reference_opt`` (torch's SGD / AdamW) and its
+    target with ``repopt`` on the same batches (:func:`train_together`), then return
+    ``rel_err(target output, imaginary output)`` with both in eval mode on a held-out input drawn
+    after training: ``held_out(gen)``, by default the input of one more ``batch(gen)``.
+
+    Like :func:`reparam.verify.gradient.train_pair`, which is fixed to its own networks'
+    regression batches (3-channel images, 5 outputs, MSE); this one takes any batch and loss."""
+    gen = train_together(
+        [(imaginary, reference_opt), (target, repopt)], steps, batch, loss, generator, seed
+    )
+    x = held_out(gen) if held_out is not None else batch(gen)[0]
+    with torch.no_grad():
+        return rel_err(target.eval()(x), imaginary.eval()(x))
+
+
+# --- a tiny RepOpt-VGG and its CSLA model ------------------------------------------------------
+
+TINY_DEPTHS, TINY_WIDTHS = (1, 2, 2, 1), (4, 4, 8, 8)  # stem 4; stages 1,2,2,1 x 4,4,8,8
+
+
+def labelled_images(n: int) -> Batch:
+    """Batches of ``n`` random float64 3x16x16 images and labels of :func:`tiny_target`'s 3
+    classes (images drawn first), for :func:`train_together` with ``F.cross_entropy``."""
+
+    def draw(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = torch.randn(n, 3, 16, 16, generator=gen, dtype=DT)
+        return x, torch.randint(0, 3, (n,), generator=gen)
+
+    return draw
+
+
+def tiny_target(**kwargs) -> VGGNet:
+    """A 6-block RepOpt-VGG (stem 4, stages 1,2,2,1 x 4,4,8,8, 3 classes) built like
+    ``repopt_vgg``: same scale loader (model name ``"tiny"``), same eq. 14 re-init; takes its
+    ``scales``, ``channel_average`` and ``reinit`` kwargs."""
+    # private: no public builder takes custom depths / widths (the test exercises the loader)
+    from reparam.models.repopt_vgg import _set_scales
+
+    scales = kwargs.pop("scales", None)
+    channel_average = kwargs.pop("channel_average", False)
+    reinit = kwargs.pop("reinit", True)
+    model = VGGNet(
+        lambda s: RepOptVGGBlock(
+            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
+        ),
+        TINY_DEPTHS,
+        TINY_WIDTHS,
+        num_classes=3,
+        **kwargs,
+    )
+    _set_scales(model, "tiny", scales, channel_average)
+    if reinit:
+        for module in model.modules():
+            if isinstance(module, RepOptVGGBlock):
+                module.reset_csla_init()
+    return model
+
+
+def imaginary_twin(target: VGGNet) -> tuple[nn.Module, dict[str, CSLABlock]]:
+    """The CSLA model of ``target``: each block -> ``ReLU(BN(CSLABlock(x)))`` with the block's
+    constant scales; the target's conv gets the equivalent weight."""
+    imaginary = copy.deepcopy(target)
+    blocks = {}
+    for name, block in list(imaginary.named_modules()):
+        if isinstance(block, RepOptVGGBlock):
+            csla = CSLABlock(block.csla_spec(), stride=block.conv.conv.stride[0], dtype=DT)
+            twin = nn.Sequential(OrderedDict(csla=csla, bn=block.conv.bn, act=nn.ReLU()))
+            parent, _, child = name.rpartition(".")
+            setattr(imaginary.get_submodule(parent) if parent else imaginary, child, twin)
+            target.get_submodule(name).conv.conv.weight.data.copy_(csla.equivalent_weight())
+            blocks[name] = csla
+    return imaginary, blocks
