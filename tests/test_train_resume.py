@@ -86,3 +86,16 @@ def test_resume_detects_weights_from_another_step(tmp_path):
     (out / "last.safetensors").write_bytes(first)  # as if killed between the two renames
     with pytest.raises(CheckpointError, match="differ"):
         fit(TrainConfig(**RECIPE, out=str(out), resume=True), progress=False)
+
+
+def test_with_loader_workers_a_mid_epoch_stop_resumes_at_the_epoch_boundary(tmp_path, capsys):
+    """Worker processes' augmentation cannot be resumed mid-epoch: the run keeps its last
+    finished epoch, says so, and the resumed run equals an uninterrupted one."""
+    recipe = {**RECIPE, "epochs": 2, "workers": 1}
+    fit(TrainConfig(**recipe, out=str(tmp_path / "full")), progress=False)
+    out = tmp_path / "stopped"
+    fit(TrainConfig(**recipe, out=str(out), stop_after_steps=7), progress=False)  # epoch 2, batch 3
+    assert "kept the checkpoint of epoch 1" in capsys.readouterr().err
+    assert load_state(out / "last.state.pt")["global_step"] == 4  # the end of epoch 1
+    fit(TrainConfig(**recipe, out=str(out), resume=True), progress=False)
+    assert_same_run(run_folder_state(out), run_folder_state(tmp_path / "full"))

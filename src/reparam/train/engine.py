@@ -9,7 +9,8 @@ optional grad-norm clip; optimizer step; EMA update. After each epoch: evaluatio
 
 Data order is a function of ``(seed, epoch)`` (sampler and loader generator reseeded per epoch),
 and every RNG state is checkpointed, so a resumed run reproduces an uninterrupted one bit for bit
-on CPU (from any step with ``workers=0``; from epoch ends with worker processes).
+on CPU: from any step with ``workers=0``; with worker processes a run stopped mid-epoch keeps
+the checkpoint of its last finished epoch and redoes the rest.
 """
 
 from __future__ import annotations
@@ -191,11 +192,11 @@ class _Trainer:
             while self.state.epoch < config.epochs:
                 session_steps, stopped = self._train_epoch(stop, session_steps)
                 if stopped:
-                    self._save_last()
+                    saved = self._save_stopped()
                     break
                 self._end_epoch()
                 if self.state.epoch < config.epochs and self._should_stop(stop, session_steps):
-                    stopped = True
+                    stopped, saved = True, f"saved {self.out}/last.*"
                     break
             if stopped and info.is_main:
                 why = (
@@ -205,7 +206,7 @@ class _Trainer:
                 )
                 print(
                     f"reparam train: stopped by {why} at step {self.state.global_step} (epoch "
-                    f"{self.state.epoch + 1}, batch {self.state.batch}); saved {self.out}/last.*; continue "
+                    f"{self.state.epoch + 1}, batch {self.state.batch}); {saved}; continue "
                     f"with --resume --out {self.out}",
                     file=sys.stderr,
                 )
@@ -223,6 +224,19 @@ class _Trainer:
             write_json(metrics, self.out / "metrics.json")
         distributed.barrier(info)
         return metrics
+
+    def _save_stopped(self) -> str:
+        """Save a run stopped mid-epoch and say what was kept. Loader workers draw augmentation
+        from streams that cannot be resumed mid-epoch, so with ``workers > 0`` the checkpoint of
+        the last finished epoch is kept instead: the resumed run redoes this epoch exactly."""
+        if not self.config.workers:
+            self._save_last()
+            return f"saved {self.out}/last.*"
+        redo = f"with --workers > 0 a run resumes at an epoch boundary, so its {self.state.batch} "
+        redo += "steps in this epoch will be redone"
+        if (self.out / LAST_STATE).exists():
+            return f"kept the checkpoint of epoch {self.state.epoch} ({redo})"
+        return f"nothing saved: no epoch had finished ({redo})"
 
     def _start_folder(self) -> None:
         """Refuse (on every rank) to start in a folder that holds files, unless ``force``: then
