@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,3 +339,33 @@ def test_an_interrupted_hyper_search_keeps_its_run_and_resumes(tmp_path):
     assert (run_dir / "last.state.pt").is_file() and not out.exists()
     summary = hyper_search("repopt_vgg_a0", "synthetic:32", out, resume=True, **settings)
     assert out.is_file() and summary["epochs"] == 2 and summary["run_dir"] == str(run_dir)
+
+
+@pytest.mark.parametrize(
+    "damaged, argv",
+    [
+        ("run/best.safetensors", ["eval", "{run}", "--data", "synthetic:32"]),
+        ("run/config.json", ["eval", "{run}", "--data", "synthetic:32"]),
+        ("run/last.state.pt", [*TRAIN, "--out", "{run}", "--resume"]),
+        ("run/last.safetensors", [*TRAIN, "--out", "{run}", "--resume"]),
+        ("deploy/fused.safetensors", ["eval", "{deploy}", "--data", "synthetic:32"]),
+        ("deploy/model.onnx", ["eval", "{deploy}/model.onnx", "--data", "synthetic:32"]),
+        ("a0.pth", [*TRAIN[:2], "repopt_vgg_a0", *TRAIN[3:], "--scales", "{a0}", "--out", "{x}"]),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_each_kind_of_corrupt_file_is_one_line(
+    trained_run, tmp_path, capsys, damaged, argv, damage
+):
+    run, deploy = tmp_path / "run", tmp_path / "deploy"
+    shutil.copytree(trained_run, run)
+    assert main(["deploy", str(run), "--out", str(deploy), "--onnx"]) == 0
+    torch.save({"stage0.scale_conv.weight": torch.ones(48)}, tmp_path / "a0.pth")
+    path = tmp_path / damaged
+    data = path.read_bytes()
+    path.write_bytes(b"\x00garbage" * 64 if damage == "garbage" else data[: len(data) // 2])
+    paths = {"run": run, "deploy": deploy, "a0": tmp_path / "a0.pth", "x": tmp_path / "x"}
+    code, err = cli([arg.format(**paths) for arg in argv], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert str(path.name) in err.strip().splitlines()[-1]

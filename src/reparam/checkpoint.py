@@ -35,6 +35,7 @@ __all__ = [
     "fsync_path",
     "check_finite",
     "check_writable",
+    "first_line",
     "json_text",
     "non_finite_tensors",
     "load_state",
@@ -225,6 +226,12 @@ def save_state(state: dict[str, Any], path: str | os.PathLike) -> None:
         torch.save(state, tmp)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (torch's load errors run to a dozen lines)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -232,4 +239,6 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: cannot load training state safely ({err})") from None
+        raise CheckpointError(
+            f"{path}: cannot load training state safely ({first_line(err)})"
+        ) from None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import first_line
 from ..errors import DeployError
 from ..verify import CheckResult, compare
 
@@ -101,8 +102,7 @@ def open_session(path: str | os.PathLike, threads: int | None = None, allow_spin
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DeployError(f"{path}: not a loadable ONNX model ({first_line})") from None
+        raise DeployError(f"{path}: not a loadable ONNX model ({first_line(err)})") from None
 
 
 def input_shape(session) -> tuple[int, int, int]:

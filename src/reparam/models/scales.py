@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_weights, save_weights
+from ..checkpoint import first_line, load_weights, save_weights
 from ..errors import ScaleError
 
 __all__ = [
@@ -140,7 +140,7 @@ def read_scales(
     try:
         loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ScaleError(f"{path}: cannot load scales safely ({err})") from None
+        raise ScaleError(f"{path}: cannot load scales safely ({first_line(err)})") from None
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ScaleError(f"{path}: expected a dict of tensors, got {type(loaded).__name__}")
     return _from_official(loaded)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -137,8 +137,12 @@ def _pending(out: Path, name: str, step: int) -> Path:
 
 
 def _weights_step(path: Path) -> str | None:
-    with safe_open(str(path), framework="pt") as handle:
-        return (handle.metadata() or {}).get("global_step")
+    """The ``global_step`` a weights file was saved at (``None`` when unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("global_step")
+    except (SafetensorError, OSError):
+        return None
 
 
 RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
