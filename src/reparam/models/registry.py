@@ -57,6 +57,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Module:
     """The model a run or fused folder's ``config.json`` describes (``model``, ``num_classes``,
     ``model_kwargs``); any mistake in it is a :class:`CheckpointError` naming ``source``."""
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
     missing = [key for key in ("model", "num_classes") if key not in config]
     if missing:
         raise CheckpointError(f"{source}: missing key {missing[0]!r} (has {sorted(config)})")
