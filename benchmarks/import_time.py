@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--record", help="write the results JSON here")
     args = parser.parse_args()
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, command in COMMANDS.items():  # warm the file cache once
+    for command in COMMANDS.values():  # warm the file cache once
         wall_seconds(command)
     for _ in range(args.repeats):
         for name, command in COMMANDS.items():

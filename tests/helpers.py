@@ -20,8 +20,8 @@ from torch import Tensor, nn
 import reparam
 from reparam.checkpoint import save_weights, write_json
 from reparam.csla import CSLABlock
-from reparam.models.repopt_vgg import RepOptVGGBlock, hs_init_scale
-from reparam.models.vggnet import VGGNet
+from reparam.models.repopt_vgg import RepOptVGGBlock, repopt_vgg
+from reparam.models.vggnet import VGGArch, VGGNet
 from reparam.train import TrainConfig
 from reparam.verify import randomize_batchnorm_, rel_err
 
@@ -149,30 +149,9 @@ def labelled_images(n: int) -> Batch:
 
 
 def tiny_target(**kwargs) -> VGGNet:
-    """A 6-block RepOpt-VGG (stem 4, stages 1,2,2,1 x 4,4,8,8, 3 classes) built like
-    ``repopt_vgg``: same scale loader (model name ``"tiny"``), same eq. 14 re-init; takes its
-    ``scales``, ``channel_average`` and ``reinit`` kwargs."""
-    # private: no public builder takes custom depths / widths (the test exercises the loader)
-    from reparam.models.repopt_vgg import _set_scales
-
-    scales = kwargs.pop("scales", None)
-    channel_average = kwargs.pop("channel_average", False)
-    reinit = kwargs.pop("reinit", True)
-    model = VGGNet(
-        lambda s: RepOptVGGBlock(
-            s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)
-        ),
-        TINY_DEPTHS,
-        TINY_WIDTHS,
-        num_classes=3,
-        **kwargs,
-    )
-    _set_scales(model, "tiny", scales, channel_average)
-    if reinit:
-        for module in model.modules():
-            if isinstance(module, RepOptVGGBlock):
-                module.reset_csla_init()
-    return model
+    """A 6-block RepOpt-VGG (stem 4, stages 1,2,2,1 x 4,4,8,8, 3 classes) whose scale files are
+    made for the model name ``"tiny"``; takes ``repopt_vgg``'s kwargs."""
+    return repopt_vgg(VGGArch(TINY_DEPTHS, TINY_WIDTHS), num_classes=3, name="tiny", **kwargs)
 
 
 def imaginary_twin(target: VGGNet) -> tuple[nn.Module, dict[str, CSLABlock]]:

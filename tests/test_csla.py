@@ -14,7 +14,7 @@ from reparam.verify import rel_err
 DT = torch.float64
 
 
-def test_grad_mult_is_the_brief_formula_for_a_repopt_block():
+def test_grad_mult_is_the_paper_formula_for_a_repopt_block():
     s, t = torch.tensor([0.5, -2.0, 1.5]), torch.tensor([1.0, 0.3, -0.7])
     spec = CSLASpec(3, 3, (Branch(s, 3), Branch(t, 1)), identity=1.0)
     expected = (s**2).view(3, 1, 1, 1).expand(3, 3, 3, 3).clone()

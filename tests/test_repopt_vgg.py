@@ -1,4 +1,5 @@
-"""RepOpt-VGG: official scales, grad mults = BRIEF formula, eq. 14 init, CSLA equivalence, errors."""
+"""RepOpt-VGG: official scales, grad mults = the paper's formula, eq. 14 init, CSLA equivalence,
+errors."""
 
 import logging
 import math
@@ -22,7 +23,8 @@ ANCHORS = Path(__file__).parent / "fixtures" / "repopt-scales"  # the official f
 
 
 def expected_mult(block: RepOptVGGBlock) -> torch.Tensor:
-    """BRIEF section 3: M = s^2; centre += t^2; diagonal centre += 1 when there is an identity."""
+    """RepOptimizer paper (https://arxiv.org/abs/2205.15242): M = s^2; centre += t^2; diagonal
+    centre += 1 when there is an identity (the trainable identity moves the kernel by 1 * g)."""
     cout, cin = block.out_channels, block.in_channels
     s2, t2 = block.scale_conv**2, block.scale_1x1**2
     mult = s2.view(-1, 1, 1, 1).expand(cout, cin, 3, 3).clone()
