@@ -229,8 +229,8 @@ def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) ->
                 tensor.fill_(tensor.mean().item())
 
 
-def _create(arch: str, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
-    spec = REPOPT_ARCHS[arch]
+def _create(arch: str | VGGArch, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
+    spec = arch if isinstance(arch, VGGArch) else REPOPT_ARCHS[arch]
     return VGGNet(
         lambda s: block(s.in_channels, s.out_channels, s.stride, s.groups, hs_init_scale(s)),
         spec.depths,
@@ -241,16 +241,19 @@ def _create(arch: str, block: type[nn.Module], num_classes: int, **kwargs: Any) 
 
 
 def repopt_vgg(
-    arch: str,
+    arch: str | VGGArch,
     num_classes: int = 1000,
     scales: Any = None,
     channel_average: bool = False,
     reinit: bool = True,
+    name: str | None = None,
     **kwargs: Any,
 ) -> VGGNet:
-    """RepOpt-VGG-``arch`` target model (see module docstring for the kwargs)."""
+    """RepOpt-VGG target model of ``arch``: a key of :data:`REPOPT_ARCHS`, or a
+    :class:`VGGArch` of any size (see module docstring for the kwargs). ``name`` is the model a
+    scale file must have been searched for (default ``repopt_vgg_<arch>``)."""
     model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
-    _set_scales(model, f"repopt_vgg_{arch}", scales, channel_average)
+    _set_scales(model, name or f"repopt_vgg_{arch}", scales, channel_average)
     if reinit:
         for module in model.modules():
             if isinstance(module, RepOptVGGBlock):
@@ -258,7 +261,7 @@ def repopt_vgg(
     return model
 
 
-def repopt_vgg_hs(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+def repopt_vgg_hs(arch: str | VGGArch, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """Hyper-Search model for RepOpt-VGG-``arch``: trainable scales, HS init."""
     return _create(arch, HSBlock, num_classes, **kwargs)
 
