@@ -42,4 +42,4 @@ def test_compare_run_folders_prints_the_table(tmp_path, capsys):
     assert result["settings"]["calib_images"] == 8
     assert json.dumps(result)  # plain JSON all the way down
     assert main(["deploy", "--compare", *sources, "--out", str(tmp_path / "x")]) == 2
-    assert "--compare needs --calib-data" in capsys.readouterr().err
+    assert "--compare needs --data" in capsys.readouterr().err

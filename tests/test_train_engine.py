@@ -14,6 +14,7 @@ from reparam.checkpoint import load_state, load_weights
 from reparam.cli import main
 from reparam.train import TrainConfig, TrainingError, fit, load_model
 from reparam.train import engine as engine_module
+from reparam.train.recipe import RUN_INFO_KEYS
 
 
 def test_run_folder_contents(tmp_path, tiny_config):
@@ -36,7 +37,10 @@ def test_run_folder_contents(tmp_path, tiny_config):
     assert saved["model"] == "resnet_rs_tiny" and saved["num_classes"] == 10
     assert saved["image_size"] == 16 and saved["data"] == "synthetic:80"
     assert saved["model_kwargs"] == {} and saved["lr"] == pytest.approx(0.1 * 16 / 256)
-    assert TrainConfig.from_dict(saved).to_dict() == saved  # the full resolved recipe round-trips
+    recipe = {k: v for k, v in saved.items() if k not in RUN_INFO_KEYS}
+    assert TrainConfig.from_dict(recipe).to_dict() == recipe  # the full resolved recipe round-trips
+    assert saved["class_names"] == [str(i) for i in range(10)]  # beside it, what the data gave
+    assert saved["preprocessing"]["image_size"] == 16
 
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -61,7 +65,8 @@ def test_run_folder_contents(tmp_path, tiny_config):
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_config):
     metrics = fit(tiny_config(epochs=1), progress=False)
     assert (
-        "top1_ema" not in metrics and load_state(tmp_path / "run" / "last.state.pt")["ema"] is None
+        metrics["top1_ema"] is None
+        and load_state(tmp_path / "run" / "last.state.pt")["ema"] is None
     )
     with pytest.raises(TrainingError, match="--resume"):
         fit(tiny_config(epochs=1), progress=False)

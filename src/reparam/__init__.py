@@ -6,12 +6,14 @@ The package face (**contract**)::
     model = reparam.create_model("repopt_vgg_a0", num_classes=10)   # also timm: "reparam_<name>"
     opt = reparam.optim.RepOptSGD(model, lr=0.1, momentum=0.9, weight_decay=4e-5)
     fused = reparam.reparameterize(model.eval())
+    model, preprocessing, class_names = reparam.load("runs/a0")    # a run or fused folder
 
 Importing it registers every model with timm; it loads no ONNX, ONNX Runtime, matplotlib or
 TensorBoard (those are imported where they are used).
 """
 
 from . import optim
+from .deploy.predict import load
 from .errors import FusionError
 from .fuse import prepare_for_deploy, reparameterize
 from .models import create_model, list_models
@@ -22,6 +24,7 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "load",
     "optim",
     "prepare_for_deploy",
     "reparameterize",

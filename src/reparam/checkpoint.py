@@ -35,6 +35,7 @@ __all__ = [
     "fsync_path",
     "check_finite",
     "check_writable",
+    "current_umask",
     "first_line",
     "json_text",
     "non_finite_tensors",
@@ -45,6 +46,13 @@ __all__ = [
     "save_weights",
     "write_json",
 ]
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -64,6 +72,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
     try:
         yield Path(tmp)
         fsync_path(tmp)
@@ -121,6 +130,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(work, 0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
     try:
         yield work
         old = path.parent / f".{path.name}.old"

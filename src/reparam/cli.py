@@ -17,7 +17,18 @@ import sys
 from types import ModuleType
 
 from . import __version__
-from .commands import bench, demo, deploy, evaluate, hypersearch, models, report, train, verify
+from .commands import (
+    bench,
+    demo,
+    deploy,
+    evaluate,
+    hypersearch,
+    models,
+    predict,
+    report,
+    train,
+    verify,
+)
 from .errors import ReparamError, RunInterrupted
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -27,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "hypersearch": hypersearch,
     "deploy": deploy,
     "eval": evaluate,
+    "predict": predict,
     "bench": bench,
     "verify": verify,
     "report": report,
@@ -52,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # the subcommand's own usage and one-line error, not the top-level one
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

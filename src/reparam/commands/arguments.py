@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["positive_int", "positive_ints"]
+__all__ = [
+    "DATA_SPECS",
+    "add_data",
+    "add_out",
+    "add_reporting",
+    "add_threads",
+    "positive_int",
+    "positive_ints",
+]
 
 
 def positive_int(text: str) -> int:
@@ -27,3 +35,41 @@ def positive_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated positive integers, got {text!r}"
         ) from None
+
+
+DATA_SPECS = "digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR"
+
+
+def add_data(parser: argparse.ArgumentParser, help_text: str, *aliases: str, **kwargs) -> None:
+    """``--data SPEC`` (the one name of a data flag; ``aliases`` keep older names working)."""
+    parser.add_argument(
+        "--data", *aliases, metavar="SPEC", help=f"{help_text} ({DATA_SPECS})", **kwargs
+    )
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads N``: the CPU threads this command computes with, torch and ONNX Runtime."""
+    shown = "all cores" if default is None else default
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=default,
+        help=f"CPU threads for torch and ONNX Runtime (default: {shown})",
+    )
+
+
+def add_out(parser: argparse.ArgumentParser, kind: str, help_text: str, **kwargs) -> None:
+    """``--out``: says plainly whether it is a folder or a file."""
+    parser.add_argument("--out", metavar=kind.upper(), help=f"{kind}: {help_text}", **kwargs)
+
+
+def add_reporting(parser: argparse.ArgumentParser, what: str = "one JSON object") -> None:
+    """``--json`` (``what`` on stdout and nothing else there) and ``--no-progress``."""
+    parser.add_argument(
+        "--json", action="store_true", help=f"print {what} on stdout (logs go to stderr)"
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars or progress messages (on stderr)",
+    )

@@ -23,56 +23,73 @@ from ..bench.subjects import OPTIMIZERS, check_spec, parse_spec
 from ..bench.train import TrainBenchConfig, run_train_bench
 from ..checkpoint import json_text, write_json
 from ..errors import UserError
-from .arguments import positive_ints
+from .arguments import add_out, add_reporting, add_threads, positive_int, positive_ints
 
 __all__ = ["add_arguments", "run"]
 
 
+MODES = {
+    "train": "training throughput, accounted memory and (with --memory-budget-mb) the largest "
+    "batch, per model, side by side",
+    "infer": "inference latency of each deploy path (train form, fused, ONNX FP32 / INT8), "
+    "per model, side by side",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mode", choices=("train", "infer"), help="what to measure")
+    modes = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
+    for mode, summary in MODES.items():
+        sub = modes.add_parser(mode, help=summary, description=f"{summary}.\n\n{__doc__}")
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.set_defaults(parser=sub)
+        _add_common(sub, default_batch="32" if mode == "train" else "1,32")
+        if mode == "train":
+            sub.add_argument(
+                "--memory-budget-mb",
+                type=float,
+                default=None,
+                help="also find the largest batch whose accounted memory fits",
+            )
+            sub.add_argument(
+                "--optimizer",
+                choices=OPTIMIZERS,
+                default="auto",
+                help="optimizer for entries without @ (auto: RepOptSGD for models with gradient "
+                "multipliers, else SGD)",
+            )
+        else:
+            sub.add_argument("--no-onnx", action="store_true", help="torch variants only")
+
+
+def _add_common(parser: argparse.ArgumentParser, default_batch: str) -> None:
     parser.add_argument(
         "--models", required=True, help="comma-separated: NAME, timm:NAME, NAME@sgd, NAME@repopt"
     )
     parser.add_argument(
         "--batch-size",
         type=positive_ints,
-        default=None,
-        help="comma-separated batch sizes (default: train 32, infer 1,32)",
+        default=positive_ints(default_batch),
+        help=f"comma-separated batch sizes (default {default_batch})",
     )
-    parser.add_argument("--image-size", type=int, default=32, help="square input size (default 32)")
     parser.add_argument(
-        "--num-classes", type=int, default=100, help="classifier outputs (default 100)"
+        "--image-size", type=positive_int, default=32, help="square input size (default 32)"
     )
-    parser.add_argument("--steps", type=int, default=10, help="calls per timed window (default 10)")
+    parser.add_argument(
+        "--num-classes", type=positive_int, default=100, help="classifier outputs (default 100)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=10, help="calls per timed window (default 10)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=positive_int,
         default=5,
         help="timed windows per subject, interleaved; medians reported (default 5)",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="torch.set_num_threads (and ORT intra-op threads); default: CPU count",
-    )
-    parser.add_argument(
-        "--memory-budget-mb",
-        type=float,
-        default=None,
-        help="train: also find the largest batch whose accounted memory fits",
-    )
-    parser.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        default="auto",
-        help="train: optimizer for entries without @ (auto: RepOptSGD for models "
-        "with gradient multipliers, else SGD)",
-    )
-    parser.add_argument("--no-onnx", action="store_true", help="infer: torch variants only")
-    parser.add_argument("--out", default=None, help="also write the JSON list to this file")
-    parser.add_argument("--json", action="store_true", help="print the JSON list on stdout")
+    add_threads(parser, default=os.cpu_count() or 1)
+    add_out(parser, "file", "also write the JSON list of records here")
+    add_reporting(parser, "the JSON list of records")
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -111,6 +128,10 @@ def _progress(message: str) -> None:
     print(f"reparam bench: {message}", file=sys.stderr, flush=True)
 
 
+def _quiet(message: str) -> None:
+    pass
+
+
 def _summary_line(record: dict) -> str:
     if record["benchmark"] == "train":
         text = (
@@ -128,15 +149,10 @@ def _summary_line(record: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name in ("image_size", "num_classes", "steps", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.memory_budget_mb is not None and args.memory_budget_mb <= 0:
         raise UserError(f"--memory-budget-mb must be positive, got {args.memory_budget_mb}")
-    if args.batch_size is None:
-        args.batch_size = (32,) if args.mode == "train" else (1, 32)
     specs = tuple(check_spec(parse_spec(text, args.optimizer)) for text in args.models.split(","))
     if len(set(specs)) != len(specs):
         raise UserError(f"--models lists an entry twice: {args.models}")
@@ -151,16 +167,16 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         command=_command_line(args),
     )
+    progress = _quiet if args.no_progress else _progress
     if args.mode == "train":
-        results = run_train_bench(
-            TrainBenchConfig(**common, memory_budget_mb=args.memory_budget_mb), _progress
-        )
+        config = TrainBenchConfig(**common, memory_budget_mb=args.memory_budget_mb)
+        results = run_train_bench(config, progress)
     else:
-        results = run_infer_bench(InferBenchConfig(**common, onnx=not args.no_onnx), _progress)
-    for record in results:
-        _progress(_summary_line(record))
+        results = run_infer_bench(InferBenchConfig(**common, onnx=not args.no_onnx), progress)
     if args.out:
         write_json(results, args.out)
     if args.json:
         print(json_text(results))
+    else:  # the table, for people
+        print("\n".join(_summary_line(record) for record in results))
     return 0

@@ -38,13 +38,13 @@ from ..errors import RunInterrupted
 from ..fuse import reparameterize
 from ..models.summary import count_macs, count_params
 from ..train import fit, hyper_search, load_model, resolve_config
-from .arguments import positive_int
+from .arguments import add_data, add_out, add_reporting, positive_int
 
 ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="digits", help="data spec (default digits)")
+    add_data(parser, "data to train and quantize on (default digits)", default="digits")
     parser.add_argument(
         "--arch", default="a0", help="deploy structure shared by the three (a0, a1, ...)"
     )
@@ -53,8 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=positive_int, default=32)
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_out(
+        parser,
+        "folder",
+        "runs, deploy folders and the report (default runs/demo)",
+        default="runs/demo",
+    )
+    add_reporting(parser, "the summary as one JSON object")
 
 
 @torch.no_grad()
@@ -136,6 +141,7 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    progress = not args.no_progress
     out = Path(args.out)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -159,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         seed=args.seed,
         run_dir=out / f"{repopt}_hs",
+        progress=progress,
         force=True,  # the demo owns its output folder: a second `make demo` starts afresh
     )
 
@@ -178,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                 "force": True,
             },
         )
-        metrics[name] = fit(config)
+        metrics[name] = fit(config, progress=progress)
         if metrics[name].get("interrupted"):  # saved; the demo ends here, not half-trained
             raise RunInterrupted(
                 f"interrupted while training {name}; run folder {runs[name]}",

@@ -21,12 +21,14 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import json_text
 from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
 from ..errors import UserError
 from ..models import list_models
 from ..train import TrainConfig, fit
-from .arguments import positive_int
+from .arguments import add_data, add_out, add_reporting, add_threads, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run folder, .safetensors checkpoint or fused folder (with --compare: "
         "several, or model names to train)",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    add_out(
+        parser,
+        "folder",
+        "the deploy folder to write (with --compare: the comparison folder)",
+        required=True,
+    )
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (dynamic batch)")
     parser.add_argument(
         "--int8", action="store_true", help="also write model.int8.onnx + quant.json"
     )
-    parser.add_argument(
-        "--calib-data", metavar="SPEC", help="data spec for INT8 calibration/evaluation"
-    )
+    add_data(parser, "INT8 calibration (train split) and evaluation (val split)", "--calib-data")
     parser.add_argument(
         "--calib-images", type=int, default=256, help="calibration images (default 256)"
     )
@@ -76,9 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, help="export size (default: the run's image_size)"
     )
-    parser.add_argument(
-        "--threads", type=positive_int, help="ONNX Runtime intra-op threads (default: ORT's)"
-    )
+    add_threads(parser)
     parser.add_argument(
         "--latency-batch", type=positive_int, default=32, help="batch for FP32/INT8 latency"
     )
@@ -99,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing --out (never a run folder)"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_reporting(parser)
 
 
 def _trained_sources(args: argparse.Namespace) -> list[str]:
@@ -120,7 +123,7 @@ def _trained_sources(args: argparse.Namespace) -> list[str]:
             )
         config = TrainConfig(
             model=source,
-            data=args.calib_data,
+            data=args.data,
             epochs=args.epochs,
             image_size=args.image_size or 32,
             batch_size=args.batch_size,
@@ -128,13 +131,15 @@ def _trained_sources(args: argparse.Namespace) -> list[str]:
             out=str(out),
             device="cpu",
         )
-        log.info("training %s on %s for %d epochs -> %s", source, args.calib_data, args.epochs, out)
-        fit(config, progress=not args.json)
+        log.info("training %s on %s for %d epochs -> %s", source, args.data, args.epochs, out)
+        fit(config, progress=not args.no_progress)
         sources.append(str(out))
     return sources
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from ..analysis.report import ptq_table
     from ..deploy.compare import compare_ptq
     from ..deploy.pipeline import deploy
@@ -148,20 +153,20 @@ def run(args: argparse.Namespace) -> int:
         percentile=args.percentile,
     )
     if args.compare:
-        if not args.calib_data:
+        if not args.data:
             raise UserError(
-                "--compare needs --calib-data SPEC (training, calibration and evaluation data)"
+                "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
         result = compare_ptq(
             _trained_sources(args),
-            args.calib_data,
+            args.data,
             args.out,
             settings,
             image_size=args.image_size or 32,
             latency_repeats=args.latency_repeats,
             threads=args.threads,
             train={"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0},
-            progress=not args.json,
+            progress=not args.no_progress,
             force=args.force,
         )
         print(json_text(result, indent=2) if args.json else ptq_table(result))
@@ -175,13 +180,13 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         onnx=args.onnx,
         int8=args.int8,
-        calib_data=args.calib_data,
+        calib_data=args.data,
         settings=settings,
         image_size=args.image_size,
         latency_batch=args.latency_batch,
         latency_repeats=args.latency_repeats,
         threads=args.threads,
-        progress=not args.json,
+        progress=not args.no_progress,
         force=args.force,
     )
     if args.json:

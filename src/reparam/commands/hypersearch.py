@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from ..checkpoint import json_text
+from .arguments import add_data, add_out, add_reporting, add_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,23 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="RepOpt-VGG model (repopt_vgg_a0 ... repopt_vgg_l2) or its _hs model",
     )
-    parser.add_argument(
-        "--data",
-        default="digits",
-        help="digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR",
-    )
+    add_data(parser, "data to search on (default digits)", default="digits")
     parser.add_argument("--epochs", type=int, default=None, help="HS training epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="absolute learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", default="basic", help="training preset or recipe file")
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="scale file to write (default scales/<model>-<data>.safetensors)",
-    )
+    add_out(parser, "file", "the scale file to write (default scales/<model>-<data>.safetensors)")
+    add_threads(parser)
     parser.add_argument(
         "--run-dir",
         default=None,
@@ -55,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing scale file and run folder"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_reporting(parser, "the summary as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         run_dir=args.run_dir,
         recipe=args.recipe,
+        overrides={"threads": args.threads} if args.threads else None,
         resume=args.resume,
         force=args.force,
         progress=not args.no_progress,

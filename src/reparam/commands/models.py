@@ -15,7 +15,7 @@ from ..checkpoint import json_text
 from ..fuse import prepare_for_deploy, reparameterize
 from ..models import create_model, list_models
 from ..models.summary import count_macs, count_params
-from .arguments import positive_int
+from .arguments import add_reporting, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--names-only", action="store_true", help="list names without building models"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_reporting(parser)
 
 
 def model_row(name: str, image_size: int, num_classes: int) -> dict:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows = [
             model_row(n, args.image_size, args.num_classes)
-            for n in tqdm(names, desc="models", disable=args.json or len(names) < 4)
+            for n in tqdm(names, desc="models", disable=args.no_progress or len(names) < 4)
         ]
     if args.json:
         print(

@@ -12,13 +12,14 @@ import argparse
 
 from ..analysis.report import write_report
 from ..checkpoint import json_text
+from .arguments import add_out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sources", nargs="+", metavar="DIR", help="run, deploy or comparison folders"
     )
-    parser.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
+    add_out(parser, "folder", "where report.md and its PNG plots are written", required=True)
     parser.add_argument(
         "--json", action="store_true", help="print {report, plots} as JSON on stdout"
     )

@@ -22,11 +22,12 @@ from typing import Any
 from ..checkpoint import json_text
 from ..errors import UserError
 from ..train import fit, parse_overrides, parse_value, recipes, resolve_config, resume_config
+from .arguments import DATA_SPECS, add_reporting
 
 # CLI flag -> (config field, type, help); everything else goes through --set
 _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--model", "model", str, "registered model name (reparam models)"),
-    ("--data", "data", str, "digits | synthetic[:N] | cifar10:DIR | cifar100:DIR | folder:DIR"),
+    ("--data", "data", str, f"data to train on ({DATA_SPECS})"),
     ("--epochs", "epochs", int, "training epochs"),
     ("--batch-size", "batch_size", int, "global batch size (all processes)"),
     ("--image-size", "image_size", int, "input resolution"),
@@ -42,8 +43,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--accum-steps", "accum_steps", int, "gradient accumulation steps"),
     ("--seed", "seed", int, "random seed"),
     ("--workers", "workers", int, "data loader worker processes"),
-    ("--threads", "threads", int, "torch CPU threads per process"),
-    ("--out", "out", str, "run folder (default runs/<model>-<data>)"),
+    ("--threads", "threads", int, "CPU threads per training process (default: all cores)"),
+    ("--out", "out", str, "folder: the run folder (default runs/<model>-<data>)"),
 ]
 _SWITCHES = [
     ("ema", "EMA of weights and BN buffers (evaluated too)"),
@@ -90,10 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--list-recipes", action="store_true", help="print the presets as JSON and exit"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--json", action="store_true", help="print metrics as one JSON object on stdout"
-    )
+    add_reporting(parser, "the metrics as one JSON object")
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(metrics, sort_keys=True))
     else:
-        ema = f", top1_ema {metrics['top1_ema']:.4f}" if "top1_ema" in metrics else ""
+        ema = f", top1_ema {metrics['top1_ema']:.4f}" if metrics["top1_ema"] is not None else ""
         print(
             f"{config.model} on {config.data}: top1 {metrics['top1']:.4f}{ema} after "
             f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..checkpoint import json_text
 from ..errors import UserError
 from ..verify.checks import CHECKS, run_checks
+from .arguments import add_reporting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECK",
         help=f"checks to run (default all: {', '.join(CHECKS)})",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_reporting(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
     results = {}
-    for name in tqdm(names, desc="verify", unit="check", disable=args.json):
+    for name in tqdm(names, desc="verify", unit="check", disable=args.no_progress):
         results.update(run_checks([name]))
     if args.json:
         print(json_text(results, indent=2))

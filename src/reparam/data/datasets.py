@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .transforms import read_image
 
 __all__ = ["DataBundle", "DataError", "TensorImageDataset", "load_data"]
 
@@ -47,13 +48,21 @@ class TensorImageDataset(Dataset):
 
 @dataclass
 class DataBundle:
+    """The two splits of a data spec, with the class names (index -> name)."""
+
     train: Dataset
     val: Dataset
     num_classes: int
     name: str
+    class_names: list[str]
 
 
-def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+]  # fmt: skip
+
+
+def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -71,7 +80,7 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         torch.from_numpy(y_train),
         to_tensor(x_val),
         torch.from_numpy(y_val),
-        10,
+        [str(digit) for digit in range(10)],
     )
 
 
@@ -82,7 +91,8 @@ def _synthetic(count: int, image_size: int, num_classes: int = 10) -> tuple[Tens
     )
     labels = torch.randint(0, num_classes, (count,), generator=generator)
     val = max(1, count // 5)
-    return images[val:], labels[val:], images[:val], labels[:val], num_classes
+    names = [str(label) for label in range(num_classes)]
+    return images[val:], labels[val:], images[:val], labels[:val], names
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -129,6 +139,20 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def _cifar_class_names(root: Path, classes: int) -> list[str]:
+    """From ``batches.meta`` (CIFAR-10) or ``meta`` (CIFAR-100) when present; else the known
+    CIFAR-10 names, or the indices."""
+    meta, key = ("batches.meta", b"label_names") if classes == 10 else ("meta", b"fine_label_names")
+    if (root / meta).is_file():
+        try:
+            with (root / meta).open("rb") as f:
+                names = _CifarUnpickler(f, encoding="bytes").load()[key]
+            return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{root / meta}: not a CIFAR meta file ({err})") from None
+    return list(CIFAR10_CLASSES) if classes == 10 else [str(i) for i in range(classes)]
+
+
 def _cifar(root: Path, classes: int) -> tuple[Tensor, ...]:
     folder_name = "cifar-10-batches-py" if classes == 10 else "cifar-100-python"
     if (root / folder_name).is_dir():
@@ -155,18 +179,7 @@ def _cifar(root: Path, classes: int) -> tuple[Tensor, ...]:
     for labels in (y_train, y_val):
         if labels.min() < 0 or labels.max() >= classes:
             raise DataError(f"{root}: labels outside 0..{classes - 1}")
-    return x_train, y_train, x_val, y_val, classes
-
-
-def _read_image(path: str) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import pil_to_tensor
-
-    try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+    return x_train, y_train, x_val, y_val, _cifar_class_names(root, classes)
 
 
 def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
@@ -180,7 +193,7 @@ def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
                 f"{path}: missing; folder:DIR expects DIR/train/<class>/ and DIR/val/<class>/"
             )
         try:
-            splits[split] = ImageFolder(str(path), transform=transform, loader=_read_image)
+            splits[split] = ImageFolder(str(path), transform=transform, loader=read_image)
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"{path}: not an image-folder tree ({err})") from None
     if splits["train"].classes != splits["val"].classes:
@@ -188,9 +201,8 @@ def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
             f"{root}: train/ and val/ have different classes "
             f"({splits['train'].classes} vs {splits['val'].classes})"
         )
-    return DataBundle(
-        splits["train"], splits["val"], len(splits["train"].classes), f"folder:{root}"
-    )
+    classes = splits["train"].classes
+    return DataBundle(splits["train"], splits["val"], len(classes), f"folder:{root}", classes)
 
 
 def load_data(
@@ -229,10 +241,11 @@ def load_data(
         raise DataError(
             f"unknown data spec {spec!r}; expected digits, synthetic[:N], cifar10:DIR, cifar100:DIR or folder:DIR"
         )
-    x_train, y_train, x_val, y_val, classes = arrays
+    x_train, y_train, x_val, y_val, class_names = arrays
     return DataBundle(
         TensorImageDataset(x_train, y_train, train_transform),
         TensorImageDataset(x_val, y_val, eval_transform),
-        classes,
+        len(class_names),
         spec,
+        class_names,
     )

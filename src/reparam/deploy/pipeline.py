@@ -19,13 +19,19 @@ from typing import Any
 import torch
 
 from ..analysis.quant_stats import output_metrics, weight_stats
-from ..checkpoint import atomic_folder, exclusive_lock, write_json
+from ..checkpoint import atomic_folder, exclusive_lock, json_text, write_json
 from ..data import load_data
 from ..errors import DeployError
 from ..train.checkpointing import load_model
 from .export import fuse_for_deploy, fused_folder_of, load_fused, save_fused
 from .onnx_export import ONNX_TOLERANCE, check_onnx_vs_torch, export_onnx, open_session, run_session
-from .predict import Predictor, predict_dataset, session_latency_ms
+from .predict import (
+    Predictor,
+    class_names_of,
+    predict_dataset,
+    preprocessing_of,
+    session_latency_ms,
+)
 from .quantize import QuantSettings, calibration_images, quantize_onnx
 
 __all__ = ["ONNX_NAME", "INT8_NAME", "check_deploy_target", "deploy", "load_source"]
@@ -95,9 +101,7 @@ def deploy(
     with exclusive_lock(out_dir), atomic_folder(out_dir) as work:
         save_fused(fused, config, work)
         if onnx or int8:
-            onnx_path = export_onnx(
-                fused, work / ONNX_NAME, image_size, {"model": str(config["model"])}
-            )
+            onnx_path = export_onnx(fused, work / ONNX_NAME, image_size, _onnx_metadata(config))
             probe = torch.randn(
                 3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
             )
@@ -131,6 +135,16 @@ def deploy(
         summary = _finite(summary)
         write_json(summary, work / "deploy.json")
     return summary
+
+
+def _onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """What the ONNX file records (``metadata_props``): model, data, preprocessing, class names."""
+    return {
+        "model": str(config["model"]),
+        "data": str(config.get("data", "")),
+        "preprocessing": json_text(preprocessing_of(config).to_dict()),
+        "class_names": json_text(class_names_of(config)),
+    }
 
 
 def check_deploy_target(out_dir: Path, force: bool) -> None:

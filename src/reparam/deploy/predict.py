@@ -1,42 +1,99 @@
 """One way to run any deployable model: run folder / checkpoint, fused folder, or ONNX file.
 
+:func:`load` returns a ready torch model with its preprocessing and class names;
 :func:`open_model` returns a :class:`Predictor` (numpy float32 ``[N, 3, S, S]`` -> logits);
+:func:`predict_images` gives the top classes of image files;
 :func:`evaluate` gives the metrics ``reparam eval`` reports: ``top1`` (fraction), ``n_images``,
 ``seconds``, ``images_per_s``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import Preprocessing
 from ..errors import DeployError
 from ..train.checkpointing import load_model
 from .export import fused_folder_of, load_fused
 from .onnx_export import input_shape, open_session, run_session
 
-__all__ = ["Predictor", "evaluate", "open_model", "predict_dataset", "session_latency_ms"]
+__all__ = [
+    "LoadedModel",
+    "Predictor",
+    "evaluate",
+    "load",
+    "open_model",
+    "predict_dataset",
+    "predict_images",
+    "session_latency_ms",
+]
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load` returns: unpack as ``model, preprocessing, class_names = ...``."""
+
+    model: nn.Module
+    preprocessing: Preprocessing
+    class_names: list[str]
+
+
+def preprocessing_of(config: dict[str, Any]) -> Preprocessing:
+    """The recorded preprocessing (runs from before it was recorded: the default for their size)."""
+    if "preprocessing" in config:
+        return Preprocessing.from_dict(config["preprocessing"])
+    return Preprocessing(int(config["image_size"]))
+
+
+def class_names_of(config: dict[str, Any]) -> list[str]:
+    """The recorded class names, or the class indices as names."""
+    return list(config.get("class_names") or map(str, range(int(config["num_classes"]))))
+
+
+def load(path: str | os.PathLike) -> LoadedModel:
+    """A ready model (eval mode) from a run folder, a ``.safetensors`` checkpoint inside one, or
+    a fused (deploy) folder, with its preprocessing and class names (**contract**). The folder
+    is all it needs: it may have been moved anywhere."""
+    model, config = _load_with_config(Path(path))
+    return LoadedModel(model, preprocessing_of(config), class_names_of(config))
+
+
+def _load_with_config(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    if not path.exists():
+        raise DeployError(
+            f"{path}: not found (expected a run folder, fused folder or .safetensors)"
+        )
+    folder = fused_folder_of(path)
+    return load_fused(folder) if folder is not None else load_model(path)
 
 
 @dataclass
 class Predictor:
-    """``run(images) -> logits``; ``kind`` is ``checkpoint``, ``fused`` or ``onnx``; ``image_size``
-    is the size the model was trained or exported at (``None`` when unknown)."""
+    """``run(images) -> logits``; ``kind`` is ``checkpoint``, ``fused`` or ``onnx``; the
+    preprocessing and class names come from the folder's ``config.json`` or the ONNX metadata
+    (``None`` / indices when a file predates them)."""
 
     run: Callable[[np.ndarray], np.ndarray]
     kind: str
     source: str
-    image_size: int | None
+    preprocessing: Preprocessing | None
+    class_names: list[str] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int | None:
+        return self.preprocessing.image_size if self.preprocessing else None
 
 
 def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -52,24 +109,57 @@ def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """A run folder or ``.safetensors`` checkpoint (:func:`reparam.train.load_model`), a fused
-    folder (``fused.safetensors`` + ``config.json``) or an ``.onnx`` file (ONNX Runtime, CPU)."""
+    """A run folder or ``.safetensors`` checkpoint, a fused folder (see :func:`load`) or an
+    ``.onnx`` file (ONNX Runtime, CPU); ``threads`` caps the CPU threads of either runtime."""
     path = Path(path)
     if not path.exists():
         raise DeployError(
             f"{path}: not found (expected a run folder, fused folder, .safetensors or .onnx)"
         )
+    if threads:
+        torch.set_num_threads(threads)
     if path.suffix == ".onnx":
         session = open_session(path, threads)
-        size = input_shape(session)[-1]
-        return Predictor(lambda images: run_session(session, images), "onnx", str(path), size)
-    if fused_folder_of(path) is not None:
-        model, config = load_fused(fused_folder_of(path))
-        kind = "fused"
-    else:
-        model, config = load_model(path)
-        kind = "checkpoint"
-    return Predictor(_torch_runner(model), kind, str(path), config.get("image_size"), config)
+        recorded = session.get_modelmeta().custom_metadata_map
+        if "preprocessing" in recorded:
+            preprocessing = Preprocessing.from_dict(json.loads(recorded["preprocessing"]))
+        else:
+            preprocessing = Preprocessing(input_shape(session)[-1])
+        names = json.loads(recorded["class_names"]) if "class_names" in recorded else None
+        data = {"data": recorded["data"]} if "data" in recorded else {}
+
+        def run(images: np.ndarray) -> np.ndarray:
+            return run_session(session, images)
+
+        return Predictor(run, "onnx", str(path), preprocessing, names, data)
+    model, config = _load_with_config(path)
+    kind = "fused" if fused_folder_of(path) is not None else "checkpoint"
+    preprocessing, names = preprocessing_of(config), class_names_of(config)
+    return Predictor(_torch_runner(model), kind, str(path), preprocessing, names, config)
+
+
+def predict_images(
+    predictor: Predictor, paths: list[str | os.PathLike], top_k: int = 5
+) -> list[dict[str, Any]]:
+    """The ``top_k`` classes of each image file with their names and softmax probabilities:
+    ``[{"image": path, "top_k": [{"class": i, "name": ..., "probability": p}, ...]}, ...]``."""
+    if predictor.preprocessing is None:
+        raise DeployError(f"{predictor.source}: no preprocessing recorded; cannot read images")
+    images = np.stack([predictor.preprocessing.load_image(p).numpy() for p in paths])
+    logits = torch.from_numpy(predictor.run(images)).double()
+    probabilities = logits.softmax(1)
+    names = predictor.class_names or [str(i) for i in range(logits.shape[1])]
+    top = probabilities.topk(min(top_k, logits.shape[1]), dim=1)
+    return [
+        {
+            "image": str(path),
+            "top_k": [
+                {"class": int(index), "name": names[index], "probability": float(p)}
+                for p, index in zip(values.tolist(), indices.tolist())
+            ],
+        }
+        for path, values, indices in zip(paths, top.values, top.indices)
+    ]
 
 
 def predict_dataset(

@@ -56,7 +56,10 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Module:
     """The model a run or fused folder's ``config.json`` describes (``model``, ``num_classes``,
-    ``model_kwargs``); any mistake in it is a :class:`CheckpointError` naming ``source``."""
+    ``model_kwargs``), built to receive that folder's checkpoint: a scale file named in
+    ``model_kwargs`` is not read (the checkpoint holds the scale buffers), so a run folder needs
+    nothing outside itself. Any mistake in the config is a :class:`CheckpointError` naming
+    ``source``."""
     if not isinstance(config, Mapping):
         raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
     missing = [key for key in ("model", "num_classes") if key not in config]
@@ -65,6 +68,8 @@ def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Modul
     kwargs = config.get("model_kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise CheckpointError(f"{source}: model_kwargs must be a mapping, got {kwargs!r}")
+    if "scales" in kwargs:  # the checkpoint brings the searched scales
+        kwargs = {**kwargs, "scales": "hs_init"}
     try:
         return create_model(config["model"], num_classes=config["num_classes"], **kwargs)
     except (TypeError, ValueError) as err:

@@ -46,6 +46,13 @@ class MaskedOptimizer(Optimizer):
             params: Iterable[Any] = model_or_params.parameters()
         else:
             params, grad_mults = model_or_params, dict(grad_mults or {})
+            named = [key for key in grad_mults if not isinstance(key, Tensor)]
+            if named:
+                raise ValueError(
+                    f"{name}: grad_mults= needs {{parameter: mask}}, got keys like {named[0]!r}; "
+                    "reparam.optim.grad_mults(model) keys masks by name (for inspection), "
+                    "reparam.optim.param_grad_mults(model) by parameter, or pass the model itself"
+                )
         super().__init__(params, defaults)
         owned = {id(p) for group in self.param_groups for p in group["params"]}
         foreign = [tuple(p.shape) for p in grad_mults if id(p) not in owned]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import random
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
+from ..data import Preprocessing
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
@@ -155,8 +157,16 @@ class _Trainer:
         self.steps_per_epoch = len(self.sampler) // per_rank
         if self.steps_per_epoch == 0:
             raise TrainingError(
-                f"training set of {len(self.data.train)} images is smaller than "
-                f"one batch of {config.batch_size}"
+                f"training set of {len(self.data.train)} images is smaller than one batch of "
+                f"{config.batch_size}; lower --batch-size (to {len(self.data.train)} at most) or "
+                "use more images"
+            )
+        if config.warmup_epochs >= config.epochs:
+            log.warning(
+                "warmup_epochs %g >= epochs %d: the whole run is learning-rate warm-up and the "
+                "rate never decays (expect poor top-1); lower --warmup-epochs or train longer",
+                config.warmup_epochs,
+                config.epochs,
             )
         self.total_steps = self.steps_per_epoch * config.epochs
         self.scheduler = build_scheduler(
@@ -255,7 +265,21 @@ class _Trainer:
         if self.info.is_main:
             remove_run_files(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.config.to_dict(), self.out / "config.json")
+            write_json({**self.config.to_dict(), **self._run_info()}, self.out / "config.json")
+
+    def _run_info(self) -> dict[str, Any]:
+        """What ``config.json`` records beside the recipe (:data:`RUN_INFO_KEYS`): the class
+        names and preprocessing that the data gave the model, and the scale file it started
+        from (path and SHA-256, for provenance only: the checkpoints hold the scales)."""
+        info: dict[str, Any] = {
+            "class_names": list(self.data.class_names),
+            "preprocessing": Preprocessing(self.config.image_size).to_dict(),
+        }
+        scales = self.config.model_kwargs.get("scales")
+        if isinstance(scales, str) and Path(scales).is_file():
+            digest = hashlib.sha256(Path(scales).read_bytes()).hexdigest()
+            info["scales_file"] = {"path": scales, "sha256": digest}
+        return info
 
     # ----------------------------------------------------------------------------- epoch
     def _should_stop(self, stop: _StopFlag, session_steps: int) -> bool:
@@ -510,9 +534,8 @@ class _Trainer:
             "seconds": self.state.seconds,
             "world_size": self.info.world_size,
             "device": str(self.info.device),
+            "top1_ema": last["top1_ema"],  # null when EMA is off
         }
-        if last["top1_ema"] is not None:
-            metrics["top1_ema"] = last["top1_ema"]
         return metrics
 
 

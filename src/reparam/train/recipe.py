@@ -29,6 +29,7 @@ from ..errors import RecipeError
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
 
 __all__ = [
+    "RUN_INFO_KEYS",
     "RecipeError",
     "TrainConfig",
     "load_recipe",
@@ -371,6 +372,10 @@ def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = Non
     return TrainConfig.from_dict(values)
 
 
+# what a run folder's config.json records beside the TrainConfig fields
+RUN_INFO_KEYS = frozenset({"class_names", "preprocessing", "scales_file"})
+
+
 def resume_config(out: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config that continues the run in ``out``: its saved ``config.json`` with
     ``resume=True``, the session step budget cleared, and ``overrides`` (fields that may change
@@ -378,5 +383,6 @@ def resume_config(out: str | os.PathLike, overrides: dict[str, Any] | None = Non
     saved = Path(out) / "config.json"
     if not saved.is_file():
         raise RecipeError(f"{saved}: not found; nothing to resume")
-    values = {**read_json(saved), "stop_after_steps": None, **(overrides or {}), "resume": True}
+    recorded = {k: v for k, v in read_json(saved).items() if k not in RUN_INFO_KEYS}
+    values = {**recorded, "stop_after_steps": None, **(overrides or {}), "resume": True}
     return TrainConfig.from_dict(values)

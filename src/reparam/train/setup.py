@@ -47,11 +47,10 @@ def build_model(config: TrainConfig, device: torch.device, distributed: bool = F
     try:
         model = create_model(config.model, num_classes=config.num_classes, **kwargs)
     except TypeError as err:
-        extra = {k: kwargs[k] for k in ("drop_rate", "drop_path_rate") if k in kwargs}
-        raise ValueError(
-            f"model {config.model!r} does not accept {extra or kwargs} ({err}); "
-            "stochastic depth (drop_path_rate) needs a residual model"
-        ) from None
+        hint = ""
+        if "drop_path_rate" in kwargs and "drop_path_rate" in str(err):
+            hint = "; stochastic depth (drop_path_rate) needs a residual model"
+        raise ValueError(f"model {config.model!r} does not accept {kwargs} ({err}){hint}") from None
     if config.sync_bn and distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
