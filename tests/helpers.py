@@ -4,17 +4,21 @@
 - :func:`tiny_config`: a seconds-long :class:`~reparam.train.TrainConfig`;
 - :func:`train_together` / :func:`twin_train`: nets trained side by side on the same batches
   (an imaginary CSLA network against its RepOpt target);
-- :func:`tiny_target` / :func:`imaginary_twin`: a 6-block RepOpt-VGG and its CSLA model.
+- :func:`tiny_target` / :func:`imaginary_twin`: a 6-block RepOpt-VGG and its CSLA model;
+- :func:`write_cifar` / :func:`write_folder`: tiny CIFAR pickle batches and ImageFolder trees.
 """
 
 from __future__ import annotations
 
 import copy
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 import reparam
@@ -168,3 +172,36 @@ def imaginary_twin(target: VGGNet) -> tuple[nn.Module, dict[str, CSLABlock]]:
             target.get_submodule(name).conv.conv.weight.data.copy_(csla.equivalent_weight())
             blocks[name] = csla
     return imaginary, blocks
+
+
+# --- data fixtures -----------------------------------------------------------------------------
+
+
+def write_cifar(root, classes: int, per_file: int = 6):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    key = b"labels" if classes == 10 else b"fine_labels"
+    names = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        if classes == 10
+        else ["train", "test"]
+    )
+    for name in names:
+        batch = {
+            b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            key: rng.integers(0, classes, per_file).tolist(),
+        }
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    return root
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=3, size=(10, 7)):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root

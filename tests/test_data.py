@@ -8,37 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_cifar, write_folder
 from reparam.data import DataError, load_data, train_transform
-
-
-def write_cifar(root, classes: int, per_file: int = 6):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    key = b"labels" if classes == 10 else b"fine_labels"
-    names = (
-        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-        if classes == 10
-        else ["train", "test"]
-    )
-    for name in names:
-        batch = {
-            b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-            key: rng.integers(0, classes, per_file).tolist(),
-        }
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return root
-
-
-def write_folder(root, classes=("cat", "dog"), per_class=3, size=(10, 7)):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in classes:
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
-    return root
 
 
 def test_digits_split_is_fixed_stratified_and_upsampled():

@@ -16,7 +16,7 @@ import argparse
 
 from ..checkpoint import json_text
 from ..deploy.predict import open_model, predict_images
-from .arguments import positive_int
+from .arguments import add_threads, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="run folder, .safetensors, fused folder or .onnx file"
     )
     parser.add_argument("--top-k", type=positive_int, default=5, help="classes shown (default 5)")
-    parser.add_argument(
-        "--threads", type=positive_int, help="CPU threads (torch and ONNX Runtime; default all)"
-    )
+    add_threads(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON list on stdout")
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from ..checkpoint import (
     atomic_path,
     check_finite,
+    current_umask,
     fsync_path,
     load_state,
     load_weights,
@@ -125,8 +126,10 @@ def save_training_state(
     tensors = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
     save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
     torch.save(state, state_tmp)
-    for path in (weights_tmp, state_tmp, out):
+    for path in (weights_tmp, state_tmp):
+        os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600
         fsync_path(path)
+    fsync_path(out)
     os.replace(state_tmp, out / LAST_STATE)
     os.replace(weights_tmp, out / LAST_WEIGHTS)
     fsync_path(out)
