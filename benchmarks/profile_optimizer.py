@@ -1,7 +1,7 @@
 """Profile one optimizer step of RepOpt-VGG: RepOptSGD vs torch SGD (for-loop and foreach).
 
     .venv/bin/python benchmarks/profile_optimizer.py [--model repopt_vgg_a0 --repeats 30
-        --threads 2 --out benchmarks/results/optimizer_profile.json]
+        --threads 2 --record benchmarks/results/speed_optimizer_profile.json]
 
 Same model, same gradients: each optimizer's ``step()`` is timed alone (interleaved windows,
 median), and ``torch.profiler`` lists the ops of one RepOptSGD step. The masks cost one
@@ -11,11 +11,9 @@ elementwise multiply over the masked weights; anything above that is overhead to
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,6 +22,7 @@ from reparam import create_model
 from reparam.bench.machine import machine_info
 from reparam.bench.subjects import LR, MOMENTUM, WEIGHT_DECAY
 from reparam.bench.timing import interleaved_windows
+from reparam.checkpoint import write_json
 from reparam.optim import RepOptSGD, grad_mults
 
 
@@ -76,7 +75,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--record", help="write the results JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -132,8 +131,8 @@ def main() -> int:
     )
     for name, ms in step_ms.items():
         print(f"{name:<40} {ms:8.3f} ms/step", file=sys.stderr)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.record:
+        write_json(result, args.record)
     return 0
 
 

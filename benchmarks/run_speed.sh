@@ -32,7 +32,7 @@ stage "train, A0 width: RepOpt-VGG, RepVGG, plain VGG, RepOpt-VGG with plain SGD
 stage "RepOptSGD step profile"
 # shellcheck disable=SC2086
 "$BIN/python" benchmarks/profile_optimizer.py --threads "$THREADS" $PROFILE \
-  --out "$OUT/speed_optimizer_profile.json"
+  --record "$OUT/speed_optimizer_profile.json"
 
 stage "inference: train form, fused, ONNX Runtime FP32/INT8; timm's fused RepVGG"
 # shellcheck disable=SC2086

@@ -107,7 +107,8 @@ def plot_training_curves(log_csv: Path, path: Path) -> Path | None:
     epochs = [float(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.5))
     for column in columns:
-        values = [float(r[column]) if r[column] not in ("", None) else np.nan for r in rows]
+        scale = 100.0 if "top1" in column else 1.0  # top-1 is a fraction in log.csv
+        values = [scale * float(r[column]) if r[column] not in ("", None) else np.nan for r in rows]
         axes[0 if "loss" in column else 1].plot(epochs, values, label=column)
     for ax, label in zip(axes, ("loss", "top-1 (%)")):
         ax.set_xlabel("epoch")
@@ -161,14 +162,16 @@ def _run_section(run_dir: Path, out_dir: Path, tag: str) -> list[str]:
     metrics = read_json(run_dir / "metrics.json")
     config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    cells = [
+        f"{100 * v:.2f}" if "top1" in k else f"{v:.4g}" if isinstance(v, float) else str(v)
+        for k, v in shown.items()
+    ]
     lines = [
         f"## Run {run_dir} ({config.get('model', '?')} on {config.get('data', '?')})",
         "",
-        "| " + " | ".join(shown) + " |",
+        "| " + " | ".join(f"{k} %" if "top1" in k else k for k in shown) + " |",
         "|" + "---|" * len(shown),
-        "| "
-        + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in shown.values())
-        + " |",
+        "| " + " | ".join(cells) + " |",
         "",
     ]
     if (run_dir / "log.csv").is_file():

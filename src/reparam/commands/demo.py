@@ -99,12 +99,12 @@ def _plot_curves(runs: dict[str, Path], path: Path) -> None:
             rows = list(csv.DictReader(f))
         ax.plot(
             [int(r["epoch"]) for r in rows],
-            [float(r["top1"]) for r in rows],
+            [100 * float(r["top1"]) for r in rows],
             marker="o",
             label=label,
         )
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1")
+    ax.set_ylabel("validation top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -124,17 +124,17 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         f"{settings['int8']['calibration']} calibration on {settings['int8']['calib_images']} "
         "train images; speedup = ORT FP32 / ORT INT8 latency at batch 32.",
         "",
-        "| model | optimizer | top-1 | top-1 fused | max abs logit diff | train img/s | "
-        "params (train) | params (deploy) | MMACs (train) | MMACs (deploy) | top-1 INT8 | "
+        "| model | optimizer | top-1 % | top-1 % fused | max abs logit diff | train img/s | "
+        "params (train) | params (deploy) | MMACs (train) | MMACs (deploy) | top-1 % INT8 | "
         "output SQNR dB | INT8 speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['optimizer']} | {r['top1']:.4f} | {r['top1_fused']:.4f} | "
+            f"| {r['name']} | {r['optimizer']} | {100 * r['top1']:.2f} | {100 * r['top1_fused']:.2f} | "
             f"{r['max_abs_diff']:.1e} | {r['train_images_per_s']:.0f} | {r['params'] / 1e6:.2f}M | "
             f"{r['params_fused'] / 1e6:.2f}M | {r['macs'] / 1e6:.1f} | {r['macs_fused'] / 1e6:.1f} | "
-            f"{r['top1_int8']:.4f} | {r['output_sqnr_db']:.1f} | {r['int8_speedup']:.2f}x |"
+            f"{100 * r['top1_int8']:.2f} | {r['output_sqnr_db']:.1f} | {r['int8_speedup']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(json_text(summary, sort_keys=True))
     else:
         print(
-            f"{summary['hs_model']} on {summary['data']}: top1 {summary['top1']:.4f} after "
+            f"{summary['hs_model']} on {summary['data']}: top-1 {100 * summary['top1']:.2f}% after "
             f"{summary['epochs']} epochs ({summary['seconds']:.0f} s); scales written to "
             f"{summary['scales']} (use: reparam train --model {summary['model']} "
             f"--scales {summary['scales']})",

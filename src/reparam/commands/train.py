@@ -136,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(metrics, sort_keys=True))
     else:
-        ema = f", top1_ema {metrics['top1_ema']:.4f}" if metrics["top1_ema"] is not None else ""
+        ema = f" (EMA {100 * metrics['top1_ema']:.2f}%)" if metrics["top1_ema"] is not None else ""
         print(
-            f"{config.model} on {config.data}: top1 {metrics['top1']:.4f}{ema} after "
+            f"{config.model} on {config.data}: top-1 {100 * metrics['top1']:.2f}%{ema} after "
             f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "
             f"({metrics['train_images_per_s']:.0f} img/s); run folder {config.out}",
             file=sys.stderr,
