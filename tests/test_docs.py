@@ -194,6 +194,7 @@ PARSE_ONLY: list[Rule] = [
         lambda c: any(w.startswith("folder:") for w in c.argv),
     ),
     ("bench", "timing runs take minutes", lambda c: c.argv[:1] == ["bench"]),
+    ("image", "classifies an image file of the reader's", lambda c: c.argv[:1] == ["predict"]),
     ("resume", "continues an interrupted run", lambda c: "--resume" in c.argv),
     (
         "verify",

@@ -2,9 +2,9 @@
 
   reparam deploy runs/a0 --out deploy/a0                       fused.safetensors + config.json
   reparam deploy runs/a0 --out deploy/a0 --onnx                + model.onnx (ORT vs torch checked)
-  reparam deploy runs/a0 --out deploy/a0 --int8 --calib-data digits --granularity per-tensor
+  reparam deploy runs/a0 --out deploy/a0 --int8 --data digits --granularity per-tensor
                                                                + model.int8.onnx, quant.json
-  reparam deploy --compare repvgg_a0 vgg_a0 runs/x --calib-data digits --out cmp --epochs 8
+  reparam deploy --compare repvgg_a0 vgg_a0 runs/x --data digits --out cmp --epochs 8
       trains the model names (run folders are used as they are), quantizes every model with the
       same settings and prints the PTQ-drop table.
 
