@@ -80,7 +80,17 @@ def _has_identity(in_channels: int, out_channels: int, stride: int) -> bool:
     return stride == 1 and in_channels == out_channels
 
 
-class RepOptVGGBlock(VGGBlock):
+class _OwnsScales:
+    """A block with per-channel ``scale_conv``, ``scale_1x1`` and, when it has an identity,
+    ``scale_identity`` (buffers or parameters); :mod:`reparam.models.scales` reads and writes
+    them through :meth:`scale_tensors`."""
+
+    def scale_tensors(self) -> dict[str, Tensor]:
+        names = ("scale_conv", "scale_1x1", "scale_identity")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class RepOptVGGBlock(_OwnsScales, VGGBlock):
     """Target block ``ReLU(BN(conv3x3(x)))`` (keys ``conv.conv``, ``conv.bn``) plus the constant
     scales of its imaginary block as buffers; see module docstring."""
 
@@ -100,10 +110,6 @@ class RepOptVGGBlock(VGGBlock):
             self.register_buffer("scale_identity", torch.ones(out_channels))
         else:
             self.scale_identity = None
-
-    def scale_tensors(self) -> dict[str, Tensor]:
-        names = ("scale_conv", "scale_1x1", "scale_identity")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def csla_spec(self) -> CSLASpec:
         """The imaginary block: ``s`` 3x3, ``t`` 1x1, trainable identity (init 1, eq. 14)."""
@@ -138,7 +144,7 @@ class RepOptVGGBlock(VGGBlock):
         return nn.Sequential(OrderedDict(conv=self.conv.fuse(), act=nn.ReLU()))
 
 
-class HSBlock(nn.Module):
+class HSBlock(_OwnsScales, nn.Module):
     """Hyper-Search block ``ReLU(BN(s (.) conv3x3(x) + t (.) conv1x1(x) [+ s_id (.) x]))`` with
     trainable per-channel ``s``, ``t``, ``s_id`` (init ``scale``, ``scale``, 1). Deploys like a
     RepOpt-VGG block: ``W = fold_BN(s W3 + t pad(W1) + s_id I)``."""
@@ -163,10 +169,6 @@ class HSBlock(nn.Module):
             self.scale_identity = None
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU()
-
-    def scale_tensors(self) -> dict[str, Tensor]:
-        names = ("scale_conv", "scale_1x1", "scale_identity")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def _linear_sum(self, x: Tensor) -> Tensor:
         y = self.scale_conv.view(1, -1, 1, 1) * self.conv3x3(x) + self.scale_1x1.view(
