@@ -1,5 +1,6 @@
 """Data specs: each format from tiny fixture files, and clear errors for bad input."""
 
+import json
 import os
 import pickle
 
@@ -9,7 +10,10 @@ import torch
 from PIL import Image
 
 from helpers import write_cifar, write_folder
-from reparam.data import DataError, load_data, train_transform
+from reparam.cli import main
+from reparam.data import DataError, Preprocessing, load_data, train_transform
+from reparam.data.transforms import CIFAR_MEAN_STD
+from reparam.train import TrainConfig
 
 
 def test_digits_split_is_fixed_stratified_and_upsampled():
@@ -111,3 +115,23 @@ def test_train_transform_augments_and_eval_does_not():
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
     plain = train_transform(16)
     assert torch.equal(plain(image), plain(image))
+
+
+def test_each_data_spec_brings_its_standard_augmentation_recorded_in_the_run(tmp_path):
+    """CIFAR: 4-pixel padded crop + flip + CIFAR mean/std; folder: random-resized crop + flip,
+    eval resize + centre crop; digits as before (no flip); explicit fields still win."""
+    root = write_cifar(tmp_path / "cifar-10-batches-py", 10)
+    out = tmp_path / "run"
+    argv = ["train", "--model", "vgg_a0", "--data", f"cifar10:{root}", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "8", "--image-size", "8", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["hflip"] is True and config["crop_padding"] == 4
+    assert config["mean"] == list(CIFAR_MEAN_STD["cifar10"][0])
+    assert config["preprocessing"]["mean"] == config["mean"]
+    folder = TrainConfig(data="folder:x")
+    assert (folder.train_crop, folder.hflip, folder.crop_pct) == ("random_resized", True, 0.875)
+    digits = TrainConfig(data="digits")
+    assert (digits.hflip, digits.crop_padding, digits.crop_pct) == (False, 2, None)
+    assert TrainConfig(data="cifar100:x", hflip=False, crop_padding=0).hflip is False
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    assert Preprocessing(32, crop_pct=0.875).transform()(image).shape == (3, 32, 32)

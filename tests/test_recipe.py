@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+import reparam
 from reparam.cli import build_parser
 from reparam.commands.train import build_config
 from reparam.train import (
@@ -132,3 +134,45 @@ def test_cli_flags_map_to_fields(tmp_path):
     assert config.weight_decay == 4e-5  # from the preset
     default_out = build_config(build_parser().parse_args(["train", "--data", "cifar10:/x"]))
     assert default_out.out == "runs/repvgg_a0-cifar10"
+
+
+def test_official_presets_cite_their_sources_and_match_them():
+    listed = recipes()
+    for name in ("repopt-vgg", "repopt-hs", "repvgg", "resnet-rs50"):
+        assert "https://" in listed[name]["source"] or "tensorflow/tpu" in listed[name]["source"]
+    vgg, hs, rep = (resolve_config(n) for n in ("repopt-vgg", "repopt-hs", "repvgg"))
+    assert (vgg.epochs, vgg.lr_per_256, vgg.weight_decay, vgg.warmup_epochs) == (120, 0.1, 4e-5, 5)
+    assert vgg.nesterov and vgg.label_smoothing == 0.1 and vgg.randaugment.startswith("rand-m15")
+    assert (hs.epochs, hs.label_smoothing, hs.grad_clip, hs.wd_exempt) == (
+        240,
+        0.0,
+        None,
+        "1d_but_identity",
+    )
+    assert (rep.epochs, rep.weight_decay, rep.randaugment, rep.nesterov) == (120, 1e-4, None, False)
+    rs, rs50 = resolve_config("resnet-rs"), resolve_config("resnet-rs50")
+    assert rs.randaugment == rs50.randaugment == "rand-m10-n2-mmax10"  # depth 50: magnitude 10
+    assert rs.ema_warmup and rs.ema_warmup_rule == "resnet-rs"
+
+
+def test_resnet_rs_presets_warn_when_the_resolution_leaves_their_table(caplog):
+    with caplog.at_level("WARNING"):
+        resolve_config("resnet-rs50", {"image_size": 224})
+    assert "follow the ResNet-RS table for 160 px" in caplog.text
+
+
+def test_ema_warm_up_of_the_official_resnet_rs_code():
+    from reparam.train.setup import ResNetRSEma
+
+    ema = ResNetRSEma(torch.nn.Linear(2, 2), decay=0.9999)
+    assert [ema.get_decay(t) for t in (0, 10, 10**6)] == [0.1, 11 / 20, 0.9999]
+
+
+def test_hyper_search_models_decay_their_identity_scales_like_the_official_optimizer():
+    from reparam.train.optim_factory import weight_decay_groups
+
+    model = reparam.create_model("repopt_vgg_a0_hs", num_classes=10)
+    decay, no_decay = weight_decay_groups(model, 4e-5, "1d_but_identity")
+    assert any(n.endswith("scale_identity") for n in decay["names"])
+    assert not any(n.endswith(("scale_conv", "scale_1x1", ".bias")) for n in decay["names"])
+    assert any(n.endswith("scale_conv") for n in no_decay["names"])

@@ -164,3 +164,29 @@ def test_fused_repopt_vgg_has_the_plain_vgg_deploy_keys():
     plain = reparam.reparameterize(reparam.create_model("vgg_a0", num_classes=10).eval())
     assert fused.state_dict().keys() == plain.state_dict().keys()
     assert not any("scale" in k for k in fused.state_dict())
+
+
+def test_identity_init_scale_puts_the_searched_identity_scale_on_the_diagonal_centre():
+    """``identity_init="scale"`` (the official code's init) differs from the paper's ``"one"``
+    by exactly ``s_id - 1`` on each identity block's diagonal centre; the masks are the same."""
+    reference = tiny_target()
+    scales = {k: 0.5 + torch.rand_like(v) for k, v in model_scales(reference).items()}
+    models = {}
+    for init in ("one", "scale"):
+        torch.manual_seed(3)
+        models[init] = tiny_target(scales=scales, identity_init=init)
+    one, scale = (dict(models[k].named_modules()) for k in ("one", "scale"))
+    checked = 0
+    for name, block in one.items():
+        if isinstance(block, RepOptVGGBlock) and block.scale_identity is not None:
+            difference = scale[name].conv.conv.weight - block.conv.conv.weight
+            expected = torch.zeros_like(difference)
+            channels = torch.arange(block.out_channels)
+            expected[channels, channels, 1, 1] = block.scale_identity - 1
+            assert rel_err(difference, expected) <= 1e-6
+            checked += 1
+    assert checked >= 2
+    masks = [grad_mults(models[k]) for k in ("one", "scale")]
+    assert all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    with pytest.raises(ValueError, match="identity_init"):
+        tiny_target(identity_init="two")

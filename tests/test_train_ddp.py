@@ -92,6 +92,7 @@ def train(name: str, world_size: int, out: str) -> None:
         nesterov=True,
         label_smoothing=0.1,
         grad_clip=5.0,
+        force_grad_clip=True,  # 1 vs 2 processes, not CSLA equivalence, is what is compared
         device="cpu",
         threads=1,
         out=out,

@@ -51,7 +51,7 @@ def test_load_gives_a_ready_model_with_its_preprocessing_and_class_names(pets):
     for source in (run, run / "best.safetensors", deploy):
         model, preprocessing, class_names = reparam.load(source)
         assert not model.training and class_names == ["cat", "dog"]
-        assert preprocessing == Preprocessing(8)
+        assert preprocessing == Preprocessing(8, crop_pct=0.875)  # folder: resize + centre crop
         logits = model(preprocessing.load_image(image)[None])
         assert logits.shape == (1, 2)
 
@@ -182,3 +182,12 @@ def test_small_traps_say_what_to_do(tmp_path, caplog, capsys):
         reparam.optim.RepOptSGD(
             model.parameters(), lr=0.1, grad_mults=reparam.optim.grad_mults(model)
         )
+
+
+def test_clipping_with_repopt_multipliers_is_refused_unless_forced(tmp_path, capsys):
+    argv = ["train", "--model", "repopt_vgg_a0", "--data", "synthetic:16", *QUICK]
+    argv += ["--grad-clip", "5", "--no-progress"]
+    code, _, err = cli([*argv, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "breaks the equivalence" in err and "force_grad_clip" in err
+    code, _, _ = cli([*argv, "--set", "force_grad_clip=true", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0

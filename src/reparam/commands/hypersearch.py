@@ -1,15 +1,16 @@
 """Hyper-Search: train a RepOpt-VGG model's HS model and write its searched scales file.
 
 The HS model (``<model>_hs``: BN(s conv3x3 + t conv1x1 + s_id x) -> ReLU, trainable per-channel
-scales) is trained with the training engine (the official HS recipe: weight decay 4e-5, label
-smoothing 0.1, grad clip 5), then its final scales are written as a safetensors scale file whose
-metadata records model, data, epochs, seed and top-1. Use it with
+scales) is trained with the training engine, by default with the RepOptimizers repository's
+Hyper-Search recipe (preset repopt-hs: 240 epochs, Nesterov SGD, lr 0.1 x batch/256, wd 4e-5 also
+on the identity scales, 5 warmup epochs, no label smoothing, no clipping). Its final scales are
+written as a safetensors scale file whose metadata records model, data, epochs, seed and top-1. Use it with
 ``reparam train --model <model> --scales FILE``.
 
 Examples:
   reparam hypersearch --model repopt_vgg_a0 --data digits --epochs 8 --out scales/a0.safetensors
-  reparam hypersearch --model repopt_vgg_b1 --data cifar100:DIR --epochs 240 --lr 0.1 \\
-      --image-size 32 --out scales/b1-c100.safetensors --run-dir runs/hs-b1
+  reparam hypersearch --model repopt_vgg_b1 --data cifar100:DIR \\
+      --out scales/b1-c100.safetensors --run-dir runs/hs-b1
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="absolute learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipe", default="basic", help="training preset or recipe file")
+    parser.add_argument(
+        "--recipe",
+        default="repopt-hs",
+        help="training preset or recipe file (default repopt-hs: the official Hyper-Search recipe)",
+    )
     add_out(parser, "file", "the scale file to write (default scales/<model>-<data>.safetensors)")
     add_threads(parser)
     parser.add_argument(

@@ -1,7 +1,7 @@
 """Data specs -> datasets (see :mod:`reparam.data.datasets`) and transforms."""
 
 from .datasets import DataBundle, DataError, TensorImageDataset, load_data
-from .transforms import Preprocessing, eval_transform, normalize, read_image, train_transform
+from .transforms import Preprocessing, data_defaults, eval_transform, read_image, train_transform
 
 __all__ = [
     "DataBundle",
@@ -10,7 +10,7 @@ __all__ = [
     "TensorImageDataset",
     "eval_transform",
     "load_data",
-    "normalize",
+    "data_defaults",
     "read_image",
     "train_transform",
 ]

@@ -1,13 +1,15 @@
 """Image transforms: uint8 ``[3, H, W]`` tensors in, normalized float32 ``[3, S, S]`` out.
 
-Normalization uses the ImageNet mean/std (timm's defaults) for every dataset, so models and
-exported ONNX files share one preprocessing. RandAugment is timm's (``rand_augment_transform``,
+Each data spec brings its standard augmentation and normalisation (:func:`data_defaults`); the
+eval side is a :class:`Preprocessing`, recorded with every model so that loading, predicting and
+ONNX files prepare images exactly as training did. RandAugment is timm's (``rand_augment_transform``,
 PIL based); remember its magnitude is capped at 10 unless the string carries ``mmax``, e.g.
 ``"rand-m15-n2-mmax15"``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,23 +26,22 @@ from ..checkpoint import first_line
 from ..errors import DataError
 
 __all__ = [
+    "CIFAR_MEAN_STD",
     "Preprocessing",
+    "data_defaults",
     "Transform",
     "eval_transform",
-    "normalize",
     "read_image",
     "train_transform",
 ]
 
 Transform = Callable[[Tensor], Tensor]
 
-_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-
-
-def normalize(image: Tensor) -> Tensor:
-    """``(x / 255 - mean) / std`` for a uint8 image (or batch of images)."""
-    return (image.float() / 255.0 - _MEAN) / _STD
+# per-channel mean / std of the CIFAR training sets (the values RepOptimizers' data code uses)
+CIFAR_MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
 
 
 class _Normalize:
@@ -88,18 +89,25 @@ def eval_transform(image_size: int) -> Transform:
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes a model input (**contract**: recorded as ``preprocessing`` in run and
-    deploy folders' ``config.json`` and in the ONNX metadata): resized to ``image_size`` x
-    ``image_size`` (``resize="squash"``, aspect ratio not kept), scaled to [0, 1], normalised
-    with ``mean`` / ``std`` per channel."""
+    deploy folders' ``config.json`` and in the ONNX metadata): resized, scaled to [0, 1],
+    normalised with ``mean`` / ``std`` per channel. ``crop_pct=None``: resized to ``image_size``
+    x ``image_size`` (aspect ratio not kept; small images such as CIFAR or digits); a number: the
+    shorter side resized to ``image_size / crop_pct``, then the centre ``image_size`` square
+    (timm's ``crop_pct`` convention for ImageNet-like images)."""
 
     image_size: int
     mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
     std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
-    resize: str = "squash"
+    crop_pct: float | None = None
 
     def transform(self) -> Transform:
         """uint8 ``[3, H, W]`` -> float32 ``[3, S, S]``."""
-        return v2.Compose([_resize(self.image_size), _Normalize(self.mean, self.std)])
+        if self.crop_pct is None:
+            resize = [_resize(self.image_size)]
+        else:
+            shorter = math.floor(self.image_size / self.crop_pct)
+            resize = [v2.Resize(shorter, antialias=True), v2.CenterCrop(self.image_size)]
+        return v2.Compose([*resize, _Normalize(self.mean, self.std)])
 
     def load_image(self, path: str | os.PathLike) -> Tensor:
         """An image file as the model's input ``[3, S, S]``."""
@@ -114,21 +122,54 @@ class Preprocessing:
             int(data["image_size"]),
             tuple(data.get("mean", IMAGENET_DEFAULT_MEAN)),
             tuple(data.get("std", IMAGENET_DEFAULT_STD)),
-            data.get("resize", "squash"),
+            data.get("crop_pct"),
         )
 
 
+def data_defaults(spec: str) -> dict[str, Any]:
+    """The standard augmentation and normalisation of a data spec's kind (what a recipe leaves
+    unset takes these; ``reparam train`` records the result in ``config.json``):
+
+    - ``cifar10`` / ``cifar100``: random crop with 4-pixel zero padding + horizontal flip, the
+      data set's own mean/std (the RepVGG and RepOptimizers CIFAR pipelines);
+    - ``folder``: random-resized crop + flip; eval: shorter side to ``size / 0.875`` + centre crop,
+      ImageNet mean/std (timm's ``create_transform`` defaults);
+    - ``digits`` / ``synthetic``: resize, 2-pixel padded crop, no flip (digits are not mirror
+      symmetric), ImageNet mean/std.
+    """
+    kind = spec.partition(":")[0]
+    imagenet = {"mean": tuple(IMAGENET_DEFAULT_MEAN), "std": tuple(IMAGENET_DEFAULT_STD)}
+    if kind in CIFAR_MEAN_STD:
+        mean, std = CIFAR_MEAN_STD[kind]
+        return {"train_crop": "pad", "crop_padding": 4, "hflip": True, "mean": mean, "std": std,
+                "crop_pct": None}  # fmt: skip
+    if kind == "folder":
+        return {"train_crop": "random_resized", "crop_padding": 0, "hflip": True, **imagenet,
+                "crop_pct": 0.875}  # fmt: skip
+    return {"train_crop": "pad", "crop_padding": 2, "hflip": False, **imagenet, "crop_pct": None}
+
+
 def train_transform(
-    image_size: int, hflip: bool = False, crop_padding: int = 0, randaugment: str | None = None
+    image_size: int,
+    hflip: bool = False,
+    crop_padding: int = 0,
+    randaugment: str | None = None,
+    train_crop: str = "pad",
+    mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN),
+    std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD),
 ) -> Transform:
-    """Resize, then optional random crop with ``crop_padding`` zero padding, horizontal flip and
-    timm RandAugment (``randaugment`` is a timm config string), then normalize."""
-    steps: list[Callable] = [_resize(image_size)]
-    if crop_padding:
-        steps.append(v2.RandomCrop(image_size, padding=crop_padding))
+    """``train_crop="pad"``: resize, then a random crop with ``crop_padding`` zero padding;
+    ``"random_resized"``: a random-resized crop at ``image_size``. Then an optional horizontal
+    flip and timm RandAugment (``randaugment`` is a timm config string), then normalise."""
+    if train_crop == "random_resized":
+        steps: list[Callable] = [v2.RandomResizedCrop(image_size, antialias=True)]
+    else:
+        steps = [_resize(image_size)]
+        if crop_padding:
+            steps.append(v2.RandomCrop(image_size, padding=crop_padding))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if randaugment:
         steps.append(_RandAugment(randaugment))
-    steps.append(normalize)
+    steps.append(_Normalize(mean, std))
     return v2.Compose(steps)

@@ -6,10 +6,11 @@ Each block stores the constant scales of its imaginary CSLA block
 ``scale_identity``) and describes it with :meth:`RepOptVGGBlock.csla_specs`, so
 ``reparam.optim.RepOptSGD(model)`` multiplies the conv's gradient by
 ``M = s^2`` (+ ``t^2`` at the centre tap, + 1 on the diagonal centre when the block has an
-identity). The conv starts at eq. 14, ``W'0 = s W3x3_0 + t pad(W1x1_0) + I``: the paper puts 1
-on the identity, as here; the official code (https://github.com/DingXiaoH/RepOptimizers) puts the
-searched ``scale_identity`` there by default and notes that this makes almost no difference.
-``scale_identity`` is kept only so scale files round-trip whole.
+identity). The conv starts at eq. 14, ``W'0 = s W3x3_0 + t pad(W1x1_0) + s_id0 I``: the paper
+puts ``s_id0 = 1`` on the identity (``identity_init="one"``, the default here); the official code
+(https://github.com/DingXiaoH/RepOptimizers) puts the searched ``scale_identity`` there
+(``identity_init="scale"``) and notes that this makes almost no difference. Either is the init of
+a trainable identity scale, so the gradient mask is the same (+1 on the diagonal centre).
 Deploy form (BN folded): ``Sequential(conv=Conv2d 3x3 + bias, act=ReLU)``, the same keys as
 RepVGG and plain VGG.
 
@@ -23,7 +24,8 @@ Model kwargs (**contract**; ``reparam train --scales FILE`` is ``model_kwargs={"
   from ``reparam hypersearch`` or an official ``.pth``), a dict, ``"hs_init"`` or ``"ones"``;
 - ``channel_average``: replace every per-channel scale vector by its mean (ablation);
 - ``reinit``: eq. 14 init of the conv (default ``True``; ``False`` = the "without new init"
-  ablation). Plain SGD instead of RepOptSGD is the engine's ``grad_mult=False``.
+  ablation);
+- ``identity_init``: ``"one"`` (default) or ``"scale"``, the identity term of that init. Plain SGD instead of RepOptSGD is the engine's ``grad_mult=False``.
 """
 
 from __future__ import annotations
@@ -110,16 +112,21 @@ class RepOptVGGBlock(_OwnsScales, VGGBlock):
             self.register_buffer("scale_identity", torch.ones(out_channels))
         else:
             self.scale_identity = None
+        self.identity_init = "one"
 
     def csla_spec(self) -> CSLASpec:
-        """The imaginary block: ``s`` 3x3, ``t`` 1x1, trainable identity (init 1, eq. 14)."""
+        """The imaginary block: ``s`` 3x3, ``t`` 1x1, a trainable identity whose init is 1 or the
+        searched ``scale_identity`` (``identity_init``)."""
+        identity = None
+        if self.scale_identity is not None:
+            identity = 1.0 if self.identity_init == "one" else self.scale_identity
         return CSLASpec(
             self.in_channels,
             self.out_channels,
             (Branch(self.scale_conv, 3), Branch(self.scale_1x1, 1)),
             kernel_size=3,
             groups=self.groups,
-            identity=1.0 if self.scale_identity is not None else None,
+            identity=identity,
         )
 
     def csla_specs(self) -> dict[str, CSLASpec]:
@@ -248,17 +255,21 @@ def repopt_vgg(
     scales: Any = None,
     channel_average: bool = False,
     reinit: bool = True,
+    identity_init: str = "one",
     name: str | None = None,
     **kwargs: Any,
 ) -> VGGNet:
     """RepOpt-VGG target model of ``arch``: a key of :data:`REPOPT_ARCHS`, or a
     :class:`VGGArch` of any size (see module docstring for the kwargs). ``name`` is the model a
     scale file must have been searched for (default ``repopt_vgg_<arch>``)."""
+    if identity_init not in ("one", "scale"):
+        raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
     model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
     _set_scales(model, name or f"repopt_vgg_{arch}", scales, channel_average)
-    if reinit:
-        for module in model.modules():
-            if isinstance(module, RepOptVGGBlock):
+    for module in model.modules():
+        if isinstance(module, RepOptVGGBlock):
+            module.identity_init = identity_init
+            if reinit:
                 module.reset_csla_init()
     return model
 

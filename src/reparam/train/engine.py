@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
-from ..data import Preprocessing
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
@@ -273,7 +272,7 @@ class _Trainer:
         from (path and SHA-256, for provenance only: the checkpoints hold the scales)."""
         info: dict[str, Any] = {
             "class_names": list(self.data.class_names),
-            "preprocessing": Preprocessing(self.config.image_size).to_dict(),
+            "preprocessing": self.config.preprocessing.to_dict(),
         }
         scales = self.config.model_kwargs.get("scales")
         if isinstance(scales, str) and Path(scales).is_file():

@@ -21,11 +21,7 @@ from .checkpointing import load_model
 from .engine import fit
 from .recipe import resolve_config, resume_config
 
-__all__ = ["HS_RECIPE", "ablation_overrides", "default_run_dir", "hyper_search"]
-
-# The official HS recipe (CIFAR-100, 240 epochs): lr 0.1, wd 4e-5, warmup, label smoothing 0.1,
-# grad clip 5.0 (clipping is fine: HS is ordinary training of the HS model).
-HS_RECIPE: dict[str, Any] = {"weight_decay": 4e-5, "label_smoothing": 0.1, "grad_clip": 5.0}
+__all__ = ["ablation_overrides", "default_run_dir", "hyper_search"]
 
 
 def default_run_dir(model: str, data: str) -> Path:
@@ -44,7 +40,7 @@ def hyper_search(
     seed: int = 0,
     lr: float | None = None,
     run_dir: str | os.PathLike | None = None,
-    recipe: str = "basic",
+    recipe: str = "repopt-hs",
     overrides: Mapping[str, Any] | None = None,
     resume: bool = False,
     force: bool = False,
@@ -74,7 +70,7 @@ def hyper_search(
         if resume:
             config = resume_config(folder)
         else:
-            values: dict[str, Any] = {**HS_RECIPE, "model": hs_model, "data": data, "seed": seed}
+            values: dict[str, Any] = {"model": hs_model, "data": data, "seed": seed}
             for key, value in (
                 ("epochs", epochs),
                 ("batch_size", batch_size),

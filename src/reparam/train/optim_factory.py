@@ -5,7 +5,9 @@ Weight-decay exemption rules (``wd_exempt``):
 - ``"bn"``: only normalisation-layer parameters (BN/GN/LN weight and bias) get no decay
   (TF ResNet-RS);
 - ``"1d"``: every parameter with ``ndim <= 1`` (biases, norm affines, scalars) gets no decay
-  (timm's rule);
+  (timm's rule; also the RepVGG and RepOptimizers repositories' ``set_weight_decay``);
+- ``"1d_but_identity"``: as ``"1d"``, except that identity scales (``*.scale_identity``) decay:
+  the RepOptimizers repository's rule for its Hyper-Search models (``identity.weight`` decays);
 - ``"none"``: every parameter decays.
 
 If ``reparam.optim.grad_mults(model)`` is non-empty and ``config.grad_mult`` is true, the optimizer
@@ -19,10 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import RecipeError
 from ..optim import RepOptAdamW, RepOptSGD, grad_mults
 from .recipe import TrainConfig
 
-__all__ = ["create_optimizer", "weight_decay_groups"]
+__all__ = ["WD_EXEMPT", "create_optimizer", "weight_decay_groups"]
+
+WD_EXEMPT = ("bn", "1d", "1d_but_identity", "none")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -32,8 +37,8 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, exempt: str) -> l
 
     Each group also carries ``"names"`` (parameter names) for inspection; optimizers ignore it.
     """
-    if exempt not in ("bn", "1d", "none"):
-        raise ValueError(f"wd_exempt must be 'bn', '1d' or 'none', got {exempt!r}")
+    if exempt not in WD_EXEMPT:
+        raise ValueError(f"wd_exempt must be one of {WD_EXEMPT}, got {exempt!r}")
     norm_params: set[int] = set()
     if exempt == "bn":
         for module in model.modules():
@@ -44,7 +49,10 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, exempt: str) -> l
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = (exempt == "bn" and id(param) in norm_params) or (exempt == "1d" and param.ndim <= 1)
+        one_d = param.ndim <= 1 and exempt in ("1d", "1d_but_identity")
+        if exempt == "1d_but_identity" and name.endswith("scale_identity"):
+            one_d = False
+        skip = (exempt == "bn" and id(param) in norm_params) or one_d
         group = no_decay if skip else decay
         group[0].append(param)
         group[1].append(name)
@@ -63,6 +71,14 @@ def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
     lr = config.resolved_lr
     power = 1 if config.optimizer == "adamw" else 2
     mults = grad_mults(model, power=power) if config.grad_mult else {}
+    if mults and config.grad_clip is not None and not config.force_grad_clip:
+        raise RecipeError(
+            f"grad_clip={config.grad_clip} with {model.__class__.__name__}'s RepOpt gradient "
+            "multipliers: clipping the global gradient norm breaks the equivalence with the "
+            "multi-branch model the multipliers stand for; drop --grad-clip, or set "
+            "force_grad_clip=true to clip anyway (Hyper-Search models have no multipliers and "
+            "clip as usual)"
+        )
     if mults:
         params = dict(model.named_parameters())
         unknown = sorted(set(mults) - set(params))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import typing
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ from typing import Any, Literal
 import yaml
 
 from ..checkpoint import read_json
+from ..data import Preprocessing, data_defaults
 from ..errors import RecipeError
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "RUN_INFO_KEYS",
@@ -71,9 +75,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 1e-4
-    wd_exempt: Literal["bn", "1d", "none"] = "1d"  # params without weight decay
+    wd_exempt: Literal["bn", "1d", "1d_but_identity", "none"] = "1d"  # params without decay
     grad_mult: bool = True  # use RepOpt gradient multipliers when the model has them
     grad_clip: float | None = None  # max global grad norm
+    force_grad_clip: bool = False  # clip even with RepOpt grad mults (breaks their equivalence)
     accum_steps: int = 1
     # regularisation
     label_smoothing: float = 0.1
@@ -81,11 +86,18 @@ class TrainConfig:
     drop_path_rate: float | None = None  # stochastic depth (residual models only)
     ema: bool = False
     ema_decay: float = 0.999
-    ema_warmup: bool = False  # timm ModelEmaV3 warmup: decay = 1 - (1 + step) ** -2/3, capped
-    # augmentation
+    ema_warmup: bool = False  # EMA decay warm-up, by ema_warmup_rule:
+    # "timm": ModelEmaV3's decay = 1 - (1 + step) ** -2/3; "resnet-rs": the official TF code's
+    # decay = min(ema_decay, (1 + step) / (10 + step))
+    ema_warmup_rule: Literal["timm", "resnet-rs"] = "timm"
+    # augmentation and normalisation: None takes the data spec's standard (data_defaults)
     randaugment: str | None = None  # timm string, e.g. "rand-m15-n2-mmax15"
-    hflip: bool = False
-    crop_padding: int = 2
+    hflip: bool | None = None
+    crop_padding: int | None = None
+    train_crop: Literal["pad", "random_resized"] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    crop_pct: float | None = None  # eval: None = resize to the size; else resize + centre crop
     # depth re-param (annealed activations)
     anneal_kind: Literal["linear", "cosine"] = "linear"
     anneal_fraction: float = 1.0
@@ -122,7 +134,19 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON/YAML give lists
+        defaults = data_defaults(self.data)
+        for name in ("hflip", "crop_padding", "train_crop", "mean", "std"):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults[name])
+        if self.crop_pct is None and self.train_crop == "random_resized":
+            self.crop_pct = defaults["crop_pct"] or 0.875
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
         self.validate()
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How the trained model's inputs are prepared (recorded with the run)."""
+        return Preprocessing(self.image_size, self.mean, self.std, self.crop_pct)
 
     def validate(self) -> None:
         """Raise :class:`RecipeError` naming the first field with an impossible value."""
@@ -138,11 +162,13 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "ema_decay": 0 < self.ema_decay < 1,
             "optimizer": self.optimizer in ("sgd", "adamw"),
-            "wd_exempt": self.wd_exempt in ("bn", "1d", "none"),
+            "wd_exempt": self.wd_exempt in ("bn", "1d", "1d_but_identity", "none"),
             "anneal_kind": self.anneal_kind in ("linear", "cosine"),
             "anneal_per": self.anneal_per in ("iteration", "epoch"),
             "anneal_fraction": 0 < self.anneal_fraction <= 1,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "crop_padding": self.crop_padding >= 0,
+            "crop_pct": self.crop_pct is None or 0 < self.crop_pct <= 1,
             "workers": self.workers >= 0,
             "threads": self.threads is None or self.threads >= 1,
         }
@@ -168,7 +194,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
+        for name in ("betas", "mean", "std"):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
@@ -264,7 +291,8 @@ def parse_value(text: str) -> Any:
 _RESNET_RS = {
     # Bello et al. 2021, section 4 / appendix: 350 epochs, batch 4096, SGD momentum 0.9,
     # lr 0.1 x batch/256, cosine with 5 warmup epochs, wd 4e-5 (BN exempt), label smoothing 0.1,
-    # EMA 0.9999, RandAugment N=2 M=15, dropout 0.25 before the FC, zero-init last BN gamma.
+    # EMA 0.9999 with the official warm-up, RandAugment N=2, dropout before the FC, zero-init
+    # last BN gamma. Crop and flip come from the data spec (folder: random-resized crop + flip).
     "epochs": 350,
     "batch_size": 4096,
     "lr_per_256": 0.1,
@@ -277,16 +305,15 @@ _RESNET_RS = {
     "label_smoothing": 0.1,
     "ema": True,
     "ema_decay": 0.9999,
-    "randaugment": "rand-m15-n2-mmax15",
+    "ema_warmup": True,
+    "ema_warmup_rule": "resnet-rs",
     "hflip": True,
-    "crop_padding": 0,
-    "drop_rate": 0.25,
     "drop_path_rate": 0.0,
-    "image_size": 224,
     "amp": True,
 }
 
-# depth -> (RandAugment magnitude, dropout, stochastic depth rate); resolution from the model file
+# depth -> (RandAugment magnitude, dropout, stochastic depth rate) of the reference configs;
+# the resolution is the model file's (RESNET_RS_IMAGE_SIZES)
 RESNET_RS_SIZES: dict[int, tuple[int, float, float]] = {
     50: (10, 0.25, 0.0),
     101: (15, 0.25, 0.0),
@@ -297,9 +324,9 @@ RESNET_RS_SIZES: dict[int, tuple[int, float, float]] = {
     420: (15, 0.4, 0.1),
 }
 
-_PRESETS: dict[str, dict[str, Any]] = {
-    "basic": {},
-    "resnet-rs": dict(_RESNET_RS, model="resnet_rs", model_kwargs={"depth": 50}, image_size=160),
+_PRESETS: dict[str, dict[str, Any]] = {"basic": {}}
+_SOURCES: dict[str, str] = {
+    "basic": "reparam's own, tuned on digits (CPU-sized)",
 }
 for _depth, (_magnitude, _dropout, _sd) in RESNET_RS_SIZES.items():
     _PRESETS[f"resnet-rs{_depth}"] = dict(
@@ -311,11 +338,78 @@ for _depth, (_magnitude, _dropout, _sd) in RESNET_RS_SIZES.items():
         drop_rate=_dropout,
         drop_path_rate=_sd,
     )
+    _SOURCES[f"resnet-rs{_depth}"] = (
+        "Bello et al. 2021, https://arxiv.org/abs/2103.07579 (section 4, appendix) and "
+        f"tensorflow/tpu models/official/resnet/resnet_rs/configs (resnetrs{_depth})"
+    )
+_PRESETS["resnet-rs"] = dict(_PRESETS["resnet-rs50"])
+_SOURCES["resnet-rs"] = "the same as resnet-rs50 (ResNet-RS-50 at 160 px)"
+
+# RepOptimizers (https://github.com/DingXiaoH/RepOptimizers, readme_reproduce_experiments.txt,
+# optimizer.py): SGD with Nesterov momentum (hard-coded), lr 0.1 x batch/256, wd 4e-5 off 1-D
+# params and biases, cosine with 5 warmup epochs.
+_REPOPT = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": True,
+    "lr_per_256": 0.1,
+    "batch_size": 256,
+    "warmup_epochs": 5.0,
+    "weight_decay": 4e-5,
+    "wd_exempt": "1d",
+}
+_PRESETS["repopt-vgg"] = dict(
+    _REPOPT,
+    model="repopt_vgg_b1",
+    epochs=120,
+    label_smoothing=0.1,
+    randaugment="rand-m15-n2-mmax15",
+    image_size=224,
+)
+_SOURCES["repopt-vgg"] = (
+    "RepOptimizers' ImageNet target run (readme_reproduce_experiments.txt step 5: 120 epochs, "
+    "lr 0.1, wd 4e-5, 5 warmup epochs, label smoothing 0.1, AUG.PRESET raug15 = random-resized "
+    "crop + flip + RandAugment m15), https://github.com/DingXiaoH/RepOptimizers"
+)
+_PRESETS["repopt-hs"] = dict(
+    _REPOPT,
+    model="repopt_vgg_b1_hs",
+    epochs=240,
+    label_smoothing=0.0,
+    wd_exempt="1d_but_identity",
+    image_size=32,
+)
+_SOURCES["repopt-hs"] = (
+    "RepOptimizers' Hyper-Search run on CIFAR-100 (readme_reproduce_experiments.txt step 3: 240 "
+    "epochs, lr 0.1, wd 4e-5 also on the identity scales, 5 warmup epochs, label smoothing 0.0, "
+    "no gradient clipping; random crop with 4-pixel padding + flip), "
+    "https://github.com/DingXiaoH/RepOptimizers"
+)
+_PRESETS["repvgg"] = {
+    "model": "repvgg_a0",
+    "epochs": 120,
+    "batch_size": 256,
+    "lr_per_256": 0.1,
+    "warmup_epochs": 0.0,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 1e-4,
+    "wd_exempt": "1d",
+    "label_smoothing": 0.0,
+    "image_size": 224,
+}
+_SOURCES["repvgg"] = (
+    "the RepVGG paper, https://arxiv.org/abs/2101.03697 section 4.1: 120 epochs, cosine from "
+    "0.1 at batch 256, wd 1e-4 (biases and BN exempt, as the repository's set_weight_decay), "
+    "momentum 0.9, random-resized crop + flip only"
+)
 
 
 def recipes() -> dict[str, dict[str, Any]]:
-    """Named presets: name -> the fields it sets on top of the :class:`TrainConfig` defaults."""
-    return {name: dict(values) for name, values in _PRESETS.items()}
+    """Named presets: name -> ``{"source": where its numbers come from, "fields": what it sets on
+    top of the :class:`TrainConfig` defaults and the data spec's}``."""
+    return {name: {"source": _SOURCES[name], "fields": dict(v)} for name, v in _PRESETS.items()}
 
 
 def load_recipe(name_or_file: str) -> dict[str, Any]:
@@ -369,7 +463,20 @@ def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = Non
     ):
         values.pop("model_kwargs", None)  # a preset's model_kwargs belong to the preset's model
     values.update(overrides)
-    return TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict(values)
+    preset = _PRESETS.get(recipe, {})
+    if preset.get("model") == "resnet_rs" and config.image_size != preset["image_size"]:
+        log.warning(
+            "%s: its RandAugment (%s) and dropout (%s) follow the ResNet-RS table for %d px, not "
+            "the %d px asked for; set --randaugment / --drop-rate to the table's values for "
+            "that resolution (https://arxiv.org/abs/2103.07579, appendix)",
+            recipe,
+            config.randaugment,
+            config.drop_rate,
+            preset["image_size"],
+            config.image_size,
+        )
+    return config
 
 
 # what a run folder's config.json records beside the TrainConfig fields

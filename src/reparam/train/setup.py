@@ -11,28 +11,38 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from ..data import eval_transform, load_data, train_transform
+from ..data import load_data, train_transform
 from ..models import create_model
 from ..models.annealed import LambdaSchedule, has_annealing
 from .recipe import TrainConfig
 
-__all__ = ["build_data", "build_ema", "build_model", "build_scheduler", "lambda_schedule"]
+__all__ = [
+    "ResNetRSEma",
+    "build_data",
+    "build_ema",
+    "build_model",
+    "build_scheduler",
+    "lambda_schedule",
+]
 
 
 def build_data(config: TrainConfig) -> Any:
-    """``reparam.data.load_data`` with the recipe's train transform (flip, padded crop,
-    RandAugment) and the plain eval transform."""
+    """``reparam.data.load_data`` with the recipe's train transform (crop, flip, RandAugment,
+    normalisation) and its :class:`~reparam.data.Preprocessing` for evaluation."""
     train_tf = train_transform(
         config.image_size,
         hflip=config.hflip,
         crop_padding=config.crop_padding,
         randaugment=config.randaugment,
+        train_crop=config.train_crop,
+        mean=config.mean,
+        std=config.std,
     )
     return load_data(
         config.data,
         config.image_size,
         train_transform=train_tf,
-        eval_transform=eval_transform(config.image_size),
+        eval_transform=config.preprocessing.transform(),
     )
 
 
@@ -87,7 +97,17 @@ def build_ema(model: nn.Module, config: TrainConfig) -> Any:
     """timm ``ModelEmaV3`` (weights and BN buffers) when the recipe turns EMA on, else ``None``."""
     if not config.ema:
         return None
+    if config.ema_warmup and config.ema_warmup_rule == "resnet-rs":
+        return ResNetRSEma(model, decay=config.ema_decay)
     return ModelEmaV3(model, decay=config.ema_decay, use_warmup=config.ema_warmup)
+
+
+class ResNetRSEma(ModelEmaV3):
+    """timm's EMA with the warm-up of the official ResNet-RS code:
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` at optimizer step ``t``."""
+
+    def get_decay(self, step: int | None = None) -> float:
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
 
 
 def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
