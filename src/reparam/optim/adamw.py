@@ -24,10 +24,14 @@ class RepOptAdamW(MaskedOptimizer):
         W = W - lr / (1 - b1^t) * M * m / (sqrt(v / (1 - b2^t)) + eps)   (multiplied AGAIN)
 
     Adam is scale-invariant per element, so each branch ``a_i W_i`` moves ``W'`` by ``|a_i|``
-    times the same normalised step: the sum is ``M`` times it, exact up to ``eps`` (~1e-8
-    relative). The moments are never rescaled after the fact (the official foreach code rescales
-    ``exp_avg`` every step; that is a bug). Gradient clipping and LAMB-style trust ratios break
-    the equivalence.
+    times the same normalised step: the sum is ``M`` times it, exact but for ``eps``. An element
+    whose gradient is not far above ``eps / |a_i|`` is normalised differently in the block and in
+    the target, so the gap grows like ``eps / |g|``: measured on the ``reparam verify`` network
+    after 6 steps at ``eps = 1e-8``, the largest relative weight error of a layer was 1.3e-7 on
+    16x16 inputs and 9.7e-5 on 32x32 ones (smaller images, smaller gradients per tap). ``M`` uses
+    ``|a_i|``: a signed sum would be wrong for scales of opposite signs. The moments are never
+    rescaled after the fact (the official foreach code rescales ``exp_avg`` every step; that is
+    a bug). Gradient clipping and LAMB-style trust ratios break the equivalence.
     """
 
     power = 1
