@@ -1,6 +1,7 @@
 """Recipes: presets, files, overrides, validation, round trip into config.json."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -44,9 +45,9 @@ def test_resnet_rs_numbers():
     for name in recipes():  # a magnitude above 10 must lift timm's cap with mmax
         ra = resolve_config(name).randaugment
         if ra:
-            parts = dict((p[0], p[1:]) for p in ra.split("-")[1:] if not p.startswith("mmax"))
-            mmax = [int(p[4:]) for p in ra.split("-") if p.startswith("mmax")]
-            assert int(parts["m"]) <= (mmax[0] if mmax else 10)
+            magnitude = re.search(r"-m(\d+)", ra).group(1)
+            mmax = re.search(r"-mmax(\d+)", ra)
+            assert int(magnitude) <= (int(mmax.group(1)) if mmax else 10)
 
 
 def test_recipe_files(tmp_path):
@@ -81,7 +82,8 @@ def test_overrides_are_typed_and_validated():
     assert config.epochs == 3
     for bad, message in [
         ({"epochs": "x"}, "expected int"),
-        ({"optimizer": "lamb"}, "not one of"),
+        ({"optimizer": "lars"}, "not one of"),
+        ({"random_erasing": 1.5}, "random_erasing"),
         ({"ema": "maybe"}, "expected bool"),
         ({"epochs": 0}, "'epochs'"),
         ({"accum_steps": 3}, "divide"),
@@ -138,7 +140,7 @@ def test_cli_flags_map_to_fields(tmp_path):
 
 def test_official_presets_cite_their_sources_and_match_them():
     listed = recipes()
-    for name in ("repopt-vgg", "repopt-hs", "repvgg", "resnet-rs50"):
+    for name in ("repopt-vgg", "repopt-hs", "repvgg", "resnet-rs50", "vanillanet"):
         assert "https://" in listed[name]["source"] or "tensorflow/tpu" in listed[name]["source"]
     vgg, hs, rep = (resolve_config(n) for n in ("repopt-vgg", "repopt-hs", "repvgg"))
     assert (vgg.epochs, vgg.lr_per_256, vgg.weight_decay, vgg.warmup_epochs) == (120, 0.1, 4e-5, 5)
@@ -150,6 +152,19 @@ def test_official_presets_cite_their_sources_and_match_them():
         "1d_but_identity",
     )
     assert (rep.epochs, rep.weight_decay, rep.randaugment, rep.nesterov) == (120, 1e-4, None, False)
+    van = resolve_config("vanillanet")
+    assert (van.epochs, van.batch_size, van.optimizer, van.weight_decay) == (
+        300,
+        1024,
+        "lamb",
+        0.35,
+    )
+    assert van.resolved_lr == pytest.approx(3.5e-3) and van.min_lr == 1e-6
+    assert (van.loss, van.mixup, van.cutmix, van.random_erasing) == ("bce", 0.1, 1.0, 0.25)
+    assert (van.ema_decay, van.amp, van.drop_rate) == (0.99996, True, 0.05)
+    assert (van.anneal_per, van.anneal_kind) == ("epoch", "linear")
+    assert round(van.anneal_fraction * van.epochs) == 100  # decay_epochs 100
+    assert van.randaugment == "rand-m7-mstd0.5-inc1"
     rs, rs50 = resolve_config("resnet-rs"), resolve_config("resnet-rs50")
     assert rs.randaugment == rs50.randaugment == "rand-m10-n2-mmax10"  # depth 50: magnitude 10
     assert rs.ema_warmup and rs.ema_warmup_rule == "resnet-rs"

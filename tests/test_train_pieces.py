@@ -10,11 +10,19 @@ from torch import nn
 import reparam
 import reparam.train.setup
 from reparam.checkpoint import load_weights
+from reparam.errors import RecipeError, TrainingError
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
 from reparam.train import TrainConfig, fit
-from reparam.train import engine as engine_module
 from reparam.train.optim_factory import create_optimizer, weight_decay_groups
-from reparam.train.setup import build_data, build_ema, build_model, build_scheduler, lambda_schedule
+from reparam.train.setup import (
+    TrainingLoss,
+    build_data,
+    build_ema,
+    build_mixup,
+    build_model,
+    build_scheduler,
+    lambda_schedule,
+)
 
 
 def bn_free_net(num_classes: int = 10) -> nn.Module:
@@ -47,12 +55,81 @@ def swap_model(monkeypatch):
 
 def test_label_smoothing_changes_the_loss_by_its_formula():
     logits, labels = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 5, (8,))
-    plain = engine_module.classification_loss(logits, labels, 0.0)
-    smooth = engine_module.classification_loss(logits, labels, 0.1)
+    plain = TrainingLoss("ce", 0.0)(logits, labels)
+    smooth = TrainingLoss("ce", 0.1)(logits, labels)
     log_p = logits.log_softmax(1)
     assert plain == pytest.approx(F.nll_loss(log_p, labels).item(), rel=1e-12)
     expected = 0.9 * F.nll_loss(log_p, labels) - 0.1 * log_p.mean(1).mean()
     assert smooth == pytest.approx(expected.item(), rel=1e-12) and smooth != plain
+
+
+def test_soft_targets_and_bce_follow_their_formulas():
+    logits, labels = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 5, (8,))
+    soft = torch.softmax(torch.randn(8, 5, dtype=torch.float64), 1)
+    expected_soft = -(soft * logits.log_softmax(1)).sum(1).mean()
+    assert TrainingLoss("ce", 0.1)(logits, soft).item() == pytest.approx(
+        expected_soft.item(), rel=1e-12
+    )
+    e, k = 0.1, 5
+    one_hot = F.one_hot(labels, k).double() * (1 - e) + e / k  # off e/K, on 1 - e + e/K
+    p = torch.sigmoid(logits)
+    expected_bce = -(one_hot * p.log() + (1 - one_hot) * (1 - p).log()).mean()
+    assert TrainingLoss("bce", e)(logits, labels).item() == pytest.approx(
+        expected_bce.item(), rel=1e-10
+    )
+    bf16 = TrainingLoss("bce", e)(logits.bfloat16(), labels)
+    assert bf16.dtype == torch.float32
+
+
+def test_mixup_and_cutmix_mix_images_and_targets_only_when_on(tiny_config):
+    assert build_mixup(TrainConfig(num_classes=5)) is None
+    mixup = build_mixup(TrainConfig(num_classes=5, mixup=0.1, cutmix=1.0, label_smoothing=0.1))
+    images, labels = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    mixed, targets = mixup(images.clone(), labels)
+    assert targets.shape == (8, 5) and torch.allclose(targets.sum(1), torch.ones(8))
+    assert not torch.equal(mixed, images) and targets.min() > 0  # smoothed and mixed
+    odd = tiny_config(batch_size=15, mixup=0.2)
+    with pytest.raises(TrainingError, match="must be even, got 15"):
+        fit(odd, progress=False)
+
+
+def test_random_erasing_erases_only_when_on():
+    base = dict(model="resnet_rs_tiny", data="synthetic:40", image_size=16, crop_padding=0)
+    off = build_data(TrainConfig(**base))
+    on = build_data(TrainConfig(**base, random_erasing=1.0))
+    torch.manual_seed(0)
+    a = off.train[0][0]
+    torch.manual_seed(0)
+    b = on.train[0][0]
+    assert torch.equal(a, off.train[0][0]) and not torch.equal(a, b)
+    assert (a != b).any(0).float().mean() < 0.5  # one box, not the whole image
+
+
+def test_lamb_is_timms_and_refused_with_grad_mults():
+    from timm.optim import Lamb
+
+    plain = create_optimizer(bn_free_net(), TrainConfig(optimizer="lamb"))
+    assert isinstance(plain, Lamb)
+    repopt = reparam.create_model("repopt_vgg_a0", num_classes=10)
+    with pytest.raises(RecipeError, match="trust ratio"):
+        create_optimizer(repopt, TrainConfig(optimizer="lamb"))
+    assert isinstance(
+        create_optimizer(repopt, TrainConfig(optimizer="lamb", grad_mult=False)), Lamb
+    )
+
+
+def test_the_vanillanet_recipe_trains_with_all_its_parts(tmp_path):
+    from reparam.train import resolve_config
+
+    small = dict(data="synthetic:80", image_size=32, epochs=3, batch_size=16, threads=1)
+    config = resolve_config(
+        "vanillanet",
+        {**small, "model_kwargs": {"width_multiplier": 1 / 64}, "out": str(tmp_path / "v")},
+    )
+    assert (config.optimizer, config.loss, config.mixup, config.cutmix) == ("lamb", "bce", 0.1, 1.0)
+    metrics = fit(config, progress=False)
+    assert metrics["epochs"] == 3 and math.isfinite(metrics["train_loss"])
+    assert metrics["top1_ema"] is not None  # EMA on, evaluated
 
 
 def test_randaugment_flip_crop_change_the_image_only_when_on():

@@ -1,8 +1,9 @@
 """Train a model into a run folder (config.json, metrics.json, log.csv, TensorBoard, checkpoints).
 
 Every field of the recipe can be overridden: the flags below, or --set KEY=VALUE for any field
-(e.g. --set ema=true --set drop_path_rate=0.1). Presets: basic (default), resnet-rs,
-resnet-rs50 ... resnet-rs420; or a YAML/JSON recipe file. --list-recipes shows them.
+(e.g. --set ema=true --set mixup=0.2). Presets: basic (default), repopt-vgg, repopt-hs,
+repvgg, vanillanet, resnet-rs, resnet-rs50 ... resnet-rs420; or a YAML/JSON recipe file.
+--list-recipes shows them with their sources.
 
 Examples:
   reparam train --model repvgg_a0 --data digits --epochs 8 --image-size 32
@@ -32,7 +33,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("--batch-size", "batch_size", int, "global batch size (all processes)"),
     ("--image-size", "image_size", int, "input resolution"),
     ("--lr", "lr", float, "absolute learning rate (default: lr_per_256 x batch/256)"),
-    ("--optimizer", "optimizer", str, "sgd | adamw"),
+    ("--optimizer", "optimizer", str, "sgd | adamw | lamb"),
     ("--weight-decay", "weight_decay", float, "weight decay"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--warmup-epochs", "warmup_epochs", float, "linear warmup length in epochs"),

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
@@ -157,10 +158,13 @@ def train_transform(
     train_crop: str = "pad",
     mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN),
     std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD),
+    random_erasing: float = 0.0,
 ) -> Transform:
     """``train_crop="pad"``: resize, then a random crop with ``crop_padding`` zero padding;
     ``"random_resized"``: a random-resized crop at ``image_size``. Then an optional horizontal
-    flip and timm RandAugment (``randaugment`` is a timm config string), then normalise."""
+    flip and timm RandAugment (``randaugment`` is a timm config string), then normalise, then
+    with probability ``random_erasing`` timm's RandomErasing (one box of per-pixel normal noise,
+    on the normalised image, as timm's ``create_transform`` places it)."""
     if train_crop == "random_resized":
         steps: list[Callable] = [v2.RandomResizedCrop(image_size, antialias=True)]
     else:
@@ -172,4 +176,6 @@ def train_transform(
     if randaugment:
         steps.append(_RandAugment(randaugment))
     steps.append(_Normalize(mean, std))
+    if random_erasing:
+        steps.append(RandomErasing(random_erasing, mode="pixel", device="cpu"))
     return v2.Compose(steps)

@@ -3,7 +3,8 @@
 Per optimizer step ``t`` (0-based, ``T`` in all): lambda of annealed activations
 ``= LambdaSchedule.value(t, T, steps_per_epoch)``; learning rate ``= cosine(t + 1)`` with linear
 warmup from ``warmup_lr_init`` (timm ``CosineLRScheduler``, ``step_update``); forward/backward of
-``accum_steps`` micro-batches (bf16 autocast when ``amp``); non-finite loss -> :class:`TrainingError`;
+``accum_steps`` micro-batches of the (Mixup/CutMix-mixed) batch under :class:`TrainingLoss`
+(bf16 autocast when ``amp``); non-finite loss -> :class:`TrainingError`;
 optional grad-norm clip; optimizer step; EMA update. After each epoch: evaluation (raw and EMA),
 ``log.csv``, TensorBoard, ``last.*`` (and ``best.safetensors`` when top-1 improved).
 
@@ -50,9 +51,17 @@ from .checkpointing import (
 )
 from .optim_factory import create_optimizer
 from .recipe import TrainConfig
-from .setup import build_data, build_ema, build_model, build_scheduler, lambda_schedule
+from .setup import (
+    TrainingLoss,
+    build_data,
+    build_ema,
+    build_mixup,
+    build_model,
+    build_scheduler,
+    lambda_schedule,
+)
 
-__all__ = ["classification_loss", "fit"]
+__all__ = ["fit"]
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = [
@@ -141,6 +150,13 @@ class _Trainer:
             raise TrainingError(
                 f"per-process batch {per_rank} is not divisible by accum_steps {config.accum_steps}"
             )
+        self.mixup = build_mixup(config)
+        if self.mixup is not None and per_rank % 2:
+            raise TrainingError(
+                f"mixup/cutmix pair each image with another of its batch: the per-process batch "
+                f"must be even, got {per_rank}"
+            )
+        self.loss = TrainingLoss(config.loss, config.label_smoothing)
         self.sampler = distributed.ResumableSampler(self.data.train, info, config.seed, per_rank)
         self.loader_generator = torch.Generator()
         self.loader = DataLoader(
@@ -348,19 +364,24 @@ class _Trainer:
         self.scheduler.step_update(self.state.global_step + 1)
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
         if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         loss_value, correct = 0.0, 0
-        chunks = list(zip(images.chunk(config.accum_steps), labels.chunk(config.accum_steps)))
-        for index, (x, y) in enumerate(chunks):
+        chunks = list(
+            zip(*(t.chunk(config.accum_steps) for t in (images, targets, labels)), strict=True)
+        )
+        for index, (x, target, y) in enumerate(chunks):
             sync = index == len(chunks) - 1 or not isinstance(
                 self.train_model, nn.parallel.DistributedDataParallel
             )
             context = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with context, torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 logits = self.train_model(x)
-                loss = classification_loss(logits, y, config.label_smoothing)
+                loss = self.loss(logits, target)
             (loss / len(chunks)).backward()
             loss_value += loss.item() / len(chunks)
             correct += int((logits.argmax(1) == y).sum())
@@ -536,15 +557,6 @@ class _Trainer:
             "top1_ema": last["top1_ema"],  # null when EMA is off
         }
         return metrics
-
-
-def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
-) -> torch.Tensor:
-    """Cross-entropy with label smoothing ``e`` (at least float32, also under bf16 autocast):
-    ``(1 - e) * CE(p, y) + e * mean_k(-log p_k)``."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 def _seed_worker(worker_id: int) -> None:

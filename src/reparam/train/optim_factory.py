@@ -1,4 +1,4 @@
-"""Optimizer construction: weight-decay parameter groups, SGD/AdamW or their RepOpt forms.
+"""Optimizer construction: weight-decay parameter groups, SGD/AdamW or their RepOpt forms, LAMB.
 
 Weight-decay exemption rules (``wd_exempt``):
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.optim import Lamb
 from torch import nn
 
 from ..errors import RecipeError
@@ -71,6 +72,13 @@ def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
     lr = config.resolved_lr
     power = 1 if config.optimizer == "adamw" else 2
     mults = grad_mults(model, power=power) if config.grad_mult else {}
+    if mults and config.optimizer == "lamb":
+        raise RecipeError(
+            f"optimizer lamb with {model.__class__.__name__}'s RepOpt gradient multipliers: "
+            "LAMB's per-tensor trust ratio rescales each update by |w| / |update|, which breaks "
+            "the equivalence with the multi-branch model the multipliers stand for; use sgd or "
+            "adamw, or set grad_mult=false to train without the multipliers"
+        )
     if mults and config.grad_clip is not None and not config.force_grad_clip:
         raise RecipeError(
             f"grad_clip={config.grad_clip} with {model.__class__.__name__}'s RepOpt gradient "
@@ -109,6 +117,10 @@ def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
             momentum=config.momentum,
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "lamb":
+        return Lamb(
+            groups, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay
         )
     return torch.optim.AdamW(
         groups, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay

@@ -69,7 +69,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     warmup_lr_init: float = 0.0
     # optimizer
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"  # lamb: timm's Lamb (no grad mults)
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -80,8 +80,11 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm
     force_grad_clip: bool = False  # clip even with RepOpt grad mults (breaks their equivalence)
     accum_steps: int = 1
-    # regularisation
-    label_smoothing: float = 0.1
+    # objective and regularisation
+    loss: Literal["ce", "bce"] = "ce"  # softmax cross-entropy, or timm's BinaryCrossEntropy
+    label_smoothing: float = 0.1  # with mixup / cutmix: applied to their mixed targets
+    mixup: float = 0.0  # timm Mixup: Beta(alpha, alpha) of mixup (0: off) ...
+    cutmix: float = 0.0  # ... and of CutMix (0: off); both on: one of them per batch, 50/50
     drop_rate: float | None = None  # dropout before the classifier (model default when None)
     drop_path_rate: float | None = None  # stochastic depth (residual models only)
     ema: bool = False
@@ -98,6 +101,7 @@ class TrainConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     crop_pct: float | None = None  # eval: None = resize to the size; else resize + centre crop
+    random_erasing: float = 0.0  # probability of timm RandomErasing (per-pixel noise, 1 box)
     # depth re-param (annealed activations)
     anneal_kind: Literal["linear", "cosine"] = "linear"
     anneal_fraction: float = 1.0
@@ -161,7 +165,11 @@ class TrainConfig:
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "weight_decay": self.weight_decay >= 0,
             "ema_decay": 0 < self.ema_decay < 1,
-            "optimizer": self.optimizer in ("sgd", "adamw"),
+            "optimizer": self.optimizer in ("sgd", "adamw", "lamb"),
+            "loss": self.loss in ("ce", "bce"),
+            "mixup": self.mixup >= 0,
+            "cutmix": self.cutmix >= 0,
+            "random_erasing": 0 <= self.random_erasing <= 1,
             "wd_exempt": self.wd_exempt in ("bn", "1d", "1d_but_identity", "none"),
             "anneal_kind": self.anneal_kind in ("linear", "cosine"),
             "anneal_per": self.anneal_per in ("iteration", "epoch"),
@@ -403,6 +411,45 @@ _SOURCES["repvgg"] = (
     "the RepVGG paper, https://arxiv.org/abs/2101.03697 section 4.1: 120 epochs, cosine from "
     "0.1 at batch 256, wd 1e-4 (biases and BN exempt, as the repository's set_weight_decay), "
     "momentum 0.9, random-resized crop + flip only"
+)
+
+# VanillaNet (https://github.com/huawei-noah/VanillaNet, README "Training" for VanillaNet-5 and
+# main.py defaults): 300 epochs, lambda (act_learn) linear per epoch over the first 100
+# (--decay_epochs 100), LAMB lr 3.5e-3 at an effective batch of 1024 (here: 8.75e-4 per 256
+# images, scaled linearly), wd 0.35 off 1-D params, 5 warmup epochs, min lr 1e-6, dropout 0.05,
+# RandAugment rand-m7-mstd0.5-inc1, mixup 0.1 + CutMix 1.0 with label smoothing 0.1 in the mixed
+# targets, BCE loss, random erasing 0.25, EMA 0.99996, AMP. timm turns its 0.4 colour jitter off
+# when RandAugment is on, so the official run has none, and neither does this preset.
+_PRESETS["vanillanet"] = {
+    "model": "vanillanet_5",
+    "image_size": 224,
+    "epochs": 300,
+    "batch_size": 1024,
+    "optimizer": "lamb",
+    "lr_per_256": 3.5e-3 * 256 / 1024,
+    "min_lr": 1e-6,
+    "warmup_epochs": 5.0,
+    "weight_decay": 0.35,
+    "wd_exempt": "1d",
+    "drop_rate": 0.05,
+    "loss": "bce",
+    "label_smoothing": 0.1,
+    "mixup": 0.1,
+    "cutmix": 1.0,
+    "random_erasing": 0.25,
+    "randaugment": "rand-m7-mstd0.5-inc1",
+    "ema": True,
+    "ema_decay": 0.99996,
+    "amp": True,
+    "anneal_kind": "linear",
+    "anneal_per": "epoch",
+    "anneal_fraction": 100 / 300,
+}
+_SOURCES["vanillanet"] = (
+    "the VanillaNet repository's VanillaNet-5 command and main.py defaults "
+    "(https://github.com/huawei-noah/VanillaNet): 300 epochs, lambda linear per epoch over the "
+    "first 100, LAMB lr 3.5e-3 at batch 1024, wd 0.35, dropout 0.05, RandAugment "
+    "rand-m7-mstd0.5-inc1, mixup 0.1, CutMix 1.0, BCE loss, random erasing 0.25, EMA 0.99996, AMP"
 )
 
 

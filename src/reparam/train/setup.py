@@ -7,9 +7,12 @@ import logging
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import load_data, train_transform
 from ..models import create_model
@@ -18,8 +21,10 @@ from .recipe import TrainConfig
 
 __all__ = [
     "ResNetRSEma",
+    "TrainingLoss",
     "build_data",
     "build_ema",
+    "build_mixup",
     "build_model",
     "build_scheduler",
     "lambda_schedule",
@@ -37,6 +42,7 @@ def build_data(config: TrainConfig) -> Any:
         train_crop=config.train_crop,
         mean=config.mean,
         std=config.std,
+        random_erasing=config.random_erasing,
     )
     return load_data(
         config.data,
@@ -108,6 +114,47 @@ class ResNetRSEma(ModelEmaV3):
 
     def get_decay(self, step: int | None = None) -> float:
         return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
+
+class TrainingLoss(nn.Module):
+    """The training objective, computed in at least float32 (also under bf16 autocast).
+
+    ``targets`` are class indices, or per-class probabilities ``q`` from :func:`build_mixup`
+    (which then carry the label smoothing ``e``):
+
+    - ``"ce"``: indices: ``(1 - e) CE(p, y) + e mean_k(-log p_k)``; probabilities:
+      ``-sum_k q_k log p_k`` (timm ``SoftTargetCrossEntropy``);
+    - ``"bce"``: timm ``BinaryCrossEntropy``, one sigmoid per class against the one-hot target
+      smoothed to ``e / K`` off and ``1 - e + e / K`` on (or against ``q``), averaged.
+    """
+
+    def __init__(self, kind: str = "ce", label_smoothing: float = 0.0):
+        super().__init__()
+        self.kind, self.label_smoothing = kind, label_smoothing
+        self.bce = BinaryCrossEntropy(smoothing=label_smoothing) if kind == "bce" else None
+        self.soft_ce = SoftTargetCrossEntropy()
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if self.bce is not None:
+            return self.bce(logits, targets)
+        if targets.ndim == 2:
+            return self.soft_ce(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
+
+def build_mixup(config: TrainConfig) -> Mixup | None:
+    """timm ``Mixup`` when the recipe sets ``mixup`` and/or ``cutmix`` (per batch, probability 1,
+    CutMix half the time when both are on; targets smoothed by ``label_smoothing``), else
+    ``None``. It needs an even per-process batch."""
+    if not (config.mixup or config.cutmix):
+        return None
+    return Mixup(
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        label_smoothing=config.label_smoothing,
+        num_classes=config.num_classes,
+    )
 
 
 def lambda_schedule(model: nn.Module, config: TrainConfig) -> Any:
