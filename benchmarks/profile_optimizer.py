@@ -1,11 +1,14 @@
-"""Profile one optimizer step of RepOpt-VGG: RepOptSGD vs torch SGD (for-loop and foreach).
+"""Time one optimizer step and count optimizer-state memory: RepOptSGD / RepOptAdamW vs torch.
 
-    .venv/bin/python benchmarks/profile_optimizer.py [--model repopt_vgg_a0 --repeats 30
-        --threads 2 --record benchmarks/results/speed_optimizer_profile.json]
+    .venv/bin/python benchmarks/profile_optimizer.py [--models repopt_vgg_a0,repopt_vgg_b1
+        --steps 10 --repeats 15 --threads 2 --record benchmarks/results/speed_optimizer_profile.json]
 
-Same model, same gradients: each optimizer's ``step()`` is timed alone (interleaved windows,
-median), and ``torch.profiler`` lists the ops of one RepOptSGD step. The masks cost one
-elementwise multiply over the masked weights; anything above that is overhead to remove.
+Per model, same weights and the same fixed gradients for every optimizer: each one's ``step()``
+is timed alone (interleaved windows, median ms per step): RepOptSGD heavy-ball (factored and full
+masks) and Nesterov, torch SGD heavy-ball and Nesterov (torch's default, the for-loop on CPU),
+RepOptAdamW and torch AdamW. Optimizer state = the bytes of the tensors an optimizer holds
+besides the parameters (momentum / moments, masks or their factors, block scratch), counted
+after one step as ``reparam bench train`` counts them.
 """
 
 from __future__ import annotations
@@ -14,62 +17,81 @@ import argparse
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from reparam import create_model
 from reparam.bench.machine import machine_info
+from reparam.bench.memory import MIB, StorageCounter, optimizer_tensors
 from reparam.bench.subjects import LR, MOMENTUM, WEIGHT_DECAY
 from reparam.bench.timing import interleaved_windows
 from reparam.checkpoint import write_json
-from reparam.optim import RepOptSGD, grad_mults
+from reparam.optim import RepOptAdamW, RepOptSGD
+
+ADAMW_LR, ADAMW_WEIGHT_DECAY = 1e-3, 0.05
 
 
-class PerTensorMaskedSGD:
-    """Comparison point (not shipped): RepOptSGD's heavy-ball update (dampening 0, no nesterov)
-    done one tensor at a time while it is in cache, in place:
-    ``buf = m * buf + g * M + wd * W; W -= lr * buf``."""
-
-    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]):
-        named = dict(model.named_parameters())
-        self.params = [named[n] for n in masks] + [p for n, p in named.items() if n not in masks]
-        self.masks = list(masks.values())
-        self.bufs = [torch.zeros_like(p) for p in self.params]
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for i, (param, buf) in enumerate(zip(self.params, self.bufs)):
-            buf.mul_(MOMENTUM)
-            if i < len(self.masks):
-                buf.addcmul_(param.grad, self.masks[i])
-            else:
-                buf.add_(param.grad)
-            buf.add_(param, alpha=WEIGHT_DECAY)
-            param.add_(buf, alpha=-LR)
+def optimizers(model: nn.Module) -> dict[str, Callable[[], torch.optim.Optimizer]]:
+    """The compared optimizers of ``model``, by label, as constructors."""
+    sgd = dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    adamw = dict(lr=ADAMW_LR, weight_decay=ADAMW_WEIGHT_DECAY)
+    params = model.parameters
+    return {
+        "RepOptSGD heavy-ball": lambda: RepOptSGD(model, **sgd),
+        "RepOptSGD heavy-ball, full masks": lambda: RepOptSGD(model, factor_masks=False, **sgd),
+        "torch SGD heavy-ball": lambda: torch.optim.SGD(params(), **sgd),
+        "RepOptSGD nesterov": lambda: RepOptSGD(model, nesterov=True, **sgd),
+        "torch SGD nesterov": lambda: torch.optim.SGD(params(), nesterov=True, **sgd),
+        "RepOptAdamW": lambda: RepOptAdamW(model, **adamw),
+        "RepOptAdamW, full masks": lambda: RepOptAdamW(model, factor_masks=False, **adamw),
+        "torch AdamW": lambda: torch.optim.AdamW(params(), **adamw),
+    }
 
 
-def per_tensor_matches_repoptsgd(model_name: str) -> float:
-    """Max abs difference of the weights after 3 steps, per-tensor loop vs RepOptSGD (float64)."""
+def state_mib(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """MiB of the tensors ``optimizer`` holds besides ``model``'s parameters (after a step)."""
+    counter = StorageCounter()
+    counter.add(model.parameters())
+    return counter.add(optimizer_tensors(optimizer)) / MIB
+
+
+def profile_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
-    a = create_model(model_name, num_classes=10).double()
-    b = create_model(model_name, num_classes=10).double()
-    b.load_state_dict(a.state_dict())
-    reference = RepOptSGD(a, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    per_tensor = PerTensorMaskedSGD(b, grad_mults(b))
-    images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    for model, optimizer in ((a, reference), (b, per_tensor)):
-        for _ in range(3):
-            model.zero_grad()
-            model(images).square().mean().backward()
-            optimizer.step()
-    pairs = zip(a.parameters(), b.parameters())
-    return max(float((p.detach() - q.detach()).abs().max()) for p, q in pairs)
+    model = create_model(name, num_classes=100).train()
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, 100, (args.batch_size,))
+    nn.functional.cross_entropy(model(images), labels).backward()  # fixed gradients for all
+    built = {label: make() for label, make in optimizers(model).items()}
+    for optimizer in built.values():
+        optimizer.step()  # creates the state
+    memory = {label: state_mib(model, optimizer) for label, optimizer in built.items()}
+    # the weights drift a little over the windows; every optimizer sees the same drift
+    windows = interleaved_windows(
+        [optimizer.step for optimizer in built.values()],
+        args.steps,
+        warmup=3,
+        repeats=args.repeats,
+    )
+    masked = RepOptSGD(model, lr=LR)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "masked_elements": sum(
+            p.numel() for p in model.parameters() if masked.grad_mult(p) is not None
+        ),
+        "optimizer_step_ms": {
+            label: statistics.median(1e3 * w.seconds_per_call for w in ws)
+            for label, ws in zip(built, windows)
+        },
+        "optimizer_state_mib": memory,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="repopt_vgg_a0")
+    parser.add_argument("--models", default="repopt_vgg_a0,repopt_vgg_b1")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
@@ -78,59 +100,24 @@ def main() -> int:
     parser.add_argument("--record", help="write the results JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = create_model(args.model, num_classes=100).train()
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    labels = torch.randint(0, 100, (args.batch_size,))
-    nn.functional.cross_entropy(model(images), labels).backward()  # fixed gradients for all
-
-    settings = dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    optimizers = {
-        "RepOptSGD": RepOptSGD(model, **settings),
-        "SGD (torch default, for-loop on CPU)": torch.optim.SGD(model.parameters(), **settings),
-        "SGD foreach": torch.optim.SGD(model.parameters(), foreach=True, **settings),
-        "comparison: RepOptSGD update per tensor, in place": PerTensorMaskedSGD(
-            model, grad_mults(model)
-        ),
-    }
-    # the weights drift a little over the windows; every optimizer sees the same drift
-    windows = interleaved_windows(
-        [opt.step for opt in optimizers.values()], args.steps, warmup=3, repeats=args.repeats
-    )
-    step_ms = {
-        name: statistics.median(1e3 * w.seconds_per_call for w in ws)
-        for name, ws in zip(optimizers, windows)
-    }
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        for _ in range(5):
-            optimizers["RepOptSGD"].step()
-    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    masked = sum(
-        p.numel()
-        for s in optimizers["RepOptSGD"].state.values()
-        if "grad_mult" in s
-        for p in [s["grad_mult"]]
-    )
+    machine = machine_info()
+    models = {}
+    for name in args.models.split(","):
+        models[name] = result = profile_model(name, args)
+        print(f"{name}: {result['parameters'] / 1e6:.2f}M parameters", file=sys.stderr)
+        for label, ms in result["optimizer_step_ms"].items():
+            mib = result["optimizer_state_mib"][label]
+            print(f"  {label:<34} {ms:8.2f} ms/step {mib:8.1f} MiB state", file=sys.stderr)
     result = {
-        "model": args.model,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "masked_elements": masked,
-        "optimizer_step_ms": step_ms,
-        "per_tensor_max_abs_diff_vs_repoptsgd_float64": per_tensor_matches_repoptsgd(args.model),
-        "profile_repoptsgd_5_steps": table,
-        "machine": machine_info(),
+        "models": models,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "machine": machine | {"load_average_after": machine_info()["load_average"]},
         "command": shlex.join(
             [".venv/bin/python", "benchmarks/profile_optimizer.py", *sys.argv[1:]]
         ),
     }
-    print(table, file=sys.stderr)
-    print(
-        "per-tensor loop vs RepOptSGD (float64, 3 steps): max abs diff "
-        f"{result['per_tensor_max_abs_diff_vs_repoptsgd_float64']:.3g}",
-        file=sys.stderr,
-    )
-    for name, ms in step_ms.items():
-        print(f"{name:<40} {ms:8.3f} ms/step", file=sys.stderr)
     if args.record:
         write_json(result, args.record)
     return 0

@@ -141,14 +141,14 @@ def test_searched_scales_reach_the_optimizer():
     default = grad_mults(tiny_target())
     scales = searched_scales()
     model = tiny_target(scales=scales)
-    masks = RepOptSGD(model, lr=0.1).state
+    optimizer = RepOptSGD(model, lr=0.1)
     searched = grad_mults(model)
     assert default.keys() == searched.keys()
     assert all(not torch.equal(default[k], searched[k]) for k in default)
     weight = model.stages[1][1].conv.conv.weight
     s = scales["stages.1.1.scale_conv"]
-    assert torch.equal(masks[weight]["grad_mult"][:, 0, 0, 0], s**2)
-    assert torch.equal(masks[weight]["grad_mult"], searched["stages.1.1.conv.conv.weight"])
+    assert torch.equal(optimizer.grad_mult(weight)[:, 0, 0, 0], s**2)
+    assert torch.equal(optimizer.grad_mult(weight), searched["stages.1.1.conv.conv.weight"])
 
 
 def test_repopt_vgg_with_searched_scales_trains_like_the_csla_model(tmp_path):

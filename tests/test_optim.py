@@ -5,8 +5,11 @@ import torch
 from torch import nn
 
 from helpers import train_together
+from reparam.bench.memory import MIB, StorageCounter, optimizer_tensors
 from reparam.csla import Branch, CSLASpec, attach
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
+from reparam.optim.blocks import CACHE_BLOCK_BYTES, cache_blocks
+from reparam.optim.masks import FactoredMask, factor_mask
 from reparam.verify import rel_err
 from reparam.verify.gradient import (
     csla_pair,
@@ -72,11 +75,12 @@ def test_unit_masks_equal_torch_sgd_with_groups_and_scheduler(kw):
         ]
 
     ours = RepOptSGD(groups(a), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
+    ours.block_bytes = 256  # several blocks, row chunks
     ref = torch.optim.SGD(groups(b), **kw)
     step_lr = torch.optim.lr_scheduler.StepLR
     train_together([(a, ours, step_lr(ours, 2, 0.5)), (b, ref, step_lr(ref, 2, 0.5))], 5, batch)
     assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.025
-    assert max_rel(clone_params(a), clone_params(b)) <= 1e-14
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_unit_masks_equal_torch_adamw():
@@ -85,8 +89,9 @@ def test_unit_masks_equal_torch_adamw():
     b.load_state_dict(a.state_dict())
     kw = dict(lr=1e-2, weight_decay=1e-2)
     ours = RepOptAdamW(a.parameters(), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
+    ours.block_bytes = 256
     train_together([(a, ours), (b, torch.optim.AdamW(b.parameters(), **kw))], 5, batch)
-    assert max_rel(clone_params(a), clone_params(b)) <= 1e-13
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_model_form_takes_masks_from_the_model_and_the_right_power():
@@ -95,8 +100,9 @@ def test_model_form_takes_masks_from_the_model_and_the_right_power():
     mask2, mask1 = grad_mults(model)["0.weight"], grad_mults(model, power=1)["0.weight"]
     assert mask2[0, 1, 0, 0] == 9.0 and mask1[0, 1, 0, 0] == 3.0
     assert mask2[0, 0, 1, 1] == 9.0 + 0.25 + 1 and mask1[0, 0, 1, 1] == 3.0 + 0.5 + 1
-    assert torch.equal(sgd.state[model[0].weight]["grad_mult"], mask2)
-    assert torch.equal(adamw.state[model[0].weight]["grad_mult"], mask1)
+    assert torch.equal(sgd.grad_mult(model[0].weight), mask2)
+    assert torch.equal(adamw.grad_mult(model[0].weight), mask1)
+    assert sgd.grad_mult(model[1].weight) is None
 
 
 def test_masks_work_through_a_ddp_like_wrapper():
@@ -161,15 +167,21 @@ def test_load_state_dict_refuses_other_masks_and_rebuilds_missing_ones():
     train_together([(model, plain)], 1, batch)
     opt = RepOptSGD(model, lr=0.1, momentum=0.9)
     opt.load_state_dict(plain.state_dict())
-    assert torch.equal(opt.state[model[0].weight]["grad_mult"], grad_mults(model)["0.weight"])
+    assert torch.equal(opt.grad_mult(model[0].weight), grad_mults(model)["0.weight"])
+    assert "grad_mult" not in opt.state[model[0].weight]  # kept factored, outside the state
 
 
-def test_a_lost_mask_is_an_error_not_a_plain_step():
-    model = small_model()
-    opt = RepOptSGD(model, lr=0.1)
-    opt.state.clear()
-    with pytest.raises(RuntimeError, match="lost its grad mult"):
-        train_together([(model, opt)], 1, batch)
+def test_clearing_the_state_keeps_the_masks():
+    torch.manual_seed(0)
+    a, b = small_model(), small_model()
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = RepOptSGD(a, lr=0.1, momentum=0.9), RepOptSGD(b, lr=0.1, momentum=0.9)
+    train_together([(a, opt_a)], 2, batch)
+    opt_a.state.clear()  # momentum restarts; the masks are not state
+    b.load_state_dict(a.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    train_together([(a, opt_a), (b, opt_b)], 1, batch, generator=gen)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_bad_arguments_are_refused():
@@ -197,36 +209,196 @@ def test_param_grad_mults_keys_are_the_parameters():
     assert list(masks) == [model[0].weight]
 
 
-def test_cache_blocks_cover_in_order_and_never_straddle_the_masked_boundary():
-    from reparam.optim.sgd import cache_blocks
-
+def test_cache_blocks_cover_in_order_and_never_straddle_the_masked_boundary_or_dtypes():
     tensors = [torch.zeros(n) for n in (10, 300, 5, 5, 1000, 7, 7, 7)]  # float32: 4 bytes each
+    tensors[6] = tensors[6].double()
     for n in range(len(tensors) + 1):
         blocks = cache_blocks(tensors, n, block_bytes=400)
         assert [i for a, b in blocks for i in range(a, b)] == list(range(len(tensors)))
-        assert all(not (a < n < b) for a, b in blocks)
-        assert all(b - a == 1 or sum(t.numel() * 4 for t in tensors[a:b]) <= 400 for a, b in blocks)
+        assert all(not (a < n < b) and not (a < 6 < b) and not (a < 7 < b) for a, b in blocks)
+        assert all(
+            b - a == 1 or sum(t.numel() * t.element_size() for t in tensors[a:b]) <= 400
+            for a, b in blocks
+        )
 
 
-def test_blocked_update_equals_one_block(monkeypatch):
-    """The cache-blocked momentum step is the same arithmetic, bit for bit."""
+# --- factored masks and the blocked in-place updates --------------------------------------------
+
+
+def mixed_model(dtype):
+    """Every kind of stored mask: factored (3x3 with and without identity, grouped with identity,
+    linear with identity) and full (depthwise), plus plain layers; per-channel scales."""
+    torch.manual_seed(0)
+
+    def per_channel(low):
+        return torch.rand(8) + low
+
+    def conv(c_in, groups=1):
+        return nn.Conv2d(c_in, 8, 3, padding=1, groups=groups, bias=False)
+
+    stem = attach(conv(3), CSLASpec(3, 8, (Branch(per_channel(0.5), 3), Branch(-0.7, 1))))
+    body = CSLASpec(8, 8, (Branch(per_channel(0.5), 3), Branch(per_channel(-1), 1)), identity=1.0)
+    grouped = CSLASpec(8, 8, (Branch(1.3, 3), Branch(0.4, 1)), groups=2, identity=1.0)
+    depthwise = CSLASpec(8, 8, (Branch(per_channel(0.2), 3),), groups=8, identity=1.0)
+    linear = CSLASpec(8, 8, (Branch(per_channel(0.5)),), kernel_size=None, identity=1.0)
+    return nn.Sequential(
+        stem,
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        attach(conv(8), body),
+        nn.ReLU(),
+        attach(conv(8, groups=2), grouped),
+        nn.ReLU(),
+        attach(conv(8, groups=8), depthwise),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        attach(nn.Linear(8, 8, bias=False), linear),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    ).to(dtype)
+
+
+def mixed_batch(dtype):
+    return lambda gen: (torch.randn(2, 3, 6, 6, generator=gen, dtype=dtype),)
+
+
+class PlainSGD:
+    """RepOptSGD's documented update written plainly: one tensor at a time, no blocks."""
+
+    def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        self.params, self.masks = dict(model.named_parameters()), grad_mults(model)
+        self.lr, self.momentum, self.dampening = lr, momentum, dampening
+        self.nesterov, self.weight_decay, self.bufs = nesterov, weight_decay, {}
+
+    def zero_grad(self):
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            d = p.grad * self.masks[name] if name in self.masks else p.grad.clone()
+            if self.weight_decay:
+                d = d.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                if name not in self.bufs:
+                    self.bufs[name] = d.clone()
+                else:
+                    self.bufs[name].mul_(self.momentum).add_(d, alpha=1 - self.dampening)
+                buf = self.bufs[name]
+                d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
+            p.add_(d, alpha=-self.lr)
+
+
+class PlainAdamW:
+    """RepOptAdamW's documented update written plainly: one tensor at a time, no blocks."""
+
+    def __init__(self, model, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        self.params, self.masks = dict(model.named_parameters()), grad_mults(model, power=1)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.moments, self.t = (
+            {n: (torch.zeros_like(p), torch.zeros_like(p)) for n, p in self.params.items()},
+            0,
+        )
+
+    def zero_grad(self):
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        (beta1, beta2), self.t = self.betas, self.t + 1
+        for name, p in self.params.items():
+            mask = self.masks.get(name)
+            g = p.grad * mask if mask is not None else p.grad
+            m, v = self.moments[name]
+            p.mul_(1 - self.lr * self.weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / (1 - beta2**self.t) ** 0.5).add_(self.eps)
+            p.addcdiv_(
+                mask * m if mask is not None else m, denom, value=-self.lr / (1 - beta1**self.t)
+            )
+
+
+SETTINGS = [
+    (RepOptSGD, PlainSGD, dict(lr=0.1)),
+    (RepOptSGD, PlainSGD, dict(lr=0.1, weight_decay=1e-2)),
+    (RepOptSGD, PlainSGD, dict(lr=0.1, momentum=0.9)),
+    (RepOptSGD, PlainSGD, dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-2)),
+    (RepOptSGD, PlainSGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    (RepOptSGD, PlainSGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    (RepOptAdamW, PlainAdamW, dict(lr=1e-2, weight_decay=0.0)),
+    (RepOptAdamW, PlainAdamW, dict(lr=1e-2, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cls, plain, kw", SETTINGS)
+def test_blocked_factored_update_equals_full_masks_and_the_plain_update_bit_for_bit(
+    cls, plain, kw, dtype
+):
+    """Factored masks, row chunks and many blocks (block_bytes 200) == full masks in one block ==
+    the plain per-tensor update, exactly, over 4 steps (the first creates the state)."""
+    factored, full, reference = mixed_model(dtype), mixed_model(dtype), mixed_model(dtype)
+    opt_factored, opt_full = cls(factored, **kw), cls(full, factor_masks=False, **kw)
+    opt_factored.block_bytes, opt_full.block_bytes = 200, 1 << 40
+    runs = [(factored, opt_factored), (full, opt_full), (reference, plain(reference, **kw))]
+    train_together(runs, 4, mixed_batch(dtype))
+    for a, b, c in zip(factored.parameters(), full.parameters(), reference.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_parameter_that_gets_its_first_gradient_later_starts_its_momentum_then():
+    """Blocks mixing new and running momentum buffers: the head is frozen for the first step."""
+    models = [mixed_model(DT) for _ in range(2)]
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.2, weight_decay=1e-2)
+    opts = [RepOptSGD(models[0], **kw), PlainSGD(models[1], **kw)]
+    for model in models:
+        model[-1].weight.requires_grad_(False)
+    train_together(list(zip(models, opts)), 1, mixed_batch(DT))
+    for model in models:
+        model[-1].weight.requires_grad_(True)
+    train_together(list(zip(models, opts)), 2, mixed_batch(DT), seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
+
+
+def test_masks_are_stored_factored_where_they_factor():
+    model = mixed_model(torch.float32)
+    opt = RepOptSGD(model, lr=0.1)
+    kinds = {name: type(opt._mults[model.get_parameter(name)]) for name in grad_mults(model)}
+    assert kinds == {
+        "0.weight": FactoredMask,
+        "3.weight": FactoredMask,
+        "5.weight": FactoredMask,
+        "7.weight": torch.Tensor,  # depthwise: the mask is already [C_out, 1, k, k]
+        "10.weight": FactoredMask,
+    }
+    for name, mask in grad_mults(model).items():
+        assert torch.equal(opt.grad_mult(model.get_parameter(name)), mask)
+    assert factor_mask(torch.rand(8, 8, 3, 3)) is None  # varies over input channels
+
+
+def test_factored_masks_shrink_the_optimizer_state():
+    """RepOpt-VGG-A0: momentum buffers + factors + one block of scratch, instead of + full masks."""
     import reparam
-    import reparam.optim.sgd as sgd
 
-    def train(block_bytes):
-        monkeypatch.setattr(sgd.cache_blocks, "__defaults__", (block_bytes,))
-        torch.manual_seed(0)
-        model = reparam.create_model("repopt_vgg_a0", num_classes=3).double()
-        opt = sgd.RepOptSGD(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
-        x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-        for _ in range(3):
-            opt.zero_grad()
-            model(x).sum().backward()
-            opt.step()
-        return [p.detach().clone() for p in model.parameters()]
-
-    tiny, whole = train(1), train(1 << 40)
-    assert all(torch.equal(a, b) for a, b in zip(tiny, whole))
+    model = reparam.create_model("repopt_vgg_a0", num_classes=10)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    state_mib = {}
+    for factored in (True, False):
+        opt = RepOptSGD(model, lr=0.1, momentum=0.9, factor_masks=factored)
+        opt.step()
+        counter = StorageCounter()
+        counter.add(model.parameters())
+        state_mib[factored] = counter.add(optimizer_tensors(opt)) / MIB
+    masks_mib = sum(m.numel() for m in grad_mults(model).values()) * 4 / MIB
+    buffers_mib = sum(p.numel() for p in model.parameters()) * 4 / MIB
+    assert state_mib[False] >= buffers_mib + masks_mib
+    assert state_mib[True] <= buffers_mib + CACHE_BLOCK_BYTES / MIB + 0.5, state_mib
 
 
 def test_repopt_adamw_error_at_a_realistic_input_size_stays_within_its_stated_bound():

@@ -2,7 +2,9 @@
 
 ``RepOptSGD`` / ``RepOptAdamW`` multiply each CSLA target's gradient by a constant mask
 ``grad_mults(model)`` derived from ``reparam.csla`` specs, so training one plain conv equals
-training the imaginary multi-branch block (exactly for SGD, up to ``eps`` for AdamW).
+training the imaginary multi-branch block (exactly for SGD, up to ``eps`` for AdamW). They store
+the masks factored (per output channel and tap, plus the identity diagonal) and apply them in a
+cache-blocked in-place update; ``optimizer.grad_mult(param)`` shows a mask in full.
 """
 
 from .adamw import RepOptAdamW

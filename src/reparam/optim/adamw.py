@@ -16,13 +16,15 @@ __all__ = ["RepOptAdamW"]
 class RepOptAdamW(MaskedOptimizer):
     """AdamW on the target model that tracks AdamW on the imaginary CSLA model.
 
-    Per step (multi-tensor ops), with ``M`` the grad mult at power 1 (``sum_i |a_i|`` + identity):
+    Per step (``torch._foreach_*`` ops, block by block, in place), with ``M`` the grad mult at
+    power 1 (``sum_i |a_i|`` + identity; 1 for parameters without one):
 
         g = grad * M                         (multiplied BEFORE the moments)
         W = W * (1 - lr * weight_decay)      (decoupled, NOT multiplied)
-        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-        W = W - lr / (1 - b1^t) * M * m / (sqrt(v / (1 - b2^t)) + eps)   (multiplied AGAIN)
+        m = lerp(m, g, 1 - b1);  v = b2 v + (1 - b2) g^2
+        W = W - lr / (1 - b1^t) * (M * m) / (sqrt(v) / sqrt(1 - b2^t) + eps)   (multiplied AGAIN)
 
+    With unit masks this is torch's AdamW op for op (equal bit for bit).
     Adam is scale-invariant per element, so each branch ``a_i W_i`` moves ``W'`` by ``|a_i|``
     times the same normalised step: the sum is ``M`` times it, exact but for ``eps``. An element
     whose gradient is not far above ``eps / |a_i|`` is normalised differently in the block and in
@@ -35,6 +37,7 @@ class RepOptAdamW(MaskedOptimizer):
     """
 
     power = 1
+    scratch_buffers = 2  # M (then M * m), and g (then the denominator)
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class RepOptAdamW(MaskedOptimizer):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         grad_mults: dict[nn.Parameter, Tensor] | None = None,
+        factor_masks: bool = True,
     ):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(
@@ -51,7 +55,7 @@ class RepOptAdamW(MaskedOptimizer):
                 f"weight_decay={weight_decay}"
             )
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-        super().__init__(model_or_params, defaults, grad_mults)
+        super().__init__(model_or_params, defaults, grad_mults, factor_masks)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -59,7 +63,7 @@ class RepOptAdamW(MaskedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             params, grads, states, n = self._gather(group)
             if not params:
                 continue
@@ -70,25 +74,36 @@ class RepOptAdamW(MaskedOptimizer):
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            masks = self._masks(states, n)
-            g = list(torch._foreach_mul(grads[:n], masks)) + grads[n:] if n else grads
             steps = [s["step"] for s in states]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
             torch._foreach_add_(steps, 1.0)
-            if weight_decay:
-                torch._foreach_mul_(params, 1 - lr * weight_decay)
-            torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)
             counts = [s.item() for s in steps]
-            step_size = [lr / (1 - beta1**t) for t in counts]
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in counts])
-            torch._foreach_add_(denom, eps)
-            update = torch._foreach_div(exp_avgs, denom)
-            torch._foreach_mul_(update, step_size)
-            if n:
-                torch._foreach_mul_(update[:n], masks)
-            torch._foreach_sub_(params, update)
+            plan = self._plan(group_index, params, n)
+            bias_correction2 = plan.per_chunk([(1 - beta2**t) ** 0.5 for t in counts])
+            step_size = plan.per_chunk([-lr / (1 - beta1**t) for t in counts])
+            chunks = plan.chunks
+            param_chunks, grad_chunks = chunks(params), chunks(grads)
+            exp_avgs = chunks([s["exp_avg"] for s in states])
+            exp_avg_sqs = chunks([s["exp_avg_sq"] for s in states])
+            for block in plan.blocks:
+                start, stop = block.start, block.stop
+                p, m, v = param_chunks[start:stop], exp_avgs[start:stop], exp_avg_sqs[start:stop]
+                g = grad_chunks[start:stop]
+                if block.masked:
+                    mask, g = block.load_masks(0), block.scratch[1]
+                    torch._foreach_copy_(g, grad_chunks[start:stop])
+                    torch._foreach_mul_(g, mask)
+                if weight_decay:
+                    torch._foreach_mul_(p, 1 - lr * weight_decay)
+                torch._foreach_lerp_(m, g, 1 - beta1)
+                torch._foreach_mul_(v, beta2)
+                torch._foreach_addcmul_(v, g, g, 1 - beta2)
+                denom = block.scratch[1]
+                torch._foreach_copy_(denom, v)
+                torch._foreach_sqrt_(denom)
+                torch._foreach_div_(denom, bias_correction2[start:stop])
+                torch._foreach_add_(denom, eps)
+                if block.masked:
+                    torch._foreach_mul_(mask, m)
+                    m = mask
+                torch._foreach_addcdiv_(p, m, denom, step_size[start:stop])
         return loss

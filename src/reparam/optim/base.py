@@ -1,9 +1,14 @@
-"""Shared machinery of the RepOptimizers: constructor forms, mask storage, state round trip.
+"""Shared machinery of the RepOptimizers: constructor forms, mask storage, blocks, state round trip.
 
-Masks live in the optimizer state (``state[p]["grad_mult"]``), so ``state_dict`` carries them
-and ``load_state_dict`` restores them; a loaded mask that differs from the one this optimizer
-was built with (other scales) is an error, and a missing one is rebuilt from the constructor's.
-A parameter that was given a mask and has none at step time is an error, never a plain step.
+Masks are stored factored where they factor (:class:`~reparam.optim.masks.FactoredMask`: every
+CSLA mask whose parameter has more than one input channel per group), else full size (depthwise
+and 1-D parameters, whose factors would be as large, and ``grad_mults=`` masks that vary over
+input channels); ``factor_masks=False`` keeps every mask full size (same update, bit for bit).
+The updates run block by block (:mod:`reparam.optim.blocks`), loading each block's masks into
+a scratch buffer of a few MiB. ``state_dict`` carries each mask in full as
+``state[i]["grad_mult"]`` (the format of full-mask versions, so checkpoints load either way);
+``load_state_dict`` refuses a saved mask that differs from this optimizer's (other scales) and
+adopts one for a parameter this optimizer has none for.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .masks import param_grad_mults
+from .blocks import CACHE_BLOCK_BYTES, BlockPlan, plan_blocks
+from .masks import FactoredMask, factor_mask, full_mask, param_grad_mults
 
 __all__ = ["MaskedOptimizer"]
 
@@ -23,15 +29,20 @@ MASK = "grad_mult"
 
 
 class MaskedOptimizer(Optimizer):
-    """Base class: ``(model)`` or ``(params, grad_mults={param: mask})``; see module docstring."""
+    """Base class: ``(model)`` or ``(params, grad_mults={param: mask})``; see module docstring.
+
+    Subclasses set ``power`` (of the CSLA scales in the mask) and ``scratch_buffers`` (block-sized
+    temporaries their update needs)."""
 
     power: int = 2
+    scratch_buffers: int = 1
 
     def __init__(
         self,
         model_or_params: nn.Module | Iterable[Any],
         defaults: dict[str, Any],
         grad_mults: dict[nn.Parameter, Tensor] | None,
+        factor_masks: bool = True,
     ):
         name = type(self).__name__
         if isinstance(model_or_params, nn.Module):
@@ -62,6 +73,10 @@ class MaskedOptimizer(Optimizer):
                 f"train (shapes {foreign[:5]}); were the parameters replaced by a wrapper after "
                 "the masks were built?"
             )
+        self.factor_masks = factor_masks
+        self.block_bytes = CACHE_BLOCK_BYTES
+        self._mults: dict[Tensor, Tensor | FactoredMask] = {}
+        self._plans: list[BlockPlan | None] = []
         for param, mask in grad_mults.items():
             if tuple(mask.shape) != tuple(param.shape):
                 raise ValueError(
@@ -70,30 +85,49 @@ class MaskedOptimizer(Optimizer):
                 )
             if not torch.isfinite(mask).all():
                 raise ValueError(f"{name}: grad mult of a {tuple(param.shape)} param has NaN/inf")
-            self.state[param][MASK] = mask.detach().to(param.device, param.dtype).clone()
-        self._masked_ids = {id(p) for p in grad_mults}
+            self._mults[param] = self._stored(mask.detach().to(param.device, param.dtype))
+
+    def _stored(self, mask: Tensor) -> Tensor | FactoredMask:
+        factored = factor_mask(mask) if self.factor_masks else None
+        return mask.clone() if factored is None else factored
+
+    def grad_mult(self, param: Tensor) -> Tensor | None:
+        """The full-size mask this optimizer multiplies ``param``'s gradient by (a copy, for
+        inspection), or ``None`` when it has none."""
+        mult = self._mults.get(param)
+        return None if mult is None else full_mask(mult)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, each masked parameter's state with its full mask as ``grad_mult``."""
+        packed = super().state_dict()
+        index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        for param, mult in self._mults.items():
+            i = index[id(param)]
+            packed["state"][i] = {**packed["state"].get(i, {}), MASK: full_mask(mult)}
+        return packed
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as torch does, then check masks: loaded ones must equal this optimizer's (same
-        scales); missing ones are rebuilt from the constructor's; new ones are adopted."""
-        current = {
-            p: self.state[p][MASK]
-            for group in self.param_groups
-            for p in group["params"]
-            if id(p) in self._masked_ids
-        }
+        """Load as torch does, then take the saved masks out of the state: they must equal this
+        optimizer's (same scales); one for a parameter without a mask here is adopted."""
         super().load_state_dict(state_dict)
-        for param, mask in current.items():
-            loaded = self.state[param].get(MASK)
+        for param, state in self.state.items():
+            loaded = state.pop(MASK, None)
             if loaded is None:
-                self.state[param][MASK] = mask
-            elif loaded.shape != mask.shape or not torch.allclose(loaded, mask, rtol=1e-6, atol=0):
+                continue
+            mine = self._mults.get(param)
+            if mine is None:
+                self._mults[param] = self._stored(loaded)
+                continue
+            current = full_mask(mine)
+            if loaded.shape != current.shape or not torch.allclose(
+                loaded, current, rtol=1e-6, atol=0
+            ):
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: the saved grad mult of a "
                     f"{tuple(param.shape)} parameter differs from this optimizer's: the checkpoint "
                     "was trained with other scales"
                 )
-        self._masked_ids |= {id(p) for p, s in self.state.items() if MASK in s}
+        self._plans.clear()
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict], int]:
         """``(params, grads, states, n)`` of the params with a grad, the ``n`` masked ones first."""
@@ -104,19 +138,17 @@ class MaskedOptimizer(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            state = self.state[p]
-            if MASK in state:
-                masked.append((p, p.grad, state))
-            elif id(p) in self._masked_ids:
-                raise RuntimeError(
-                    f"{type(self).__name__}: a {tuple(p.shape)} parameter lost its grad mult "
-                    "(optimizer state cleared?); refusing a plain step"
-                )
-            else:
-                plain.append((p, p.grad, state))
+            (masked if p in self._mults else plain).append((p, p.grad, self.state[p]))
         rows = masked + plain
         return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], len(masked)
 
-    @staticmethod
-    def _masks(states: list[dict], n: int) -> list[Tensor]:
-        return [s[MASK] for s in states[:n]]
+    def _plan(self, group_index: int, params: list[Tensor], n: int) -> BlockPlan:
+        """The block plan of param group ``group_index`` for these ``params`` (cached)."""
+        key = (self.block_bytes, n, *map(id, params))
+        self._plans.extend([None] * (group_index + 1 - len(self._plans)))
+        plan = self._plans[group_index]
+        if plan is None or plan.key != key:
+            mults = [self._mults[p] for p in params[:n]]
+            plan = plan_blocks(params, mults, self.scratch_buffers, self.block_bytes, key)
+            self._plans[group_index] = plan
+        return plan

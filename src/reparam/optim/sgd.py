@@ -10,34 +10,33 @@ from torch import Tensor, nn
 
 from .base import MaskedOptimizer
 
-__all__ = ["RepOptSGD", "cache_blocks"]
-
-# multi-tensor updates run over blocks of about this many bytes (a few MiB: the L2/L3 share of
-# one core), so the four passes of the momentum update hit cache instead of memory
-CACHE_BLOCK_BYTES = 4 << 20
+__all__ = ["RepOptSGD"]
 
 
 class RepOptSGD(MaskedOptimizer):
     """SGD on the target model that equals SGD on the imaginary CSLA model, exactly.
 
-    Per step, for every parameter (multi-tensor ``torch._foreach_*`` ops, no per-parameter math):
+    Per step, for every parameter (``torch._foreach_*`` ops, block by block, in place):
 
-        d = grad * M            (M = grad mult, p = 2; 1 for parameters without one)
+        d = M * grad              (M = grad mult, p = 2; d = grad without one)
         d = d + weight_decay * W  (weight decay NOT multiplied)
         buf = momentum * buf + (1 - dampening) * d   (buf = d on the first step)
         d = d + momentum * buf  if nesterov  else  buf
         W = W - lr * d
 
-    This order is what makes the target's trajectory equal the CSLA model's (float64 relative
-    error ~1e-16 per step). Anything that rescales gradients per tensor before the step (gradient
-    clipping by norm, LARS/LAMB trust ratios) breaks the equivalence: the imaginary model would
-    clip or scale different tensors.
+    This is torch's SGD with ``grad * M`` for ``grad``, op for op: with unit masks the weights
+    equal torch's bit for bit. This order is what makes the target's trajectory equal the CSLA
+    model's (float64 relative error ~1e-16 per step). Anything that rescales gradients per tensor
+    before the step (gradient clipping by norm, LARS/LAMB trust ratios) breaks the equivalence:
+    the imaginary model would clip or scale different tensors.
 
     Forms (**contract**): ``RepOptSGD(model, lr, ...)`` takes masks from ``grad_mults(model)``;
     ``RepOptSGD(params_or_groups, lr, ..., grad_mults={param: mask})`` is the low-level form.
+    ``factor_masks=False`` stores full-size masks (see :mod:`reparam.optim.base`).
     """
 
     power = 2
+    scratch_buffers = 1  # d
 
     def __init__(
         self,
@@ -48,6 +47,7 @@ class RepOptSGD(MaskedOptimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
         grad_mults: dict[nn.Parameter, Tensor] | None = None,
+        factor_masks: bool = True,
     ):
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(
@@ -62,7 +62,7 @@ class RepOptSGD(MaskedOptimizer):
             nesterov=nesterov,
             weight_decay=weight_decay,
         )
-        super().__init__(model_or_params, defaults, grad_mults)
+        super().__init__(model_or_params, defaults, grad_mults, factor_masks)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -70,71 +70,53 @@ class RepOptSGD(MaskedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             params, grads, states, n = self._gather(group)
             if not params:
                 continue
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-            bufs = [s.get("momentum_buffer") for s in states] if momentum else []
-            if momentum and not group["nesterov"] and all(b is not None for b in bufs):
-                self._in_place_momentum_step(params, grads, states, bufs, n, group)
-                continue
-            d = grads
-            if n:
-                d = list(torch._foreach_mul(grads[:n], self._masks(states, n))) + grads[n:]
-            if weight_decay:
-                d = torch._foreach_add(d, params, alpha=weight_decay)
-            if momentum:
-                if any(b is None for b in bufs):
-                    for i, state in enumerate(states):
-                        if bufs[i] is None:
-                            state["momentum_buffer"] = bufs[i] = d[i].detach().clone()
-                        else:
-                            bufs[i].mul_(momentum).add_(d[i], alpha=1 - group["dampening"])
+            plan = self._plan(group_index, params, n)
+            fresh = [momentum and s.get("momentum_buffer") is None for s in states]
+            for state, param, new in zip(states, params, fresh):
+                if new:
+                    state["momentum_buffer"] = torch.empty_like(param)
+            chunks = plan.chunks
+            param_chunks, grad_chunks = chunks(params), chunks(grads)
+            buf_chunks = chunks([s["momentum_buffer"] for s in states]) if momentum else []
+            fresh_chunks = plan.per_chunk(fresh)
+            for block in plan.blocks:
+                start, stop = block.start, block.stop
+                p, d = param_chunks[start:stop], block.scratch[0]
+                if block.masked:
+                    torch._foreach_mul_(block.load_masks(0), grad_chunks[start:stop])
+                elif weight_decay or group["nesterov"]:  # d is written to
+                    torch._foreach_copy_(d, grad_chunks[start:stop])
                 else:
-                    torch._foreach_mul_(bufs, momentum)
-                    torch._foreach_add_(bufs, d, alpha=1 - group["dampening"])
-                d = torch._foreach_add(d, bufs, alpha=momentum) if group["nesterov"] else bufs
-            torch._foreach_add_(params, d, alpha=-lr)
+                    d = grad_chunks[start:stop]
+                if weight_decay:
+                    torch._foreach_add_(d, p, alpha=weight_decay)
+                update = d
+                if momentum:
+                    buf = buf_chunks[start:stop]
+                    _update_buffers(buf, d, fresh_chunks[start:stop], momentum, group["dampening"])
+                    if group["nesterov"]:
+                        torch._foreach_add_(d, buf, alpha=momentum)
+                    else:
+                        update = buf
+                torch._foreach_add_(p, update, alpha=-lr)
         return loss
 
-    def _in_place_momentum_step(
-        self,
-        params: list[Tensor],
-        grads: list[Tensor],
-        states: list[dict],
-        bufs: list[Tensor],
-        n: int,
-        group: dict[str, Any],
-    ) -> None:
-        """Same update without temporaries (heavy-ball momentum after the first step):
-        ``buf = m buf + (1 - dampening) (grad * M + wd W)``, ``W -= lr buf``, run block by block
-        (:func:`cache_blocks`) so each block's tensors stay in cache through the four passes."""
-        keep, masks = 1 - group["dampening"], self._masks(states, n)
-        for start, stop in cache_blocks(params, n):
-            p, g, b = params[start:stop], grads[start:stop], bufs[start:stop]
-            torch._foreach_mul_(b, group["momentum"])
-            if start < n:
-                torch._foreach_addcmul_(b, g, masks[start:stop], value=keep)
-            else:
-                torch._foreach_add_(b, g, alpha=keep)
-            if group["weight_decay"]:
-                torch._foreach_add_(b, p, alpha=group["weight_decay"] * keep)
-            torch._foreach_add_(p, b, alpha=-group["lr"])
 
-
-def cache_blocks(
-    tensors: list[Tensor], n: int, block_bytes: int = CACHE_BLOCK_BYTES
-) -> list[tuple[int, int]]:
-    """Consecutive index ranges ``[start, stop)`` of about ``block_bytes`` each (a larger tensor is
-    a block of its own) that never straddle index ``n`` (masked tensors first, then plain ones)."""
-    blocks, start, size = [], 0, 0
-    for index, tensor in enumerate(tensors):
-        nbytes = tensor.numel() * tensor.element_size()
-        if index > start and (index == n or size + nbytes > block_bytes):
-            blocks.append((start, index))
-            start, size = index, 0
-        size += nbytes
-    if start < len(tensors):
-        blocks.append((start, len(tensors)))
-    return blocks
+def _update_buffers(
+    bufs: list[Tensor], d: list[Tensor], fresh: list[bool], momentum: float, dampening: float
+) -> None:
+    """``buf = momentum * buf + (1 - dampening) * d``; ``buf = d`` where ``fresh``."""
+    if not any(fresh):
+        torch._foreach_mul_(bufs, momentum)
+        torch._foreach_add_(bufs, d, alpha=1 - dampening)
+        return
+    for buf, x, new in zip(bufs, d, fresh):
+        if new:
+            buf.copy_(x)
+        else:
+            buf.mul_(momentum).add_(x, alpha=1 - dampening)
