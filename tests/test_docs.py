@@ -194,6 +194,11 @@ PARSE_ONLY: list[Rule] = [
         lambda c: any(w.startswith("folder:") for w in c.argv),
     ),
     ("bench", "timing runs take minutes", lambda c: c.argv[:1] == ["bench"]),
+    (
+        "qat",
+        "fine-tunes for minutes; tests/test_qat.py runs reparam qat end to end",
+        lambda c: c.argv[:1] == ["qat"],
+    ),
     ("image", "classifies an image file of the reader's", lambda c: c.argv[:1] == ["predict"]),
     ("resume", "continues an interrupted run", lambda c: "--resume" in c.argv),
     (

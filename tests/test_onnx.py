@@ -30,6 +30,8 @@ FAMILY_MODELS = {
     "reducenet": "reducenet20",
     "vanillanet": "vanillanet_5",
     "resnet_rs": "resnet_rs_tiny",
+    "repghostnet": "repghostnet_0_5x",
+    "repopt_ghostnet": "repopt_ghostnet_0_5x",
 }
 
 

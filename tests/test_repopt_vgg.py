@@ -35,7 +35,7 @@ def expected_mult(block: RepOptVGGBlock) -> torch.Tensor:
     return mult
 
 
-@pytest.mark.parametrize("arch, n_keys", [("b1", 79), ("l2", 139)])
+@pytest.mark.parametrize("arch, n_keys", [("b1", 79), ("b2", 79), ("l1", 139), ("l2", 139)])
 def test_official_scales_load_and_grad_mults_match_the_formula(arch, n_keys):
     path = ANCHORS / f"RepOpt-VGG-{arch.upper()}-scales.pth"
     official = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,11 +1,11 @@
-"""Our fused RepVGG-A0 equals timm's own reparameterized repvgg_a0 given the same weights."""
+"""timm's RepVGG state dicts convert to ours: the fused outputs agree, in both forms."""
 
 import timm
 import torch
 from timm.utils.model import reparameterize_model
 
 import reparam
-from reparam.models.timm_compat import load_timm_repvgg_state
+from reparam.models.convert import convert_state_dict, detect_layout, load_timm_repvgg_state
 from reparam.verify import randomize_batchnorm_, rel_err
 
 
@@ -23,3 +23,16 @@ def test_fused_a0_matches_timm_reparameterized_a0():
         theirs_fused = reparameterize_model(theirs)(x)
     assert rel_err(ours_fused, theirs_fused) <= 1e-10
     assert rel_err(ours_fused, unfused) <= 1e-10
+
+
+def test_timm_layouts_are_detected_and_the_deploy_form_converts():
+    gen = torch.Generator().manual_seed(2)
+    theirs = randomize_batchnorm_(timm.create_model("repvgg_a0", num_classes=10), gen).eval()
+    assert detect_layout(theirs.state_dict(), "repvgg_a0").name == "timm-repvgg"
+    deployed = reparameterize_model(theirs)
+    assert detect_layout(deployed.state_dict(), "vgg_a0").name == "timm-repvgg-deploy"
+    ours = reparam.reparameterize(reparam.create_model("vgg_a0", num_classes=10).eval())
+    ours.load_state_dict(convert_state_dict(deployed.state_dict(), ours, "timm-repvgg-deploy"))
+    x = torch.randn(2, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        assert rel_err(ours(x), theirs(x)) <= 1e-5

@@ -39,9 +39,10 @@ def ready(model, seed=0):
 
 
 def test_all_depths_registered_with_official_widths():
-    assert {f"vanillanet_{d}" for d in range(5, 14)} == {
-        n for n in list_models() if n.startswith("vanillanet_")
-    }
+    assert {f"vanillanet_{d}" for d in range(5, 14)} | {
+        "vanillanet_13_x1_5",
+        "vanillanet_13_x1_5_ada_pool",
+    } == {n for n in list_models() if n.startswith("vanillanet_")}
     assert VANILLANET_ARCHS[5] == VanillaArch((512, 1024, 2048, 4096), (2, 2, 2))
     assert VANILLANET_ARCHS[13].dims == (512, 512, 1024) + (2048,) * 7 + (4096, 4096)
     for depth, arch in VANILLANET_ARCHS.items():
@@ -109,6 +110,24 @@ def test_deploy_form_structure():
     assert not any(
         isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, SeriesActivation)) for m in fused.modules()
     )
+
+
+def test_x1_5_ada_pool_matches_the_official_layout_and_fuses_exactly():
+    """Widths 1.5x VanillaNet-13's, stem conv4x4/3 padding 1, adaptive pools to 38, 19, 10."""
+    wide = create_model("vanillanet_13_x1_5", num_classes=4, width_multiplier=1 / 96)
+    assert wide.num_features == 6144 // 96 and wide.stem.conv1.stride == (4, 4)
+    model = ready(
+        create_model("vanillanet_13_x1_5_ada_pool", num_classes=4, width_multiplier=1 / 96)
+    )
+    stem = model.stem.conv1
+    assert (stem.kernel_size, stem.stride, stem.padding) == ((4, 4), (3, 3), (1, 1))
+    pools = [b.pool.output_size for b in model.stages if isinstance(b.pool, nn.AdaptiveMaxPool2d)]
+    assert pools == [38, 19, 10]
+    x = torch.randn(1, 3, 224, 224, dtype=DT)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        assert [m.shape[-1] for m in maps] == [75, 38, 19, 10]
+        assert rel_err(reparameterize(model)(x), model(x)) <= TOL
 
 
 def test_fusing_below_lambda_one_is_an_error():

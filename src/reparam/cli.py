@@ -19,12 +19,14 @@ from types import ModuleType
 from . import __version__
 from .commands import (
     bench,
+    convert,
     demo,
     deploy,
     evaluate,
     hypersearch,
     models,
     predict,
+    qat,
     report,
     train,
     verify,
@@ -37,6 +39,7 @@ COMMANDS: dict[str, ModuleType] = {
     "train": train,
     "hypersearch": hypersearch,
     "deploy": deploy,
+    "qat": qat,
     "eval": evaluate,
     "predict": predict,
     "bench": bench,
@@ -44,6 +47,7 @@ COMMANDS: dict[str, ModuleType] = {
     "report": report,
     "models": models,
     "demo": demo,
+    "convert": convert,
 }
 
 

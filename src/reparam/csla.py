@@ -123,7 +123,7 @@ def _per_channel(scale: Scale, spec: CSLASpec, like: Tensor, what: str) -> Tenso
             f"CSLA {what} scale must be a scalar or have shape ({spec.out_channels},), "
             f"got {tuple(value.shape)}"
         )
-    if not torch.isfinite(value).all():
+    if not value.is_meta and not torch.isfinite(value).all():  # meta: no values to check
         raise ValueError(f"CSLA {what} scale contains NaN or inf")
     return value.reshape(-1, *([1] * (len(spec.weight_shape) - 1)))
 

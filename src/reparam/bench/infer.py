@@ -13,7 +13,7 @@ activations (ReduceNet, VanillaNet) are put in their end-of-training state (lamb
 ``reparam.fuse.prepare_for_deploy``. Each record
 holds ``max_abs_diff_vs_train_form`` (the variant's logits vs the train form's; ``max_rel_...``
 divides by the largest train-form logit) and, for timm's fused RepVGG when ours is in the same
-run and timm's weights map onto ours (``reparam.models.timm_compat``),
+run and timm's weights map onto ours (``reparam.models.convert``),
 ``max_abs_diff_vs_reparam_fused`` / ``max_rel_diff_vs_reparam_fused``: the two fused models given
 equal weights.
 """
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..deploy.onnx_export import export_onnx, open_session, run_session
 from ..deploy.quantize import QuantSettings, quantize_onnx
 from ..fuse import prepare_for_deploy, reparameterize
-from ..models.timm_compat import load_timm_repvgg_state
+from ..models.convert import load_timm_repvgg_state
 from ..verify import randomize_batchnorm_
 from .machine import machine_info
 from .subjects import TIMM_PREFIX, ModelSpec, build_model

@@ -8,11 +8,13 @@
       trains the model names (run folders are used as they are), quantizes every model with the
       same settings and prints the PTQ-drop table.
 
-INT8: ONNX Runtime static quantization, QDQ format, uint8 activations, int8 weights. Calibration
+INT8: post-training static quantization, QDQ format, uint8 activations, int8 weights, by ONNX
+Runtime's quantize_static (--backend ort, the default) or PyTorch's PT2E flow from torchao
+(--backend pt2e: the same scheme, min/max calibration only). Calibration
 uses --calib-images images of the data's train split; top-1 FP32/INT8 and agreement come from its
 val split. Entropy calibration searches a --num-bins histogram (ORT's quantize_static alone would
 silently fall back to MinMax); on ReLU VGGs that search clips the sparse late activations hard,
-so check top-1 agreement before trusting it. The PyTorch PT2E path (torchao) is not built.
+so check top-1 agreement before trusting it. Quantization-aware training: `reparam qat`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import json_text
-from ..deploy.quantize import CALIBRATIONS, GRANULARITIES, QuantSettings
+from ..deploy.quantize import BACKENDS, CALIBRATIONS, GRANULARITIES, QuantSettings
 from ..errors import UserError
 from ..models import list_models
 from ..train import TrainConfig, fit
@@ -54,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data(parser, "INT8 calibration (train split) and evaluation (val split)", "--calib-data")
     parser.add_argument(
         "--calib-images", type=int, default=256, help="calibration images (default 256)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="ort",
+        help="INT8 by ONNX Runtime (default) or PyTorch PT2E (torchao)",
     )
     parser.add_argument(
         "--granularity",
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.pipeline import deploy
 
     settings = QuantSettings(
+        backend=args.backend,
         granularity=args.granularity,
         calibration=args.calibration,
         calib_images=args.calib_images,

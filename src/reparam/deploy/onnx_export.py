@@ -23,10 +23,12 @@ from ..verify import CheckResult, compare
 
 __all__ = [
     "ONNX_TOLERANCE",
+    "add_metadata",
     "check_onnx_vs_torch",
     "export_onnx",
     "input_shape",
     "open_session",
+    "quiet_exporter_logs",
     "run_session",
 ]
 
@@ -35,7 +37,7 @@ INPUT, OUTPUT = "input", "logits"
 
 
 @contextlib.contextmanager
-def _quiet_exporter_logs():
+def quiet_exporter_logs():
     """onnxscript / onnx_ir log every optimizer pass at INFO; keep only their warnings."""
     loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
     levels = [logger.level for logger in loggers]
@@ -58,13 +60,11 @@ def export_onnx(
 
     The exporter's progress lines go to stderr (stdout is reserved for ``--json``).
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
     example = torch.zeros(2, 3, image_size, image_size)
-    with contextlib.redirect_stdout(sys.stderr), _quiet_exporter_logs(), torch.no_grad():
+    with contextlib.redirect_stdout(sys.stderr), quiet_exporter_logs(), torch.no_grad():
         torch.onnx.export(
             model,
             (example,),
@@ -75,12 +75,19 @@ def export_onnx(
             output_names=[OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
+    add_metadata(path, {"image_size": str(image_size), **(metadata or {})})
+    return path
+
+
+def add_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Record ``metadata`` in an ONNX file's ``metadata_props``."""
+    import onnx
+
     proto = onnx.load(str(path))
-    for key, value in {"image_size": str(image_size), **(metadata or {})}.items():
+    for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
-    return path
 
 
 def open_session(path: str | os.PathLike, threads: int | None = None, allow_spinning: bool = True):

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..analysis.quant_stats import output_metrics, weight_stats
@@ -34,11 +36,23 @@ from .predict import (
 )
 from .quantize import QuantSettings, calibration_images, quantize_onnx
 
-__all__ = ["ONNX_NAME", "INT8_NAME", "check_deploy_target", "deploy", "load_source"]
+__all__ = [
+    "INT8_NAME",
+    "ONNX_NAME",
+    "Int8Writer",
+    "check_deploy_target",
+    "deploy",
+    "load_source",
+    "onnx_metadata",
+]
 
 log = logging.getLogger(__name__)
 
 ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+
+# (fused model, config, FP32 ONNX path, INT8 path to write, calibration images) -> what was done:
+# {"settings": {...}, "calib_images_used": n, "float_nodes": [...], ...} (quant.json's header)
+Int8Writer = Callable[[torch.nn.Module, dict[str, Any], Path, Path, np.ndarray], dict[str, Any]]
 
 
 def load_source(source: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -71,6 +85,7 @@ def deploy(
     threads: int | None = None,
     progress: bool = False,
     force: bool = False,
+    int8_writer: Int8Writer | None = None,
 ) -> dict[str, Any]:
     """Write the deploy folder (module docstring) and return ``deploy.json``'s content.
 
@@ -79,10 +94,12 @@ def deploy(
     ``force`` and a run folder never (:func:`check_deploy_target`).
 
     INT8 needs ``calib_data`` (a data spec): calibration uses ``settings.calib_images`` images of
-    its train split, the end-to-end figures its val split. ONNX Runtime output differing from
+    its train split, the end-to-end figures its val split. ``model.int8.onnx`` comes from
+    ``int8_writer`` when given (``reparam qat``), else from PTQ by ``settings.backend``. ONNX Runtime output differing from
     torch by more than ``ONNX_TOLERANCE`` (relative) raises :class:`DeployError`.
     """
     out_dir = Path(out_dir)
+    settings = settings or QuantSettings()
     if image_size is not None and image_size < 1:
         raise DeployError(f"image_size must be a positive number of pixels, got {image_size}")
     check_deploy_target(out_dir, force)
@@ -101,7 +118,7 @@ def deploy(
     with exclusive_lock(out_dir), atomic_folder(out_dir) as work:
         save_fused(fused, config, work)
         if onnx or int8:
-            onnx_path = export_onnx(fused, work / ONNX_NAME, image_size, _onnx_metadata(config))
+            onnx_path = export_onnx(fused, work / ONNX_NAME, image_size, onnx_metadata(config))
             probe = torch.randn(
                 3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
             )
@@ -125,7 +142,8 @@ def deploy(
                 work,
                 calib_data,
                 bundle,
-                settings or QuantSettings(),
+                settings.calib_images,
+                int8_writer or _ptq_writer(settings, image_size),
                 latency_batch,
                 latency_repeats,
                 threads,
@@ -137,7 +155,7 @@ def deploy(
     return summary
 
 
-def _onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
+def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
     """What the ONNX file records (``metadata_props``): model, data, preprocessing, class names."""
     return {
         "model": str(config["model"]),
@@ -182,16 +200,17 @@ def _quantize_and_measure(
     out_dir: Path,
     calib_data: str,
     bundle,
-    settings: QuantSettings,
+    calib_images: int,
+    writer: Int8Writer,
     latency_batch: int,
     latency_repeats: int,
     threads: int | None,
     progress: bool,
 ) -> dict[str, Any]:
-    images = calibration_images(bundle.train, settings.calib_images)
+    images = calibration_images(bundle.train, calib_images)
     int8_path = out_dir / INT8_NAME
-    done = quantize_onnx(onnx_path, int8_path, images, settings)
-    log.info("INT8 model written to %s (%s)", int8_path, settings)
+    done = writer(fused, config, onnx_path, int8_path, images)
+    log.info("INT8 model written to %s (%s)", int8_path, done["settings"])
 
     fp32, fp32_session = _onnx_predictor(onnx_path, threads)
     int8, int8_session = _onnx_predictor(int8_path, threads)
@@ -218,13 +237,32 @@ def _quantize_and_measure(
     write_json(_finite(report), out_dir / "quant.json")
     return {
         "path": str(int8_path),
-        "settings": settings.to_dict(),
+        "settings": done["settings"],
         **end_to_end,
         "latency_fp32_ms": latency["fp32"]["median_ms"],
         "latency_int8_ms": latency["int8"]["median_ms"],
         "speedup": latency["speedup"],
         "float_nodes": done["float_nodes"],
     }
+
+
+def _ptq_writer(settings: QuantSettings, image_size: int) -> Int8Writer:
+    """Post-training quantization by ``settings.backend`` (ORT ``quantize_static`` or PT2E)."""
+
+    def write(fused, config, onnx_path: Path, int8_path: Path, images: np.ndarray) -> dict:
+        if settings.backend == "ort":
+            return quantize_onnx(onnx_path, int8_path, images, settings)
+        from .pt2e import export_int8_onnx, ptq
+
+        quantized = ptq(fused, images, settings.granularity, settings.calib_batch_size)
+        export_int8_onnx(quantized, int8_path, image_size, onnx_metadata(config))
+        return {
+            "settings": settings.to_dict(),
+            "calib_images_used": len(images),
+            "float_nodes": [],
+        }
+
+    return write
 
 
 def _finite(obj: Any) -> Any:

@@ -1,4 +1,5 @@
-"""INT8 post-training static quantization with ONNX Runtime (QDQ format).
+"""INT8 post-training static quantization with ONNX Runtime (QDQ format); the settings shared
+with the PT2E path (:mod:`reparam.deploy.pt2e`, ``backend="pt2e"``).
 
 Activations uint8 (asymmetric), weights int8 (symmetric), per-tensor or per-channel weights.
 Calibration ranges come from a calibrator this module builds itself and hands to
@@ -29,6 +30,7 @@ from ..errors import DeployError
 from .onnx_export import input_shape, open_session
 
 __all__ = [
+    "BACKENDS",
     "CALIBRATIONS",
     "GRANULARITIES",
     "QuantSettings",
@@ -39,6 +41,7 @@ __all__ = [
     "tensor_ranges",
 ]
 
+BACKENDS = ("ort", "pt2e")
 GRANULARITIES = ("per-tensor", "per-channel")
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -46,8 +49,11 @@ _COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 
 @dataclass(frozen=True)
 class QuantSettings:
-    """Everything that decides an INT8 model (reported next to every PTQ figure)."""
+    """Everything that decides an INT8 model (reported next to every PTQ figure). ``backend``:
+    ONNX Runtime's ``quantize_static`` or torchao's PT2E flow (min/max calibration, every node
+    quantized: the other calibrations and ``keep_first_last_float`` are ORT-only)."""
 
+    backend: Literal["ort", "pt2e"] = "ort"
     granularity: Literal["per-tensor", "per-channel"] = "per-channel"
     calibration: Literal["minmax", "percentile", "entropy"] = "minmax"
     calib_images: int = 256
@@ -57,6 +63,13 @@ class QuantSettings:
     calib_batch_size: int = 32
 
     def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise DeployError(f"backend {self.backend!r}: expected one of {BACKENDS}")
+        if self.backend == "pt2e" and (self.calibration != "minmax" or self.keep_first_last_float):
+            raise DeployError(
+                "backend pt2e calibrates with min/max and quantizes every node: drop "
+                "--calibration / --keep-first-last-float, or use --backend ort"
+            )
         if self.granularity not in GRANULARITIES:
             raise DeployError(f"granularity {self.granularity!r}: expected one of {GRANULARITIES}")
         if self.calibration not in CALIBRATIONS:

@@ -196,7 +196,7 @@ class ReduceNet(PooledClassifier):
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.build_head(channels, num_classes, drop_rate)
+        self.build_head([stem_stride, *strides], [stem_width, *widths], num_classes, drop_rate)
 
 
 @dataclass(frozen=True)
@@ -220,13 +220,16 @@ def _create(
     return ReduceNet(depths, num_classes=num_classes, **{**asdict(layout), **kwargs})
 
 
-@register_model
+register_cifar = register_model(input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0)
+
+
+@register_cifar
 def reducenet20(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
     """ReduceNet-20, CIFAR layout, 20 -> 11 layers (https://github.com/ohmydroid/reducenet)."""
     return _create((3, 3, 3), _CIFAR, num_classes, **kwargs)
 
 
-@register_model
+@register_cifar
 def reducenet56(num_classes: int = 1000, **kwargs: Any) -> ReduceNet:
     """ReduceNet-56, CIFAR layout, 56 -> 29 layers (https://github.com/ohmydroid/reducenet)."""
     return _create((9, 9, 9), _CIFAR, num_classes, **kwargs)

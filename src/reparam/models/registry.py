@@ -5,6 +5,13 @@ Every entrypoint decorated with :func:`register_model` is available two ways:
 - ``reparam.create_model("repvgg_a0", num_classes=10)`` under its plain name (**contract**);
 - ``timm.create_model("reparam_repvgg_a0", num_classes=10)``: the ``reparam_`` prefix keeps our
   names apart from timm's own ``repvgg_*`` (a different implementation with other state-dict keys).
+
+Both build through timm's ``build_model_with_cfg``, so the model carries a ``pretrained_cfg``
+(``default_cfg``: input size, mean/std, crop, interpolation, first conv, classifier; there are no
+pretrained weights) and ``features_only=True`` (with ``out_indices``, default: every level of
+``model.feature_info``) returns timm's ``FeatureGetterNet`` over ``forward_intermediates``, on
+either path. timm's ``in_chans`` is our models' ``in_channels``. The timm entrypoints are
+attributes of this module (``registry.reparam_repvgg_a0``; timm lists them in its ``__all__``).
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import timm.models
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..errors import CheckpointError
 
 __all__ = [
+    "DEFAULT_PRETRAINED_CFG",
     "TIMM_PREFIX",
     "create_model",
     "create_model_from_config",
@@ -27,15 +36,39 @@ __all__ = [
 ]
 
 TIMM_PREFIX = "reparam_"
+#: the pretrained cfg of every model; ``register_model(**cfg)`` overrides entries
+DEFAULT_PRETRAINED_CFG: dict[str, Any] = dict(
+    num_classes=1000,
+    input_size=(3, 224, 224),
+    pool_size=(7, 7),
+    crop_pct=0.875,
+    interpolation="bilinear",
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+    first_conv="stem.conv.conv",
+    classifier="fc",
+)
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under ``fn.__name__`` here and under ``reparam_<name>`` with timm."""
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, /, **cfg: Any
+) -> Callable[..., nn.Module]:
+    """Register ``fn`` under ``fn.__name__`` here and under ``reparam_<name>`` with timm;
+    ``fn`` is returned unchanged. ``cfg``: the entries of the model's pretrained cfg that differ
+    from :data:`DEFAULT_PRETRAINED_CFG` (``first_conv``, ``classifier``, ``input_size``, ...).
+    Use as ``@register_model`` or, for a family, ``register = register_model(**cfg)`` then
+    ``@register``."""
+    if fn is None:
+        return functools.partial(register_model, **cfg)
     name = fn.__name__
     if name in _ENTRYPOINTS:
         raise ValueError(f"model {name!r} is registered twice")
-    _ENTRYPOINTS[name] = fn
+    pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **cfg}
+
+    def build(in_chans: int = 3, **kwargs: Any) -> nn.Module:
+        kwargs.setdefault("in_channels", in_chans)
+        return fn(**kwargs)
 
     @functools.wraps(fn)
     def timm_entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -43,14 +76,24 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
             raise ValueError(
                 f"{TIMM_PREFIX}{name}: reparam ships no pretrained weights (no downloads)"
             )
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
         kwargs.pop("cache_dir", None)
-        return fn(**kwargs)
+        return timm.models.build_model_with_cfg(
+            build,
+            TIMM_PREFIX + name,
+            pretrained=False,
+            pretrained_cfg=kwargs.pop("pretrained_cfg", None) or pretrained_cfg,
+            pretrained_cfg_overlay=kwargs.pop("pretrained_cfg_overlay", None),
+            feature_cfg=dict(feature_cls="getter", out_indices=None),
+            **kwargs,
+        )
 
-    timm_entrypoint.__name__ = TIMM_PREFIX + name
-    timm_entrypoint.__qualname__ = TIMM_PREFIX + name
+    # timm adds the entrypoint to the ``__all__`` of its ``__module__``: this module, which owns
+    # it, rather than the family's module, where the name would break ``import *``
+    timm_entrypoint.__name__ = timm_entrypoint.__qualname__ = TIMM_PREFIX + name
+    timm_entrypoint.__module__ = __name__
+    globals()[TIMM_PREFIX + name] = timm_entrypoint
     timm.models.register_model(timm_entrypoint)
+    _ENTRYPOINTS[name] = timm_entrypoint
     return fn
 
 
@@ -85,7 +128,8 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
-    """Build a registered model by its plain name (``repvgg_a0``, ``vgg_a0``, ...)."""
+    """Build a registered model by its plain name (``repvgg_a0``, ``vgg_a0``, ...), as
+    ``timm.create_model("reparam_<name>", ...)`` does (``features_only=True`` included)."""
     if name.startswith(TIMM_PREFIX):
         name = name[len(TIMM_PREFIX) :]
     if name not in _ENTRYPOINTS:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -44,7 +42,7 @@ from ..csla import Branch, CSLASpec, equivalent_weight, init_weight
 from ..kernels import Kernel, fold_bn
 from .layers import VGGBlock, conv_from_kernel
 from .registry import register_model
-from .scales import apply_scales, model_scales, read_scales
+from .scales import set_scales
 from .vggnet import BlockSpec, VGGArch, VGGNet
 
 __all__ = [
@@ -212,32 +210,6 @@ class HSBlock(_OwnsScales, nn.Module):
         )
 
 
-def _set_scales(model: VGGNet, name: str, scales: Any, channel_average: bool) -> None:
-    if scales is None:
-        log.info(
-            "%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
-            "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.",
-            name,
-        )
-    elif isinstance(scales, str) and scales in ("hs_init", "ones"):
-        if scales == "ones":
-            with torch.no_grad():
-                for tensor in model_scales(model).values():
-                    tensor.fill_(1.0)
-    elif isinstance(scales, (str, os.PathLike, Mapping)):
-        source = "scales" if isinstance(scales, Mapping) else f"scales {os.fspath(scales)}"
-        apply_scales(model, read_scales(scales, model=name), source=source)
-    else:
-        raise ValueError(
-            f"{name}: scales must be None, 'hs_init', 'ones', a scale file or a dict "
-            f"of tensors, got {type(scales).__name__}"
-        )
-    if channel_average:
-        with torch.no_grad():
-            for tensor in model_scales(model).values():
-                tensor.fill_(tensor.mean().item())
-
-
 def _create(arch: str | VGGArch, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
     spec = arch if isinstance(arch, VGGArch) else REPOPT_ARCHS[arch]
     return VGGNet(
@@ -265,13 +237,23 @@ def repopt_vgg(
     if identity_init not in ("one", "scale"):
         raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
     model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
-    _set_scales(model, name or f"repopt_vgg_{arch}", scales, channel_average)
+    name = name or f"repopt_vgg_{arch}"
+    if scales is None:
+        log.info(
+            "%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
+            "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.",
+            name,
+        )
+    set_scales(model, scales, name=name, channel_average=channel_average)
     for module in model.modules():
         if isinstance(module, RepOptVGGBlock):
             module.identity_init = identity_init
             if reinit:
                 module.reset_csla_init()
     return model
+
+
+register_hs = register_model(first_conv=("stem.conv3x3", "stem.conv1x1"))
 
 
 def repopt_vgg_hs(arch: str | VGGArch, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
@@ -285,7 +267,7 @@ def repopt_vgg_a0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("a0", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_a0_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-A0 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("a0", num_classes, **kwargs)
@@ -297,7 +279,7 @@ def repopt_vgg_a1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("a1", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_a1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-A1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("a1", num_classes, **kwargs)
@@ -309,7 +291,7 @@ def repopt_vgg_a2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("a2", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_a2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-A2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("a2", num_classes, **kwargs)
@@ -321,7 +303,7 @@ def repopt_vgg_b1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("b1", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_b1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-B1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("b1", num_classes, **kwargs)
@@ -333,7 +315,7 @@ def repopt_vgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("b2", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_b2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-B2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("b2", num_classes, **kwargs)
@@ -345,7 +327,7 @@ def repopt_vgg_l1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("l1", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_l1_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-L1 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("l1", num_classes, **kwargs)
@@ -357,7 +339,7 @@ def repopt_vgg_l2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return repopt_vgg("l2", num_classes, **kwargs)
 
 
-@register_model
+@register_hs
 def repopt_vgg_l2_hs(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepOpt-VGG-L2 Hyper-Search model (Ding et al. 2022, https://arxiv.org/abs/2205.15242)."""
     return repopt_vgg_hs("l2", num_classes, **kwargs)

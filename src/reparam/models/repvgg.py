@@ -32,10 +32,15 @@ REPVGG_ARCHS: dict[str, VGGArch] = {
     "b1g2": VGGArch(_B, repvgg_widths((2.0, 4.0)), groups=2),
     "b1g4": VGGArch(_B, repvgg_widths((2.0, 4.0)), groups=4),
     "b2": VGGArch(_B, repvgg_widths((2.5, 5.0))),
+    "b2g2": VGGArch(_B, repvgg_widths((2.5, 5.0)), groups=2),
     "b2g4": VGGArch(_B, repvgg_widths((2.5, 5.0)), groups=4),
     "b3": VGGArch(_B, repvgg_widths((3.0, 5.0))),
+    "b3g2": VGGArch(_B, repvgg_widths((3.0, 5.0)), groups=2),
     "b3g4": VGGArch(_B, repvgg_widths((3.0, 5.0)), groups=4),
 }
+
+
+register_repvgg = register_model(first_conv=("stem.conv3x3.conv", "stem.conv1x1.conv"))
 
 
 def _create(arch: str, block: type[nn.Module], num_classes: int, **kwargs: Any) -> VGGNet:
@@ -60,67 +65,79 @@ def vgg(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return _create(arch, VGGBlock, num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_a0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-A0 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("a0", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_a1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-A1 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("a1", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_a2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-A2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("a2", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b0(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B0 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b0", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b1(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B1 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b1", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b1g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B1g2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b1g2", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b1g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B1g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b1g4", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b2", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
+def repvgg_b2g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B2g2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b2g2", num_classes, **kwargs)
+
+
+@register_repvgg
 def repvgg_b2g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B2g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b2g4", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
 def repvgg_b3(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B3 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b3", num_classes, **kwargs)
 
 
-@register_model
+@register_repvgg
+def repvgg_b3g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """RepVGG-B3g2 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
+    return repvgg("b3g2", num_classes, **kwargs)
+
+
+@register_repvgg
 def repvgg_b3g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """RepVGG-B3g4 (Ding et al. 2021, https://arxiv.org/abs/2101.03697), training form."""
     return repvgg("b3g4", num_classes, **kwargs)
@@ -175,6 +192,12 @@ def vgg_b2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
 
 
 @register_model
+def vgg_b2g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B2g2's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b2g2", num_classes, **kwargs)
+
+
+@register_model
 def vgg_b2g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """Plain VGG, RepVGG-B2g4's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
     return vgg("b2g4", num_classes, **kwargs)
@@ -184,6 +207,12 @@ def vgg_b2g4(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
 def vgg_b3(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     """Plain VGG, RepVGG-B3's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
     return vgg("b3", num_classes, **kwargs)
+
+
+@register_model
+def vgg_b3g2(num_classes: int = 1000, **kwargs: Any) -> VGGNet:
+    """Plain VGG, RepVGG-B3g2's deploy form (Ding et al. 2021, https://arxiv.org/abs/2101.03697)."""
+    return vgg("b3g2", num_classes, **kwargs)
 
 
 @register_model

@@ -11,7 +11,9 @@ its residual branch with probability ``r * (s + 1) / 5``, i.e. 0.04/0.06/0.08/0.
 (multiplies every stage's channels and the stem's), e.g. ``create_model("resnet_rs", depth=200)``;
 :func:`scale_resnet_rs` applies the paper's scaling rules to them. Depth 50 has the structure and
 state-dict keys of timm's ``resnetrs50``. ``resnet_rs_tiny`` (one block per stage, width 0.25)
-trains on 32x32 images in seconds, for tests.
+trains on 32x32 images in seconds, for tests. timm's ``ResNet`` brings the timm model API
+(``features_only``: the stem at reduction 2, then the four stages); ``in_channels`` is its
+``in_chans``, as in the other families.
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ def build_resnet_rs(
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     zero_init_last: bool = True,
+    in_channels: int = 3,
     **kwargs: Any,
 ) -> ResNet:
     """A ResNet-RS of ``depth`` (50 ... 420) or explicit bottleneck ``layers``, every width scaled
-    by ``width`` (at least 8 channels)."""
+    by ``width`` (at least 8 channels); other kwargs go to timm's ``ResNet``."""
     if layers is None:
         if depth not in RESNET_RS_DEPTHS:
             raise ValueError(
@@ -90,6 +93,7 @@ def build_resnet_rs(
         layers=tuple(layers),
         channels=channels,
         num_classes=num_classes,
+        in_chans=in_channels,
         stem_width=max(8, round(stem_width * width)),
         stem_type="deep",
         replace_stem_pool=True,
@@ -138,7 +142,14 @@ def scale_resnet_rs(scale: ResNetRSScale, epochs: int) -> ResNetRSScale:
     return ResNetRSScale(scale.depth, scale.width * 1.5, scale.image_size)
 
 
-@register_model
+@register_model(
+    first_conv="conv1.0",
+    interpolation="bicubic",
+    input_size=(3, 160, 160),
+    pool_size=(5, 5),
+    crop_pct=0.91,
+    test_input_size=(3, 224, 224),
+)
 def resnet_rs(
     num_classes: int = 1000, depth: int = 50, width: float = 1.0, **kwargs: Any
 ) -> ResNet:
@@ -146,7 +157,13 @@ def resnet_rs(
     return build_resnet_rs(depth, num_classes=num_classes, width=width, **kwargs)
 
 
-@register_model
+@register_model(
+    first_conv="conv1.0",
+    interpolation="bicubic",
+    input_size=(3, 32, 32),
+    pool_size=(1, 1),
+    crop_pct=1.0,
+)
 def resnet_rs_tiny(num_classes: int = 1000, **kwargs: Any) -> ResNet:
     """Tiny ResNet-RS for tests (Bello et al. 2021, https://arxiv.org/abs/2103.07579)."""
     kwargs.setdefault("width", 0.25)

@@ -5,7 +5,9 @@ safetensors, one ``[C]`` float32 tensor per scale, keyed by the RepOpt-VGG buffe
 (``stem.scale_conv``, ``stages.0.1.scale_1x1``, ``stages.0.1.scale_identity``, ...), with
 metadata ``format``, ``model`` (the target model, e.g. ``repopt_vgg_a0``), ``data``, ``epochs``,
 ``seed``, ``top1``. The official RepOptimizers ``.pth`` files (keys ``stage0.scale_conv.weight``,
-``stageK.i.scale_{conv,1x1,identity}.weight``) are read with ``weights_only=True`` and renamed.
+``stageK.i.scale_{conv,1x1,identity}.weight``; RepOpt-GhostNet
+``blocks.I.J.ghostK.{fusion_scale,cheap_operation.1}.weight``) are read with ``weights_only=True``
+and renamed (GhostNet: to ``blocks.I.J.ghostK.cheap_operation.scale_{identity,conv}``).
 
 Any module that owns scales takes part by defining ``scale_tensors() -> {local name: tensor}``
 (RepOpt-VGG blocks: buffers; HS blocks: parameters). The Hyper-Search run that produces a
@@ -34,6 +36,7 @@ __all__ = [
     "read_scale_file",
     "read_scales",
     "save_scale_file",
+    "set_scales",
     "target_model_name",
 ]
 
@@ -42,6 +45,10 @@ FORMAT = "reparam-scales/1"
 METADATA_KEYS = ("model", "data", "epochs", "seed", "top1")
 _OFFICIAL_STEM = re.compile(r"^stage0\.(scale_\w+)\.weight$")
 _OFFICIAL_BLOCK = re.compile(r"^stage(\d+)\.(\d+)\.(scale_\w+)\.weight$")
+_OFFICIAL_GHOST = re.compile(
+    r"^(blocks\.\d+\.\d+\.ghost[12])\.(fusion_scale|cheap_operation\.1)\.weight$"
+)
+_GHOST_SCALE = {"fusion_scale": "scale_identity", "cheap_operation.1": "scale_conv"}
 
 
 def target_model_name(name: str) -> str:
@@ -70,10 +77,13 @@ def _from_official(scales: Mapping[str, Tensor]) -> dict[str, Tensor]:
     renamed = {}
     for key, value in scales.items():
         stem, block = _OFFICIAL_STEM.match(key), _OFFICIAL_BLOCK.match(key)
+        ghost = _OFFICIAL_GHOST.match(key)
         if stem:
             key = f"stem.{stem.group(1)}"
         elif block and int(block.group(1)) >= 1:
             key = f"stages.{int(block.group(1)) - 1}.{block.group(2)}.{block.group(3)}"
+        elif ghost:
+            key = f"{ghost.group(1)}.cheap_operation.{_GHOST_SCALE[ghost.group(2)]}"
         renamed[key] = value
     return renamed
 
@@ -176,3 +186,27 @@ def apply_scales(model: nn.Module, scales: Mapping[str, Tensor], source: str = "
     with torch.no_grad():
         for key, tensor in live.items():
             tensor.copy_(scales[key])
+
+
+def set_scales(model: nn.Module, scales: Any, *, name: str, channel_average: bool = False) -> None:
+    """Set a RepOpt target's constant scales from ``scales``: ``None`` or ``"hs_init"`` (keep the
+    Hyper-Search init constants it was built with), ``"ones"``, a scale file or a dict (every key
+    must match, :func:`apply_scales`); then ``channel_average`` replaces each per-channel vector
+    by its mean. ``name`` is the model a scale file must have been searched for."""
+    if isinstance(scales, str) and scales in ("hs_init", "ones"):
+        if scales == "ones":
+            with torch.no_grad():
+                for tensor in model_scales(model).values():
+                    tensor.fill_(1.0)
+    elif isinstance(scales, (str, os.PathLike, Mapping)):
+        source = "scales" if isinstance(scales, Mapping) else f"scales {os.fspath(scales)}"
+        apply_scales(model, read_scales(scales, model=name), source=source)
+    elif scales is not None:
+        raise ValueError(
+            f"{name}: scales must be None, 'hs_init', 'ones', a scale file or a dict "
+            f"of tensors, got {type(scales).__name__}"
+        )
+    if channel_average:
+        with torch.no_grad():
+            for tensor in model_scales(model).values():
+                tensor.fill_(tensor.mean().item())

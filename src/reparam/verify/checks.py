@@ -12,8 +12,12 @@ from collections.abc import Callable, Iterable
 from .core import CheckResult
 from .deployment import verify_onnx_vs_torch
 from .depth import verify_reducenet_deploy, verify_vanillanet_deploy
-from .gradient import verify_csla_vs_repopt_adamw, verify_csla_vs_repopt_sgd
-from .structural import verify_repvgg_deploy
+from .gradient import (
+    verify_csla_vs_repopt_adamw,
+    verify_csla_vs_repopt_sgd,
+    verify_ghostnet_csla_vs_repopt_sgd,
+)
+from .structural import verify_ghostnet_deploy, verify_repvgg_deploy
 
 __all__ = ["CHECKS", "run_checks"]
 
@@ -24,6 +28,8 @@ CHECKS: dict[str, Callable[[], CheckResult]] = {
     "onnx_vs_torch": verify_onnx_vs_torch,
     "reducenet_deploy": verify_reducenet_deploy,
     "vanillanet_deploy": verify_vanillanet_deploy,
+    "ghostnet_deploy": verify_ghostnet_deploy,
+    "ghostnet_csla_vs_repopt_sgd": verify_ghostnet_csla_vs_repopt_sgd,
 }
 
 
