@@ -109,7 +109,7 @@ def main() -> int:
     parser.add_argument("--runs", default="runs/cifar-dev", help="folder: cifar_dev.py's runs")
     parser.add_argument("--out", default="runs/qat-dev", help="folder: the deploy folders")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--record", default="benchmarks/results/qat_cifar10_dev.json", help="file: the results"

@@ -42,10 +42,13 @@ def test_inserting_bn_after_fused_convs_keeps_the_function(
     for conv in fused:
         if isinstance(conv, nn.Conv2d) and conv.bias is not None:
             nn.init.normal_(conv.bias, std=2.0)
-    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
     with_bn = with_batchnorm(fused).eval()
     assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 2
     assert rel_err(with_bn(x), fused(x)) < 1e-10
+    calibrated = with_batchnorm(fused, x)  # statistics of x: exact in eval and train mode on x
+    assert rel_err(calibrated(x), fused(x)) < 1e-10
+    assert rel_err(calibrated.train()(x), fused(x)) < 1e-10
 
 
 def test_routes_follow_whether_training_and_deploy_structures_match():

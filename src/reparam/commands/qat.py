@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distill", action="store_true", help="logit distillation from the FP32 model"
     )
+    parser.add_argument(
+        "--freeze-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="BN normalises with its running statistics during QAT (default: on)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data order seed")
     parser.add_argument(
         "--eval-images",
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         distill=args.distill,
+        freeze_bn=args.freeze_bn,
         seed=args.seed,
     )
     summary = qat(

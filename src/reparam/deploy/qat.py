@@ -14,7 +14,10 @@ Routes (``QATSettings.route``):
   convs before as after fusing), else ``"fused-bn"``.
 
 Optimizer: SGD (RepOptSGD with the model's grad mults on the ``"train"`` route) with the run's
-momentum, Nesterov and weight decay, cosine from ``lr`` to 0 per step. Loss: the run's
+momentum, Nesterov and weight decay, cosine from ``lr`` to 0 per step. BN statistics are frozen by
+default (``freeze_bn``: BN normalises with its running statistics, so the fake-quantized conv-BN
+fold is the one deployed, and the fine-tune starts from the trained function exactly); its scale
+and shift still train. Loss: the run's
 label-smoothed cross-entropy; with ``distill``, ``(CE + T^2 KL(p_teacher^T || p_student^T)) / 2``
 with the FP32 model as teacher (``T = 2``; logit distillation).
 """
@@ -67,6 +70,7 @@ class QATSettings:
     lr: float | None = None
     batch_size: int | None = None
     distill: bool = False
+    freeze_bn: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -82,23 +86,44 @@ class QATSettings:
             raise DeployError(f"QAT batch size must be >= 2, got {self.batch_size}")
 
 
-def with_batchnorm(fused: nn.Module) -> nn.Module:
+def with_batchnorm(fused: nn.Module, images: Tensor | None = None) -> nn.Module:
     """A copy of ``fused`` with every biased ``Conv2d`` replaced by ``Sequential(conv, bn)``: the
-    conv without bias, then a BN with mean 0, variance 1, ``gamma = sqrt(1 + eps)`` and
-    ``beta = b``, so ``bn(conv(x)) = conv(x) + b`` exactly (eval mode). The keys match plain
-    VGG's ``conv.conv`` / ``conv.bn``."""
-    model = copy.deepcopy(fused)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Conv2d) and child.bias is not None:
-                conv = copy.deepcopy(child)
-                bias = conv.bias.detach().clone()
-                conv.bias = None
-                bn = nn.BatchNorm2d(conv.out_channels, device=bias.device, dtype=bias.dtype).eval()
-                with torch.no_grad():
-                    bn.weight.fill_(1.0).mul_(math.sqrt(1.0 + bn.eps))
-                    bn.bias.copy_(bias)
-                setattr(module, name, nn.Sequential(OrderedDict(conv=conv, bn=bn)))
+    conv without bias, then a BN whose running statistics are the per-channel mean ``mu`` and
+    variance ``var`` of the bias-free conv output on ``images`` (0 and 1 without images), with
+    ``gamma = sqrt(var + eps)`` and ``beta = mu + b``, so ``bn(conv(x)) = conv(x) + b`` exactly in
+    eval mode, and nearly so in train mode on data like ``images``. The keys match plain VGG's
+    ``conv.conv`` / ``conv.bn``."""
+    model = copy.deepcopy(fused).eval()
+    convs = [
+        (module, name, child)
+        for module in model.modules()
+        for name, child in module.named_children()
+        if isinstance(child, nn.Conv2d) and child.bias is not None
+    ]
+    stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+
+    def record(conv: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:
+        centred = output - conv.bias.view(1, -1, 1, 1)
+        stats[conv] = (centred.mean((0, 2, 3)), centred.var((0, 2, 3), unbiased=False))
+
+    if images is not None:
+        hooks = [conv.register_forward_hook(record) for _, _, conv in convs]
+        with torch.no_grad():
+            model(images)
+        for hook in hooks:
+            hook.remove()
+    for module, name, child in convs:
+        conv = copy.deepcopy(child)
+        bias = conv.bias.detach().clone()
+        conv.bias = None
+        bn = nn.BatchNorm2d(conv.out_channels, device=bias.device, dtype=bias.dtype).eval()
+        with torch.no_grad():
+            if child in stats:
+                bn.running_mean.copy_(stats[child][0])
+                bn.running_var.copy_(stats[child][1])
+            bn.weight.copy_((bn.running_var + bn.eps).sqrt())
+            bn.bias.copy_(bn.running_mean + bias)
+        setattr(module, name, nn.Sequential(OrderedDict(conv=conv, bn=bn)))
     return model
 
 
@@ -180,7 +205,7 @@ def _fine_tune(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
     )
     criterion = TrainingLoss("ce", run.label_smoothing)
-    set_training(student, True)
+    set_training(student, not settings.freeze_bn)
     start, losses = time.perf_counter(), []
     bar = tqdm(total=total, desc="QAT", disable=not progress, leave=False)
     for _ in range(settings.epochs):
@@ -224,17 +249,17 @@ def _qat_writer(source: str | os.PathLike, data: str, settings: QATSettings, pro
             )
         route = resolve_route(model, settings.route)
         masks = grad_mults(model, power=2) if route == "train" else {}
-        student = model if route == "train" else with_batchnorm(fused)
+        probe = torch.from_numpy(np.ascontiguousarray(images))
+        student = model if route == "train" else with_batchnorm(fused, probe)
         run = _run_config(config, data)
         lr = settings.lr or 0.01 * run.resolved_lr
         torch.manual_seed(settings.seed)
-        example = torch.from_numpy(np.ascontiguousarray(images[:2]))
+        example = probe[:2]
         prepared = prepare_qat(student, example, settings.granularity)
         teacher = fused.eval() if settings.distill else None
         trained = _fine_tune(prepared, masks, teacher, run, settings, lr, progress)
         quantized = convert(prepared)
         export_int8_onnx(quantized, int8_path, config["image_size"], onnx_metadata(config))
-        probe = torch.from_numpy(np.ascontiguousarray(images))
         with torch.no_grad():
             torch_top1 = quantized(probe).argmax(1).numpy()
         onnx_top1 = run_session(open_session(int8_path), probe).argmax(1)
