@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/render.py [--results benchmarks/results --docs docs/benchmarks.md]
 
 Reads ``speed_train_a0.json`` (the headline run), optional ``speed_train_b1.json``,
-``speed_infer.json`` and ``speed_optimizer_profile.json`` from the results folder (written by
+``speed_curve_<image size>.json`` (cost curves over image sizes), ``speed_infer.json``,
+``speed_optimizer_profile.json``, ``cpu_paths.json`` and ``cpu_paths_accuracy.json`` (written by
+``benchmarks/cpu_paths.py``) from the results folder (the rest written by
 ``benchmarks/run_speed.sh``); writes the ``speed_*.png`` plots beside them, ``docs/benchmarks.md``
 (every figure, with the command lines and machines) and ``speed_README_section.md`` (the README's
-performance section). Every ratio is
+performance section); a section whose JSON is absent is left out. Every speed ratio is
 paired: the median over rounds of the per-round ratio of two interleaved models.
 """
 
@@ -23,10 +25,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from reparam.bench.timing import paired_ratio  # noqa: E402
 
 HEADLINE_BATCH = 32
+CURVE_MODELS = ("vgg_a0", "repopt_vgg_a0", "repvgg_a0", "timm:repvgg_a0")
+# issue 17's targets for RepOpt-VGG's cost: (ratio key, image size or None for all) -> bound
+CURVE_TARGETS = {
+    ("repopt_over_plain_memory", None): ("<=", 1.01),
+    ("repopt_over_plain_throughput", None): (">=", 0.99),
+    ("repopt_over_repvgg_memory", 32): ("<=", 0.90),
+    ("repopt_over_repvgg_memory", 224): ("<=", 0.72),
+}
+DEPLOY_VARIANTS = {
+    "fused": "torch eager",
+    "compiled": "torch.compile",
+    "onnx_fp32": "ONNX Runtime FP32",
+    "onnx_int8": "ONNX Runtime INT8",
+}
 MEMORY_PARTS = (
     "parameters_mb",
     "buffers_mb",
@@ -246,6 +263,286 @@ def plot_infer(records: list[Record], out: Path) -> list[str]:
     return ["speed_infer.png"]
 
 
+def load_curves(results: Path) -> dict[int, list[Record]]:
+    """``{image size: records}`` from every ``speed_curve_<size>.json``, by ascending size."""
+    curves = {
+        int(path.stem.rsplit("_", 1)[1]): _load(path) for path in results.glob("speed_curve_*.json")
+    }
+    return dict(sorted(curves.items()))
+
+
+def curve_batch(curves: dict[int, list[Record]], preferred: int = HEADLINE_BATCH) -> int:
+    """``preferred`` when every image size has it, else the largest batch they all have."""
+    common = set.intersection(*({r["batch_size"] for r in records} for records in curves.values()))
+    if not common:
+        raise SystemExit("speed_curve_*.json: no batch size is recorded at every image size")
+    return preferred if preferred in common else max(common)
+
+
+def curve_ratios(records: list[Record], batch: int) -> dict[str, float]:
+    """RepOpt-VGG over RepVGG and plain VGG at one image size and batch: paired throughput
+    ratios, accounted-memory ratios and (with a budget) the largest-batch ratio."""
+    repopt, repvgg, plain = (
+        _find(records, m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
+    )
+    out: dict[str, float] = {}
+    for name, other in (("repvgg", repvgg), ("plain", plain)):
+        if repopt and other:
+            out[f"repopt_over_{name}_throughput"] = paired_ratio(
+                repopt["window_images_per_s"], other["window_images_per_s"]
+            )
+            out[f"repopt_over_{name}_memory"] = (
+                repopt["peak_train_memory_mb"] / other["peak_train_memory_mb"]
+            )
+            if repopt.get("max_batch_size") and other.get("max_batch_size"):
+                out[f"repopt_over_{name}_max_batch"] = (
+                    repopt["max_batch_size"] / other["max_batch_size"]
+                )
+    return out
+
+
+def _target_cell(key: str, size: int, value: float) -> str:
+    bound = CURVE_TARGETS.get((key, size)) or CURVE_TARGETS.get((key, None))
+    if bound is None:
+        return f"{value:.3f}x"
+    sign, limit = bound
+    met = value <= limit if sign == "<=" else value >= limit
+    return f"{value:.3f}x ({sign} {limit:.2f}x: {'met' if met else '**not met**'})"
+
+
+def curve_ratio_table(curves: dict[int, list[Record]], batch: int) -> str:
+    columns = (
+        ("repopt_over_repvgg_throughput", "RepOpt-VGG / RepVGG img/s"),
+        ("repopt_over_repvgg_memory", "RepOpt-VGG / RepVGG memory"),
+        ("repopt_over_plain_throughput", "RepOpt-VGG / plain VGG img/s"),
+        ("repopt_over_plain_memory", "RepOpt-VGG / plain VGG memory"),
+        ("repopt_over_repvgg_max_batch", "RepOpt-VGG / RepVGG largest batch"),
+    )
+    lines = [
+        f"| image size (batch {batch}) | " + " | ".join(title for _, title in columns) + " |",
+        "|---:|" + "---|" * len(columns),
+    ]
+    for size, records in curves.items():
+        ratios = curve_ratios(records, batch)
+        cells = (_target_cell(k, size, ratios[k]) if k in ratios else "" for k, _ in columns)
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def max_batch_table(curves: dict[int, list[Record]]) -> str | None:
+    """Largest batch per model (rows) and image size (columns); None without a budget."""
+    budgets = {
+        r["max_batch"]["budget_mb"] for rs in curves.values() for r in rs if "max_batch" in r
+    }
+    if not budgets:
+        return None
+    sizes = list(curves)
+    lines = [
+        f"| largest batch within {' / '.join(f'{b:g}' for b in sorted(budgets))} MiB | "
+        + " | ".join(f"{s} px" for s in sizes)
+        + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for model in _curve_models(curves):
+        cells = []
+        for size in sizes:
+            record = next((r for r in curves[size] if r["model"] == model), {})
+            cells.append(str(record.get("max_batch_size", "")))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _curve_models(curves: dict[int, list[Record]]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for records in curves.values() for r in records))
+
+
+def curve_explanation(curves: dict[int, list[Record]], batch: int) -> str | None:
+    """Where RepOpt-VGG's memory difference comes from, in numbers from the smallest and the
+    largest image size recorded; None when RepOpt-VGG, RepVGG or plain VGG is missing."""
+    small, large = min(curves), max(curves)
+
+    def three(size: int) -> tuple[Record, Record, Record] | None:
+        found = tuple(
+            _find(curves[size], m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
+        )
+        return found if all(found) else None
+
+    found = three(small), three(large)
+    if not all(found):
+        return None
+    (repopt, repvgg, plain), (repopt_l, repvgg_l, _) = found
+    fixed = {
+        name: r["peak_train_memory_mb"] - r["memory"]["activations_mb"]
+        for name, r in (("repopt", repopt), ("repvgg", repvgg), ("plain", plain))
+    }
+    masks = repopt["memory"]["optimizer_state_mb"] - plain["memory"]["optimizer_state_mb"]
+    per_image = {
+        size: (a["memory"]["activations_per_image_mb"], b["memory"]["activations_per_image_mb"])
+        for size, (a, b) in ((small, (repopt, repvgg)), (large, (repopt_l, repvgg_l)))
+    }
+    gap = per_image[small][1] - per_image[small][0]
+    extra_fixed = fixed["repopt"] - fixed["repvgg"]
+    if extra_fixed <= 0:
+        breakeven = "at every batch size"
+    elif gap > 0:
+        breakeven = f"from batch {extra_fixed / gap:.0f} on at {small} px"
+    else:
+        breakeven = "at no batch size"
+
+    def memory_ratio(a: Record, b: Record) -> str:
+        return f"{a['peak_train_memory_mb'] / b['peak_train_memory_mb']:.2f}x"
+
+    def throughput(size: int, other: str) -> str:
+        return f"{curve_ratios(curves[size], batch)[f'repopt_over_{other}_throughput']:.2f}x"
+
+    return (
+        "Where the difference comes from. RepOpt-VGG trains the plain VGG network itself, so its "
+        "parameters, gradients, momentum and saved activations are plain VGG's "
+        f"({fixed['plain']:.1f} MiB that do not grow with the batch; "
+        f"{per_image[small][0]:.3f} MiB of saved activations per image at {small} px, "
+        f"{per_image[large][0]:.2f} MiB at {large} px). RepOptSGD adds one cost, its gradient "
+        f"masks in the optimizer state: {masks:.1f} MiB "
+        f"({100 * masks / plain['peak_train_memory_mb']:.1f}% of plain VGG's accounted memory at "
+        f"batch {batch}, {small} px). RepVGG instead trains extra 1x1 and identity branches: "
+        f"{fixed['repvgg'] - fixed['plain']:.1f} MiB more fixed memory (branch weights, their "
+        "gradients and momentum, BatchNorm buffers) and the activations every branch saves for "
+        f"backward, {per_image[small][1]:.3f} MiB per image at {small} px and "
+        f"{per_image[large][1]:.2f} MiB at {large} px "
+        f"({per_image[large][1] / per_image[large][0]:.2f}x RepOpt-VGG's). The masks are a fixed "
+        "cost and saved activations grow with batch x pixels, so RepOpt-VGG's advantage grows "
+        f"with resolution and batch: RepOpt-VGG / RepVGG memory is {memory_ratio(repopt, repvgg)} "
+        f"at {small} px and {memory_ratio(repopt_l, repvgg_l)} at {large} px (batch {batch}), and "
+        f"RepOpt-VGG needs less memory than RepVGG {breakeven}. Speed: RepOpt-VGG runs plain "
+        "VGG's forward and backward, its one extra the masked update, so it trains at "
+        f"{throughput(small, 'plain')} plain VGG's images/s at {small} px and "
+        f"{throughput(large, 'plain')} at {large} px, against RepVGG "
+        f"{throughput(small, 'repvgg')} and {throughput(large, 'repvgg')} (paired medians)."
+    )
+
+
+def plot_curves(curves: dict[int, list[Record]], batch: int, out: Path) -> list[str]:
+    """Training images/s against image size at ``batch``, and accounted memory against batch
+    (one panel per image size); one line per model."""
+    sizes, models = list(curves), _curve_models(curves)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for model in models:
+        points = [(s, _find(curves[s], model, batch)) for s in sizes]
+        points = [(s, r["train_images_per_s"]) for s, r in points if r]
+        ax.plot(*zip(*points), "o-", label=model)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="image size (px)",
+        ylabel="training images/s",
+        title=f"Training throughput, batch {batch}",
+    )
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "speed_curve_throughput.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.8), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for model in models:
+            rows = sorted(
+                (r for r in curves[size] if r["model"] == model), key=lambda r: r["batch_size"]
+            )
+            ax.plot(
+                [r["batch_size"] for r in rows],
+                [r["peak_train_memory_mb"] for r in rows],
+                "o-",
+                label=model,
+            )
+        ax.set(xscale="log", xlabel="batch size", ylabel="accounted MiB", title=f"{size} px")
+        batches = sorted({r["batch_size"] for r in curves[size]})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(NullLocator())
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Accounted training memory against batch")
+    fig.tight_layout()
+    fig.savefig(out / "speed_curve_memory.png", dpi=120)
+    plt.close(fig)
+    return ["speed_curve_throughput.png", "speed_curve_memory.png"]
+
+
+def curve_section(
+    curves: dict[int, list[Record]], batch: int, results: Path, rel: Path
+) -> list[str]:
+    """The cost-curve section of docs/benchmarks.md (plots written into ``results``)."""
+    batch = curve_batch(curves, batch)
+    plot_curves(curves, batch, results)
+    records = [r for rs in curves.values() for r in rs]
+    doc = [
+        "## Cost curves over image size (A0 width)",
+        "",
+        "Plain VGG, RepOpt-VGG (RepOptSGD), RepVGG and timm's RepVGG, side by side per image "
+        "size (one `reparam bench train` run each). Targets (issue 17): RepOpt-VGG memory at "
+        "most 1% above plain VGG's and throughput at least 0.99x plain VGG's; RepOpt-VGG / "
+        "RepVGG memory at most 0.90x at 32 px and 0.72x at 224 px.",
+        "",
+        curve_ratio_table(curves, batch),
+        "",
+    ]
+    explanation = curve_explanation(curves, batch)
+    if explanation:
+        doc += [explanation, ""]
+    largest = max_batch_table(curves)
+    if largest:
+        doc += [largest, ""]
+    doc += [
+        f"![throughput against image size]({rel}/speed_curve_throughput.png)",
+        f"![memory against batch]({rel}/speed_curve_memory.png)",
+        "",
+        "Machine: " + _machine_line(records[0]["machine"]),
+        "",
+        "Commands:",
+        "",
+    ]
+    return doc + [f"    {c}" for c in _commands(records)] + [""]
+
+
+def deploy_table(records: list[Record]) -> str:
+    """Fused-model latency per runtime (rows) and batch (columns), with the paired speed-up over
+    torch eager and torch.compile's compile time (not part of the latency)."""
+    batches = sorted({r["batch_size"] for r in records})
+    lines = [
+        "| model | runtime | "
+        + " | ".join(f"batch {b}: ms (x eager)" for b in batches)
+        + " | compile s (per batch) |",
+        "|---|---|" + "---:|" * len(batches) + "---:|",
+    ]
+    for model in dict.fromkeys(r["model"] for r in records if r["variant"] == "fused"):
+        eager = {
+            r["batch_size"]: r for r in records if r["model"] == model and r["variant"] == "fused"
+        }
+        for variant, runtime in DEPLOY_VARIANTS.items():
+            rows = {
+                r["batch_size"]: r
+                for r in records
+                if r["model"] == model and r["variant"] == variant
+            }
+            if not rows:
+                continue
+            first = next(iter(rows.values()))
+            if first.get("error"):
+                lines.append(f"| {model} | {runtime} | failed: {first['error']} |")
+                continue
+            cells = []
+            for b in batches:
+                if b not in rows:
+                    cells.append("")
+                    continue
+                speedup = paired_ratio(eager[b]["window_latency_ms"], rows[b]["window_latency_ms"])
+                cells.append(f"{rows[b]['latency_ms']:.2f} ({speedup:.2f}x)")
+            compile_s = " / ".join(
+                f"{rows[b]['compile_s']:.1f}" for b in batches if "compile_s" in rows.get(b, {})
+            )
+            lines.append(f"| {model} | {runtime} | " + " | ".join(cells) + f" | {compile_s} |")
+    return "\n".join(lines)
+
+
 def _ratio_lines(h: dict[str, Any]) -> list[str]:
     def fmt(key: str, text: str, target: str = "") -> str | None:
         if key not in h:
@@ -300,13 +597,60 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
     return [title, "|---|---:|---|"] + [r for r in rows if r]
 
 
+FACTORED_MASKS = (
+    "RepOptSGD / RepOptAdamW store a CSLA mask factored: one value per output channel and tap "
+    "(`[C_out, 1, k, k]`, the same for every input channel) plus the identity's diagonal "
+    "centre, instead of the full `[C_out, C_in, k, k]` tensor; each cache block's masks are "
+    "written into a scratch buffer of a few MiB right before use, so the update is the full-mask "
+    "one bit for bit. Masks that do not factor stay full size: depthwise convolutions and 1-D "
+    "parameters (the factors would be as large) and `grad_mults=` masks that vary over input "
+    "channels. Nesterov and AdamW run the same blocked in-place update as heavy-ball momentum."
+)
+
+
+def optimizer_section(profile: Record) -> list[str]:
+    """Per model: ms per ``optimizer.step()`` and optimizer-state MiB of every optimizer."""
+    doc = [
+        "## Optimizer step and state",
+        "",
+        FACTORED_MASKS,
+        "",
+        "Median ms per `optimizer.step()` (same weights and gradients, interleaved) and the "
+        "optimizer's state after one step (buffers, masks or factors, scratch; MiB):",
+        "",
+    ]
+    for name, result in profile["models"].items():
+        doc += [
+            f"`{name}`, {result['parameters'] / 1e6:.2f}M parameters, "
+            f"{result['masked_elements'] / 1e6:.2f}M of them masked:",
+            "",
+            "| optimizer | ms/step | state MiB |",
+            "|---|---:|---:|",
+        ]
+        doc += [
+            f"| {label} | {ms:.2f} | {result['optimizer_state_mib'][label]:.1f} |"
+            for label, ms in result["optimizer_step_ms"].items()
+        ]
+        doc.append("")
+    return doc + [
+        f"Machine: {_machine_line(profile['machine'])}",
+        "",
+        f"    {profile['command']}",
+        "",
+    ]
+
+
 def render(results: Path, docs: Path, batch: int = HEADLINE_BATCH) -> dict[str, Any]:
     headline_file = results / "speed_train_a0.json"
     train = _load(headline_file)
     if not train:
         raise SystemExit(f"{headline_file}: not found; run benchmarks/run_speed.sh first")
     train_b1 = _load(results / "speed_train_b1.json") or []
-    infer = _load(results / "speed_infer.json") or []
+    infer_all = _load(results / "speed_infer.json") or []
+    infer = [r for r in infer_all if r["latency_ms"] is not None]  # failed compiles left out
+    curves = load_curves(results)
+    cpu_paths = _load(results / "cpu_paths.json")
+    cpu_accuracy = _load(results / "cpu_paths_accuracy.json")
     profile = _load(results / "speed_optimizer_profile.json")
     h = headline(train, batch)
     plots = plot_train(train, results) + (plot_infer(infer, results) if infer else [])
@@ -371,12 +715,45 @@ def render(results: Path, docs: Path, batch: int = HEADLINE_BATCH) -> dict[str, 
             "",
         ]
         doc += [f"    {c}" for c in _commands(train_b1)] + [""]
+    if curves:
+        doc += curve_section(curves, batch, results, rel)
+    if cpu_paths or cpu_accuracy:
+        doc += ["## Training on the CPU: bf16 autocast and channels-last", ""]
+    if cpu_paths:
+        doc += [
+            cpu_paths["table"],
+            "",
+            "Machine: " + _machine_line(cpu_paths["machine"]),
+            "",
+            f"    {cpu_paths['command']}",
+            "",
+        ]
+    if cpu_accuracy:
+        doc += [
+            "CIFAR-10 subset top-1 per path (the `basic` recipe; a path may become the CPU "
+            "default only where it matches fp32 within the noise bound):",
+            "",
+            cpu_accuracy["table"],
+            "",
+            f"    {cpu_accuracy['command']}",
+            "",
+        ]
     if infer:
         doc += [
             "## Inference (train form vs fused; torch eager, ONNX Runtime FP32 and INT8)",
             "",
             "INT8: QDQ, per-channel weights, MinMax on 32 random images (a speed figure; "
             "accuracy after PTQ is in the deployment docs).",
+            "",
+            "The fused model by runtime (median latency; in brackets the paired speed-up over "
+            "torch eager; torch.compile's compile time, its first call at each batch size, is "
+            "not part of its latency; inductor's caches persist within a run and on disk, so a "
+            "fused graph equal to one compiled before, as RepVGG's is to RepOpt-VGG's, compiles "
+            "from cache):",
+            "",
+            deploy_table(infer_all),
+            "",
+            "Every variant:",
             "",
             infer_table(infer),
             "",
@@ -388,30 +765,19 @@ def render(results: Path, docs: Path, batch: int = HEADLINE_BATCH) -> dict[str, 
             "",
         ]
         doc += [f"    {c}" for c in _commands(infer)] + [""]
-    if profile:
+    if profile and "models" in profile:
+        doc += optimizer_section(profile)
+    elif profile:  # recorded before factored masks: its figures no longer describe the code
         doc += [
-            "## RepOptSGD step profile",
+            "## Optimizer step and state",
             "",
-            f"`{profile['model']}`, {profile['parameters'] / 1e6:.2f}M parameters, "
-            f"{profile['masked_elements'] / 1e6:.2f}M of them masked. Median ms per "
-            "`optimizer.step()` (same gradients, interleaved):",
+            FACTORED_MASKS,
             "",
-            "| optimizer | ms/step |",
-            "|---|---:|",
-        ]
-        doc += [f"| {k} | {v:.2f} |" for k, v in profile["optimizer_step_ms"].items()]
-        doc += [
+            "Not yet recorded for this version (factored masks, blocked Nesterov and AdamW); "
+            "record it on a quiet machine with the command below, then re-render.",
             "",
-            "The per-tensor comparison is RepOptSGD's update applied one tensor at a time "
-            "(cache-friendly, a Python loop; max abs difference to RepOptSGD after 3 float64 "
-            "steps: "
-            f"{profile['per_tensor_max_abs_diff_vs_repoptsgd_float64']:.1e}).",
-            "",
-            "```",
-            profile["profile_repoptsgd_5_steps"],
-            "```",
-            "",
-            f"    {profile['command']}",
+            "    .venv/bin/python benchmarks/profile_optimizer.py --threads 2 --steps 10 "
+            "--repeats 15 --record benchmarks/results/speed_optimizer_profile.json",
             "",
         ]
     docs.parent.mkdir(parents=True, exist_ok=True)

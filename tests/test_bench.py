@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from reparam.bench.memory import (
     measure_training_memory,
     optimizer_tensors,
 )
-from reparam.bench.subjects import ModelSpec, check_spec, parse_spec
+from reparam.bench.subjects import ModelSpec, TrainSubject, check_spec, parse_spec
 from reparam.bench.timing import interleaved_windows, paired_ratio
 from reparam.bench.train import TrainBenchConfig, run_train_bench
 from reparam.cli import main
@@ -226,6 +227,55 @@ def test_render_headline_ratios_are_paired_per_round():
     assert "repopt_over_plain_vgg_throughput" not in headline
 
 
+def _curve_record(model, images_per_s, fixed_mb, per_image_mb, state_mb, max_batch, batch=32):
+    activations = per_image_mb * batch
+    return {
+        "model": model,
+        "batch_size": batch,
+        "train_images_per_s": statistics.median(images_per_s),
+        "window_images_per_s": images_per_s,
+        "peak_train_memory_mb": fixed_mb + activations,
+        "memory": {
+            "activations_mb": activations,
+            "activations_per_image_mb": per_image_mb,
+            "optimizer_state_mb": state_mb,
+        },
+        "max_batch_size": max_batch,
+        "max_batch": {"budget_mb": 512.0},
+        "machine": {"cpu_model": "cpu", "cores": 2, "torch_version": "t", "threads": 2},
+        "command": "reparam bench train",
+    }
+
+
+def test_render_cost_curves_ratios_targets_and_explanation(tmp_path):
+    render = _render_module()
+    assert render.load_curves(tmp_path) == {}  # no curve files: the section is left out
+    for size, scale in ((32, 1), (224, 49)):  # saved activations grow with the pixels
+        records = [
+            _curve_record("vgg_a0", [100.0, 100.0, 100.0], 80.0, scale * 0.3, 27.0, 10),
+            _curve_record("repopt_vgg_a0", [99.0, 101.0, 99.5], 100.0, scale * 0.3, 47.0, 9),
+            _curve_record("repvgg_a0", [50.0, 80.0, 70.0], 90.0, scale * 0.45, 30.0, 6),
+        ]
+        (tmp_path / f"speed_curve_{size}.json").write_text(json.dumps(records))
+    curves = render.load_curves(tmp_path)
+    assert list(curves) == [32, 224] and render.curve_batch(curves) == 32
+    ratios = render.curve_ratios(curves[32], 32)
+    assert ratios["repopt_over_plain_throughput"] == 0.995  # median of 0.99, 1.01, 0.995
+    assert ratios["repopt_over_repvgg_throughput"] == pytest.approx(99.5 / 70)
+    assert ratios["repopt_over_repvgg_memory"] == pytest.approx(109.6 / 104.4)
+    assert ratios["repopt_over_repvgg_max_batch"] == 1.5
+    table = render.curve_ratio_table(curves, 32)
+    assert "| 32 | 1.421x | 1.050x (<= 0.90x: **not met**) | 0.995x (>= 0.99x: met) |" in table
+    assert "| 224 | 1.421x | 0.717x (<= 0.72x: met) |" in table
+    text = render.curve_explanation(curves, 32)
+    assert "masks in the optimizer state: 20.0 MiB" in text
+    assert "from batch 67 on at 32 px" in text  # 10 MiB more fixed / 0.15 MiB less per image
+    assert render.plot_curves(curves, 32, tmp_path) == [
+        "speed_curve_throughput.png",
+        "speed_curve_memory.png",
+    ]
+
+
 def test_parse_spec():
     assert parse_spec("repopt_vgg_a0@sgd") == ModelSpec("repopt_vgg_a0", "sgd")
     assert parse_spec("timm:repvgg_a0", "sgd") == ModelSpec("timm:repvgg_a0", "sgd")
@@ -237,6 +287,26 @@ def test_parse_spec():
         check_spec(parse_spec("vgg_z9"))
     with pytest.raises(UserError, match="timm has no model"):
         check_spec(parse_spec("timm:vgg_z9"))
+
+
+def test_train_subject_bf16_channels_last_path():
+    fp32 = TrainSubject(ModelSpec("vgg_a0"), 2, 8, 10)
+    fast = TrainSubject(ModelSpec("vgg_a0"), 2, 8, 10, amp=True, channels_last=True)
+    conv = next(m for m in fast.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.images.is_contiguous(memory_format=torch.channels_last)
+    assert not fp32.images.is_contiguous(memory_format=torch.channels_last)
+    before = conv.weight.detach().clone()
+    fast.step()
+    assert conv.weight.dtype == torch.float32 and not torch.equal(conv.weight, before)
+
+    def per_image_mb(subject):  # autocast also saves bf16 weight copies: take the growth
+        small = activation_memory_mb(subject.model, subject.forward_loss)
+        subject.set_batch(4)
+        return (activation_memory_mb(subject.model, subject.forward_loss) - small) / 2
+
+    assert fast.images.is_contiguous(memory_format=torch.channels_last)
+    assert 0.4 < per_image_mb(fast) / per_image_mb(fp32) < 0.7  # bf16 activations
 
 
 # --- end to end (tiny) ----------------------------------------------------------------------------
@@ -302,6 +372,41 @@ def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
     assert timm_fused[0]["max_rel_diff_vs_reparam_fused"] < 1e-5
 
 
+@pytest.mark.parametrize("compiles", [True, False])
+def test_infer_bench_compile_variant_times_apart_or_records_the_failure(monkeypatch, compiles):
+    def fake_compile(model, **kwargs):  # torch.compile's contract, without the minutes
+        if not compiles:
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    config = InferBenchConfig(
+        specs=(ModelSpec("timm:test_resnet"),),
+        batch_sizes=(1, 2),
+        image_size=8,
+        num_classes=10,
+        steps=1,
+        warmup=0,
+        repeats=1,
+        threads=1,
+        onnx=False,
+        compile=True,
+    )
+    results = run_infer_bench(config, _quiet)
+    compiled = [r for r in results if r["variant"] == "compiled"]
+    assert [r["batch_size"] for r in compiled] == [1, 2]
+    assert all(r["runtime"] == "torch_compile" for r in compiled)
+    if compiles:
+        assert all(r["compile_s"] > 0 and r["latency_ms"] > 0 for r in compiled)
+        assert all(r["max_rel_diff_vs_train_form"] < 1e-5 for r in compiled)
+    else:
+        assert all(r["error"] == "RuntimeError: no C++ compiler found" for r in compiled)
+        assert all(r["latency_ms"] is None for r in compiled)
+    table = _render_module().deploy_table(results)
+    assert ("| torch.compile | failed: RuntimeError" in table) != compiles
+    assert "| timm:test_resnet | torch eager | " in table
+
+
 def test_cli_prints_one_json_list_on_stdout(capsys):
     code = main(
         [
@@ -335,3 +440,12 @@ def test_cli_prints_one_json_list_on_stdout(capsys):
         "reparam bench train --models timm:test_resnet --batch-size 2"
     )
     assert "reparam bench:" in captured.err
+
+
+def test_cli_infer_records_its_command_line(capsys):
+    argv = "bench infer --models timm:test_resnet --batch-size 1 --image-size 8 --num-classes 10"
+    argv += " --steps 1 --warmup 0 --repeats 1 --threads 1 --no-onnx --json"
+    assert main(argv.split()) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert {r["variant"] for r in results} == {"train_form", "fused"}
+    assert results[0]["command"].endswith("--threads 1 --no-onnx")

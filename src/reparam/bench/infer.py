@@ -6,7 +6,10 @@ Per model, the variants (all float32 unless named otherwise):
 - ``fused``: ``reparam.reparameterize(model)`` (timm models: ``timm.utils.reparameterize_model``);
 - ``onnx_fp32`` / ``onnx_int8``: the fused model exported with ``reparam.deploy`` and run by ONNX
   Runtime, FP32 and INT8 QDQ (per-channel MinMax on random calibration images: a speed figure
-  only; accuracy of INT8 is the deployment benchmarks' job).
+  only; accuracy of INT8 is the deployment benchmarks' job);
+- ``compiled`` (with ``compile=True``): ``torch.compile(fused)``, mode default, static shapes.
+  Its first call at each batch size compiles; that time is ``compile_s`` and is left out of the
+  latency. When compiling fails, its records hold ``error`` (a one-line reason) and no timings.
 
 BatchNorm running statistics are randomised first, so the fusion is not a no-op; annealed
 activations (ReduceNet, VanillaNet) are put in their end-of-training state (lambda = 1) by
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,13 @@ __all__ = ["InferBenchConfig", "run_infer_bench"]
 
 Progress = Callable[[str], None]
 Runner = Callable[[Tensor], Tensor]
+RUNTIMES = {
+    "train_form": "torch_eager",
+    "fused": "torch_eager",
+    "compiled": "torch_compile",
+    "onnx_fp32": "onnxruntime",
+    "onnx_int8": "onnxruntime",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class InferBenchConfig:
     repeats: int = 5
     threads: int = 2
     onnx: bool = True
+    compile: bool = False
     command: str = ""
 
 
@@ -98,6 +110,25 @@ def _onnx_runners(
     return runners
 
 
+def _compiled_runner(
+    fused: nn.Module, inputs: dict[int, Tensor], probe: Tensor
+) -> tuple[Runner | None, dict[int, float] | str]:
+    """``torch.compile(fused)`` and the seconds of its first call per batch size (the compile),
+    or ``(None, reason)`` when compiling or running it fails."""
+    try:
+        run = _torch_runner(torch.compile(fused, dynamic=False))
+        compile_s = {}
+        for batch, images in inputs.items():
+            start = time.perf_counter()
+            run(images)
+            compile_s[batch] = time.perf_counter() - start
+        run(probe)
+    except Exception as err:  # noqa: BLE001 - any backend failure is recorded, not raised
+        reason = str(err).strip().splitlines()
+        return None, f"{type(err).__name__}: {reason[0] if reason else ''}"
+    return run, compile_s
+
+
 def _timm_to_ours(
     models: dict[ModelSpec, nn.Module], spec: ModelSpec, num_classes: int
 ) -> nn.Module | None:
@@ -123,7 +154,12 @@ def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[s
     probe = torch.randn(
         8, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2)
     )
+    inputs = {
+        b: torch.randn(b, 3, config.image_size, config.image_size) for b in config.batch_sizes
+    }
     runners: list[tuple[ModelSpec, str, Runner, dict[str, Any]]] = []
+    failed: list[tuple[ModelSpec, str]] = []  # (model, why torch.compile failed)
+    compile_seconds: dict[tuple[ModelSpec, int], float] = {}
     with tempfile.TemporaryDirectory(prefix="reparam-bench-") as tmp:
         for spec in specs:
             progress(f"infer: preparing {spec.label}")
@@ -133,6 +169,14 @@ def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[s
                 "train_form": _torch_runner(model),
                 "fused": _torch_runner(fused),
             }
+            if config.compile:
+                progress(f"infer: compiling {spec.label}")
+                compiled, outcome = _compiled_runner(fused, inputs, probe)
+                if compiled is None:
+                    failed.append((spec, outcome))
+                else:
+                    variants["compiled"] = compiled
+                    compile_seconds |= {(spec, b): s for b, s in outcome.items()}
             if config.onnx and not spec.is_timm:
                 variants |= _onnx_runners(
                     fused, config.image_size, config.threads, Path(tmp), spec.name
@@ -158,9 +202,6 @@ def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[s
             runners.extend(
                 (spec, variant, run, extra_of[variant]) for variant, run in variants.items()
             )
-        inputs = {
-            b: torch.randn(b, 3, config.image_size, config.image_size) for b in config.batch_sizes
-        }
         keys = [(entry, b) for entry in runners for b in config.batch_sizes]
         machine_before = machine_info()
         windows = interleaved_windows(
@@ -171,27 +212,43 @@ def run_infer_bench(config: InferBenchConfig, progress: Progress) -> list[dict[s
             on_round=lambda r: progress(f"infer: round {r + 1}/{config.repeats} done"),
         )
     machine = machine_before | {"load_average_after": machine_info()["load_average"]}
+
+    def record(spec: ModelSpec, variant: str, batch: int, **fields: Any) -> dict[str, Any]:
+        return {
+            "benchmark": "infer",
+            "model": spec.label,
+            "variant": variant,
+            "runtime": RUNTIMES[variant],
+            "batch_size": batch,
+            "image_size": config.image_size,
+            "num_classes": config.num_classes,
+            **fields,
+            "steps": config.steps,
+            "warmup": config.warmup,
+            "repeats": config.repeats,
+            "machine": machine,
+            "command": config.command,
+        }
+
     results = []
     for ((spec, variant, _, extra), batch), variant_windows in zip(keys, windows):
         latency_ms = [1e3 * w.seconds_per_call for w in variant_windows]
+        compiled = {"compile_s": compile_seconds[spec, batch]} if variant == "compiled" else {}
         results.append(
-            {
-                "benchmark": "infer",
-                "model": spec.label,
-                "variant": variant,
-                "runtime": "onnxruntime" if variant.startswith("onnx") else "torch_eager",
-                "batch_size": batch,
-                "image_size": config.image_size,
-                "num_classes": config.num_classes,
-                "latency_ms": statistics.median(latency_ms),
-                "images_per_s": batch / (statistics.median(latency_ms) / 1e3),
-                "window_latency_ms": latency_ms,
+            record(
+                spec,
+                variant,
+                batch,
+                latency_ms=statistics.median(latency_ms),
+                images_per_s=batch / (statistics.median(latency_ms) / 1e3),
+                window_latency_ms=latency_ms,
+                **compiled,
                 **extra,
-                "steps": config.steps,
-                "warmup": config.warmup,
-                "repeats": config.repeats,
-                "machine": machine,
-                "command": config.command,
-            }
+            )
         )
+    results += [
+        record(spec, "compiled", b, latency_ms=None, images_per_s=None, error=reason)
+        for spec, reason in failed
+        for b in config.batch_sizes
+    ]
     return results

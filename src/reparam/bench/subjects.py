@@ -9,6 +9,10 @@ with a ``timm:`` prefix (``timm:repvgg_a0``, the peer implementation). ``OPTIMIZ
 - ``repopt``: ``RepOptSGD`` (an error for a model without multipliers).
 
 Both optimizers run with the same settings: momentum 0.9, weight decay 4e-5, lr 0.01.
+
+Execution paths of a :class:`TrainSubject` (as ``reparam.train.fit`` runs them): ``amp`` runs the
+forward and loss under bf16 autocast; ``channels_last`` stores the model and the batch in
+channels-last (NHWC) memory format.
 """
 
 from __future__ import annotations
@@ -112,13 +116,16 @@ def build_optimizer(spec: ModelSpec, model: nn.Module) -> tuple[torch.optim.Opti
 
 @dataclass
 class TrainSubject:
-    """One model + optimizer + fixed batch; ``step()`` is one full training step."""
+    """One model + optimizer + fixed batch; ``step()`` is one full training step, on the
+    execution path set by ``amp`` and ``channels_last`` (see module docstring)."""
 
     spec: ModelSpec
     batch_size: int
     image_size: int
     num_classes: int
     seed: int = 0
+    amp: bool = False
+    channels_last: bool = False
     model: nn.Module = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     optimizer_name: str = field(init=False)
@@ -126,6 +133,8 @@ class TrainSubject:
     def __post_init__(self) -> None:
         torch.manual_seed(self.seed)
         self.model = build_model(self.spec, self.num_classes).train()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer, self.optimizer_name = build_optimizer(self.spec, self.model)
         self.loss_fn = nn.CrossEntropyLoss()
         self.set_batch(self.batch_size)
@@ -134,6 +143,8 @@ class TrainSubject:
         """Replace the fixed batch by a random one of ``batch_size`` images."""
         self.batch_size = batch_size
         self.images = torch.randn(batch_size, 3, self.image_size, self.image_size)
+        if self.channels_last:
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.labels = torch.randint(0, self.num_classes, (batch_size,))
 
     @property
@@ -141,7 +152,8 @@ class TrainSubject:
         return sum(p.numel() for p in self.model.parameters())
 
     def forward_loss(self) -> Tensor:
-        return self.loss_fn(self.model(self.images), self.labels)
+        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.loss_fn(self.model(self.images), self.labels)
 
     def step(self) -> float:
         """One training step; returns the seconds spent in ``optimizer.step()``."""

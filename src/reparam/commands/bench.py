@@ -2,7 +2,7 @@
 
     reparam bench train --models repopt_vgg_a0,repvgg_a0,vgg_a0,timm:repvgg_a0 \\
         --batch-size 32 --image-size 32 --memory-budget-mb 512 --json
-    reparam bench infer --models repvgg_a0,timm:repvgg_a0 --batch-size 1,32 --json
+    reparam bench infer --models repvgg_a0,timm:repvgg_a0 --batch-size 1,32 --compile --json
 
 Model names: any ``reparam models`` name, or ``timm:NAME`` for a timm model (the peer); append
 ``@sgd`` / ``@repopt`` to force the optimizer of one entry (``repopt_vgg_a0@sgd`` measures the
@@ -31,8 +31,8 @@ __all__ = ["add_arguments", "run"]
 MODES = {
     "train": "training throughput, accounted memory and (with --memory-budget-mb) the largest "
     "batch, per model, side by side",
-    "infer": "inference latency of each deploy path (train form, fused, ONNX FP32 / INT8), "
-    "per model, side by side",
+    "infer": "inference latency of each deploy path (train form, fused, ONNX FP32 / INT8, "
+    "optionally torch.compile), per model, side by side",
 }
 
 
@@ -58,7 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 "multipliers, else SGD)",
             )
         else:
+            sub.set_defaults(optimizer="auto", memory_budget_mb=None)  # train-only options
             sub.add_argument("--no-onnx", action="store_true", help="torch variants only")
+            sub.add_argument(
+                "--compile",
+                action="store_true",
+                help="also time torch.compile(fused) (compile time recorded apart; a failed "
+                "compile is recorded with its reason)",
+            )
 
 
 def _add_common(parser: argparse.ArgumentParser, default_batch: str) -> None:
@@ -119,8 +126,8 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--optimizer", args.optimizer]
         if args.memory_budget_mb is not None:
             words += ["--memory-budget-mb", f"{args.memory_budget_mb:g}"]
-    elif args.no_onnx:
-        words.append("--no-onnx")
+    else:
+        words += ["--no-onnx"] * args.no_onnx + ["--compile"] * args.compile
     return shlex.join(words)
 
 
@@ -142,10 +149,10 @@ def _summary_line(record: dict) -> str:
         if "max_batch_size" in record:
             text += f"  max batch {record['max_batch_size']}"
         return text
-    return (
-        f"{record['model']:<18} {record['variant']:<11} batch {record['batch_size']:>4}  "
-        f"{record['latency_ms']:8.2f} ms  {record['images_per_s']:8.1f} img/s"
-    )
+    head = f"{record['model']:<18} {record['variant']:<11} batch {record['batch_size']:>4}  "
+    if record["latency_ms"] is None:
+        return head + f"failed: {record['error']}"
+    return head + f"{record['latency_ms']:8.2f} ms  {record['images_per_s']:8.1f} img/s"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         config = TrainBenchConfig(**common, memory_budget_mb=args.memory_budget_mb)
         results = run_train_bench(config, progress)
     else:
-        results = run_infer_bench(InferBenchConfig(**common, onnx=not args.no_onnx), progress)
+        config = InferBenchConfig(**common, onnx=not args.no_onnx, compile=args.compile)
+        results = run_infer_bench(config, progress)
     if args.out:
         write_json(results, args.out)
     if args.json:
