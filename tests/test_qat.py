@@ -17,6 +17,7 @@ from reparam.cli import main
 from reparam.deploy.qat import resolve_route, with_batchnorm
 from reparam.deploy.quantize import QuantSettings
 from reparam.errors import DeployError
+from reparam.train import TrainConfig, fit
 from reparam.verify import rel_err
 
 
@@ -64,10 +65,16 @@ def test_routes_follow_whether_training_and_deploy_structures_match():
 @pytest.fixture(scope="module")
 def qat_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("qat")
-    make_run(root / "run", "repopt_vgg_a0", data="digits", image_size=16)
+    # a trained model (87% top-1): where logits are near ties (a random model, a weak one) one
+    # LSB of requantization rounding (ORT's integer kernels vs torch's float reference) flips
+    # the top-1 (agreement 90-98% there; 100% with the QDQ graph computed as written)
+    config = TrainConfig(
+        model="repopt_vgg_a0", data="digits", image_size=16, epochs=3, out=str(root / "run")
+    )
+    fit(config, progress=False)
     argv = ["qat", str(root / "run"), "--data", "digits", "--epochs", "1", "--out"]
     argv += [str(root / "out"), "--granularity", "per-tensor", "--latency-repeats", "1"]
-    argv += ["--eval-images", "64", "--no-progress", "--json", "--batch-size", "128"]
+    argv += ["--eval-images", "256", "--no-progress", "--json", "--batch-size", "128"]
     return root, argv
 
 
@@ -88,6 +95,7 @@ def test_qat_end_to_end_on_digits(qat_folder, capsys):
     )
     assert quant["qat"]["steps"] == 1437 // 128
     assert quant["onnx_vs_torch_top1_agreement"] >= 0.99  # ORT runs what torch fake-quantized
+    assert quant["onnx_int8_kernels_vs_torch_top1_agreement"] >= 0.9  # + integer requantization
     assert summary["int8"]["n_images"] == 360 and 0 <= summary["int8"]["top1_int8"] <= 1
     assert main(["eval", str(out / "model.int8.onnx"), "--data", "digits", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == 360

@@ -90,11 +90,18 @@ def add_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def open_session(path: str | os.PathLike, threads: int | None = None, allow_spinning: bool = True):
+def open_session(
+    path: str | os.PathLike,
+    threads: int | None = None,
+    allow_spinning: bool = True,
+    qdq_as_written: bool = False,
+):
     """An ONNX Runtime CPU session; a missing or corrupted file raises :class:`DeployError`.
 
     ``allow_spinning=False`` lets idle intra-op threads sleep instead of spinning (for timing
-    several sessions in turn on shared cores)."""
+    several sessions in turn on shared cores). ``qdq_as_written=True`` keeps ORT from fusing
+    QuantizeLinear / DequantizeLinear pairs into integer kernels (QLinearConv, ...): the graph
+    then computes what it says, in float between the Q/DQ pairs, as torch's reference does."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -106,6 +113,8 @@ def open_session(path: str | os.PathLike, threads: int | None = None, allow_spin
         options.intra_op_num_threads = threads
     if not allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if qdq_as_written:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)

@@ -67,7 +67,8 @@ def register_model(
     pretrained_cfg = {**DEFAULT_PRETRAINED_CFG, **cfg}
 
     def build(in_chans: int = 3, **kwargs: Any) -> nn.Module:
-        kwargs.setdefault("in_channels", in_chans)
+        if in_chans != 3:  # timm's name for it; models that take other inputs say in_channels
+            kwargs.setdefault("in_channels", in_chans)
         return fn(**kwargs)
 
     @functools.wraps(fn)
