@@ -237,6 +237,23 @@ def train_run(model: str, path: str, seed: int, args: argparse.Namespace) -> dic
     }
 
 
+def _copy_fp32_rows(
+    record: dict[str, Any], source: Path, settings: dict[str, Any], parser: argparse.ArgumentParser
+) -> None:
+    """Take the ``fp32`` runs from ``benchmarks/cifar_dev.py``'s record (the same recipe, data,
+    epochs, batch and scale files) instead of training them again."""
+    other = read_json(source)
+    same = {k: other["settings"].get(k) for k in ("data", "epochs", "batch_size")}
+    if same != {k: settings[k] for k in same}:
+        parser.error(f"{source} was recorded with {other['settings']}, not {settings}")
+    for model in MODELS:
+        runs = other["rows"].get(model, {})
+        fp32 = record["rows"].setdefault(model, {}).setdefault("fp32", {})
+        for seed, row in runs.items():
+            fp32.setdefault(seed, {k: row[k] for k in ("top1", "train_images_per_s", "seconds")})
+    record["fp32_from"] = str(source)
+
+
 def run_accuracy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     record_path = Path(args.record)
     record = read_json(record_path) if record_path.is_file() else {"rows": {}}
@@ -257,6 +274,8 @@ def run_accuracy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             "to train RepOpt-VGG with the Hyper-Search init constants"
         )
     record.update(settings=settings, command=args.command)
+    if args.fp32_from:
+        _copy_fp32_rows(record, Path(args.fp32_from), settings, parser)
     paths = ["fp32", *(p for p in args.paths if p != "fp32")]
     for seed in args.seeds:
         for model in MODELS:
@@ -315,6 +334,11 @@ def main() -> int:
         help="RepOpt-VGG's scale file per seed ({seed}); '' = HS-init constants",
     )
     accuracy.add_argument("--out", default="runs/cpu-paths", help="folder: the run folders")
+    accuracy.add_argument(
+        "--fp32-from",
+        metavar="FILE",
+        help="take the fp32 runs from benchmarks/cifar_dev.py's record (same settings)",
+    )
     accuracy.add_argument("--record", default="benchmarks/results/cpu_paths_accuracy.json")
     for sub in (speed, accuracy):
         sub.add_argument("--threads", type=int, default=2)
