@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,14 +58,25 @@ def export_onnx(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export an eval-mode float32 model with a dynamic batch dimension; one self-contained file.
+    A graph captured by ``torch.export`` (a converted PT2E INT8 model: its Q/DQ pairs become
+    ``QuantizeLinear`` / ``DequantizeLinear``) is exported as it is.
 
     The exporter's progress lines go to stderr (stdout is reserved for ``--json``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().float()
+    if not isinstance(model, torch.fx.GraphModule):
+        model = model.eval().float()
     example = torch.zeros(2, 3, image_size, image_size)
-    with contextlib.redirect_stdout(sys.stderr), quiet_exporter_logs(), torch.no_grad():
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        quiet_exporter_logs(),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        # a captured graph keeps training=True (it has no .eval()); after convert_pt2e nothing in
+        # it depends on the flag, so the exporter's train-mode warning does not apply
+        warnings.filterwarnings("ignore", "Exporting a model while it is in training mode")
         torch.onnx.export(
             model,
             (example,),

@@ -252,10 +252,10 @@ def _ptq_writer(settings: QuantSettings, image_size: int) -> Int8Writer:
     def write(fused, config, onnx_path: Path, int8_path: Path, images: np.ndarray) -> dict:
         if settings.backend == "ort":
             return quantize_onnx(onnx_path, int8_path, images, settings)
-        from .pt2e import export_int8_onnx, ptq
+        from .pt2e import ptq
 
         quantized = ptq(fused, images, settings.granularity, settings.calib_batch_size)
-        export_int8_onnx(quantized, int8_path, image_size, onnx_metadata(config))
+        export_onnx(quantized, int8_path, image_size, onnx_metadata(config))
         return {
             "settings": settings.to_dict(),
             "calib_images_used": len(images),

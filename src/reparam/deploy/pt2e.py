@@ -4,7 +4,8 @@
 ``prepare_qat_pt2e`` (QAT) inserts observers / fake quantizers where torchao's
 ``X86InductorQuantizer`` annotates (convs, linears and their ReLU, pooling, adds),
 ``convert_pt2e`` folds BN and writes quantize / dequantize pairs, and torch's dynamo ONNX exporter
-turns those into ``QuantizeLinear`` / ``DequantizeLinear``: the same QDQ form as the ORT path.
+(:func:`reparam.deploy.onnx_export.export_onnx`) turns those into ``QuantizeLinear`` /
+``DequantizeLinear``: the same QDQ form as the ORT path.
 
 Scheme, chosen to equal :mod:`reparam.deploy.quantize` (not the quantizer's own default of
 histogram activations and [-128, 127] weights): activations uint8, asymmetric, per tensor,
@@ -16,19 +17,13 @@ each conv-BN pair with the BN folded into the fake-quantized weight.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import fx, nn
 
 from ..errors import DeployError
-from .onnx_export import INPUT, OUTPUT, add_metadata, quiet_exporter_logs
 
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notice
 from torchao.quantization.pt2e import (  # noqa: E402
@@ -53,7 +48,6 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa
 __all__ = [
     "capture",
     "convert",
-    "export_int8_onnx",
     "int8_quantizer",
     "prepare_qat",
     "ptq",
@@ -134,36 +128,3 @@ def set_training(prepared: fx.GraphModule, training: bool) -> fx.GraphModule:
 def convert(prepared: fx.GraphModule) -> fx.GraphModule:
     """The quantized (reference q/dq) model of a QAT graph, BN folded, in eval mode."""
     return convert_pt2e(set_training(prepared, False))
-
-
-def export_int8_onnx(
-    quantized: fx.GraphModule,
-    path: str | os.PathLike,
-    image_size: int,
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """A converted PT2E model as a QDQ ONNX file (dynamic batch, ``input`` -> ``logits``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, 3, image_size, image_size)
-    with (
-        contextlib.redirect_stdout(sys.stderr),
-        quiet_exporter_logs(),
-        torch.no_grad(),
-        warnings.catch_warnings(),
-    ):
-        # a captured graph keeps training=True (it has no .eval()); after convert_pt2e nothing in
-        # it depends on the flag, so the exporter's train-mode warning does not apply
-        warnings.filterwarnings("ignore", "Exporting a model while it is in training mode")
-        torch.onnx.export(
-            quantized,
-            (example,),
-            str(path),
-            dynamo=True,
-            external_data=False,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-        )
-    add_metadata(path, {"image_size": str(image_size), **(metadata or {})})
-    return path

@@ -237,8 +237,8 @@ def _qat_writer(source: str | os.PathLike, data: str, settings: QATSettings, pro
     """The deploy pipeline's INT8 writer: QAT the source's model, convert, export."""
 
     def write(fused, config, onnx_path: Path, int8_path: Path, images: np.ndarray) -> dict:
-        from .onnx_export import open_session, run_session
-        from .pt2e import convert, export_int8_onnx, prepare_qat
+        from .onnx_export import export_onnx, open_session, run_session
+        from .pt2e import convert, prepare_qat
 
         model, _ = load_model(source)
         if has_annealing(model) and not annealing_finished(model):
@@ -259,7 +259,7 @@ def _qat_writer(source: str | os.PathLike, data: str, settings: QATSettings, pro
         teacher = fused.eval() if settings.distill else None
         trained = _fine_tune(prepared, masks, teacher, run, settings, lr, progress)
         quantized = convert(prepared)
-        export_int8_onnx(quantized, int8_path, config["image_size"], onnx_metadata(config))
+        export_onnx(quantized, int8_path, config["image_size"], onnx_metadata(config))
         with torch.no_grad():
             torch_top1 = quantized(probe).argmax(1).numpy()
         as_written = run_session(open_session(int8_path, qdq_as_written=True), probe)
