@@ -47,7 +47,7 @@ from ..csla import Branch, CSLASpec, Scale, equivalent_weight, init_weight
 from ..kernels import Kernel, add_branches, fold_bn, identity_kernel
 from .layers import ConvBN
 from .registry import register_model
-from .scales import set_scales
+from .scales import configure_target
 from .vggnet import PooledClassifier
 
 __all__ = [
@@ -405,8 +405,6 @@ def repopt_ghostnet(
 ) -> GhostNet:
     """RepOpt-GhostNet target model of ``arch`` (kwargs as ``repopt_vgg``'s). ``name`` is the
     model a scale file must have been searched for (default ``repopt_ghostnet_<arch>``)."""
-    if identity_init not in ("one", "scale"):
-        raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
     model = GhostNet(
         lambda s: RepOptGhostCheap(s.channels, s.hs_init_scale), _arch(arch), num_classes, **kwargs
     )
@@ -417,13 +415,15 @@ def repopt_ghostnet(
             "s_id = 1). Pass scales=FILE for searched scales.",
             name,
         )
-    set_scales(model, scales, name=name, channel_average=channel_average)
-    for module in model.modules():
-        if isinstance(module, RepOptGhostCheap):
-            module.identity_init = identity_init
-            if reinit:
-                module.reset_csla_init()
-    return model
+    return configure_target(
+        model,
+        RepOptGhostCheap,
+        scales,
+        name=name,
+        channel_average=channel_average,
+        identity_init=identity_init,
+        reinit=reinit,
+    )
 
 
 register = register_model(classifier="classifier", interpolation="bicubic")

@@ -42,7 +42,7 @@ from ..csla import Branch, CSLASpec, equivalent_weight, init_weight
 from ..kernels import Kernel, fold_bn
 from .layers import VGGBlock, conv_from_kernel
 from .registry import register_model
-from .scales import set_scales
+from .scales import configure_target
 from .vggnet import BlockSpec, VGGArch, VGGNet
 
 __all__ = [
@@ -234,8 +234,6 @@ def repopt_vgg(
     """RepOpt-VGG target model of ``arch``: a key of :data:`REPOPT_ARCHS`, or a
     :class:`VGGArch` of any size (see module docstring for the kwargs). ``name`` is the model a
     scale file must have been searched for (default ``repopt_vgg_<arch>``)."""
-    if identity_init not in ("one", "scale"):
-        raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
     model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
     name = name or f"repopt_vgg_{arch}"
     if scales is None:
@@ -244,13 +242,15 @@ def repopt_vgg(
             "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.",
             name,
         )
-    set_scales(model, scales, name=name, channel_average=channel_average)
-    for module in model.modules():
-        if isinstance(module, RepOptVGGBlock):
-            module.identity_init = identity_init
-            if reinit:
-                module.reset_csla_init()
-    return model
+    return configure_target(
+        model,
+        RepOptVGGBlock,
+        scales,
+        name=name,
+        channel_average=channel_average,
+        identity_init=identity_init,
+        reinit=reinit,
+    )
 
 
 register_hs = register_model(first_conv=("stem.conv3x3", "stem.conv1x1"))

@@ -31,6 +31,7 @@ from ..errors import ScaleError
 __all__ = [
     "ScaleError",
     "apply_scales",
+    "configure_target",
     "extract_scales",
     "model_scales",
     "read_scale_file",
@@ -210,3 +211,27 @@ def set_scales(model: nn.Module, scales: Any, *, name: str, channel_average: boo
         with torch.no_grad():
             for tensor in model_scales(model).values():
                 tensor.fill_(tensor.mean().item())
+
+
+def configure_target(
+    model: nn.Module,
+    block_type: type[nn.Module],
+    scales: Any,
+    *,
+    name: str,
+    channel_average: bool,
+    identity_init: str,
+    reinit: bool,
+) -> nn.Module:
+    """Finish a freshly built RepOpt target: its scales (:func:`set_scales`), then every
+    ``block_type`` block's ``identity_init`` (``"one"`` or ``"scale"``) and, with ``reinit``, its
+    CSLA initial weight from those scales."""
+    if identity_init not in ("one", "scale"):
+        raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
+    set_scales(model, scales, name=name, channel_average=channel_average)
+    for module in model.modules():
+        if isinstance(module, block_type):
+            module.identity_init = identity_init
+            if reinit:
+                module.reset_csla_init()
+    return model
