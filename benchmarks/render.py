@@ -600,11 +600,13 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
 FACTORED_MASKS = (
     "RepOptSGD / RepOptAdamW store a CSLA mask factored: one value per output channel and tap "
     "(`[C_out, 1, k, k]`, the same for every input channel) plus the identity's diagonal "
-    "centre, instead of the full `[C_out, C_in, k, k]` tensor; each cache block's masks are "
-    "written into a scratch buffer of a few MiB right before use, so the update is the full-mask "
-    "one bit for bit. Masks that do not factor stay full size: depthwise convolutions and 1-D "
-    "parameters (the factors would be as large) and `grad_mults=` masks that vary over input "
-    "channels. Nesterov and AdamW run the same blocked in-place update as heavy-ball momentum."
+    "centre, instead of the full `[C_out, C_in, k, k]` tensor. The update runs in place in the "
+    "gradients (`step()` overwrites `.grad`), block by block, multiplying each chunk by its "
+    "factors repeated over two input channels and then setting the diagonal, so masking needs "
+    "no scratch and the update is the full-mask one bit for bit. Masks that do not factor stay "
+    "full size: depthwise convolutions and 1-D parameters (the factors would be as large) and "
+    "`grad_mults=` masks that vary over input channels. Nesterov and AdamW run the same blocked "
+    "in-place update as heavy-ball momentum."
 )
 
 
@@ -616,7 +618,8 @@ def optimizer_section(profile: Record) -> list[str]:
         FACTORED_MASKS,
         "",
         "Median ms per `optimizer.step()` (same weights and gradients, interleaved) and the "
-        "optimizer's state after one step (buffers, masks or factors, scratch; MiB):",
+        "optimizer's state after one step (buffers, masks or factors and tiles, scratch; MiB); "
+        "the gradients are copied back before every step and the copy's time subtracted:",
         "",
     ]
     for name, result in profile["models"].items():

@@ -16,15 +16,17 @@ __all__ = ["RepOptAdamW"]
 class RepOptAdamW(MaskedOptimizer):
     """AdamW on the target model that tracks AdamW on the imaginary CSLA model.
 
-    Per step (``torch._foreach_*`` ops, block by block, in place), with ``M`` the grad mult at
-    power 1 (``sum_i |a_i|`` + identity; 1 for parameters without one):
+    Per step (``torch._foreach_*`` ops, block by block, in place; ``g`` in the gradient's
+    memory), with ``M`` the grad mult at power 1 (``sum_i |a_i|`` + identity; 1 for parameters
+    without one):
 
         g = grad * M                         (multiplied BEFORE the moments)
         W = W * (1 - lr * weight_decay)      (decoupled, NOT multiplied)
         m = lerp(m, g, 1 - b1);  v = b2 v + (1 - b2) g^2
         W = W - lr / (1 - b1^t) * (M * m) / (sqrt(v) / sqrt(1 - b2^t) + eps)   (multiplied AGAIN)
 
-    With unit masks this is torch's AdamW op for op (equal bit for bit).
+    With unit masks this is torch's AdamW op for op (equal bit for bit). **Contract:** ``step()``
+    overwrites ``.grad`` of masked parameters (with ``M * m``): read or clip gradients before.
     Adam is scale-invariant per element, so each branch ``a_i W_i`` moves ``W'`` by ``|a_i|``
     times the same normalised step: the sum is ``M`` times it, exact but for ``eps``. An element
     whose gradient is not far above ``eps / |a_i|`` is normalised differently in the block and in
@@ -37,7 +39,7 @@ class RepOptAdamW(MaskedOptimizer):
     """
 
     power = 1
-    scratch_buffers = 2  # M (then M * m), and g (then the denominator)
+    scratch_buffers = 1  # the denominator
 
     def __init__(
         self,
@@ -89,21 +91,19 @@ class RepOptAdamW(MaskedOptimizer):
                 p, m, v = param_chunks[start:stop], exp_avgs[start:stop], exp_avg_sqs[start:stop]
                 g = grad_chunks[start:stop]
                 if block.masked:
-                    mask, g = block.load_masks(0), block.scratch[1]
-                    torch._foreach_copy_(g, grad_chunks[start:stop])
-                    torch._foreach_mul_(g, mask)
+                    block.mask_(g)
                 if weight_decay:
                     torch._foreach_mul_(p, 1 - lr * weight_decay)
                 torch._foreach_lerp_(m, g, 1 - beta1)
                 torch._foreach_mul_(v, beta2)
                 torch._foreach_addcmul_(v, g, g, 1 - beta2)
-                denom = block.scratch[1]
+                denom = block.scratch[0]
                 torch._foreach_copy_(denom, v)
                 torch._foreach_sqrt_(denom)
                 torch._foreach_div_(denom, bias_correction2[start:stop])
                 torch._foreach_add_(denom, eps)
-                if block.masked:
-                    torch._foreach_mul_(mask, m)
-                    m = mask
+                if block.masked:  # M * m, in the gradients' memory (g is used up)
+                    torch._foreach_copy_(g, m)
+                    m = block.mask_(g)
                 torch._foreach_addcdiv_(p, m, denom, step_size[start:stop])
         return loss

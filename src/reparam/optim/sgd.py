@@ -16,7 +16,8 @@ __all__ = ["RepOptSGD"]
 class RepOptSGD(MaskedOptimizer):
     """SGD on the target model that equals SGD on the imaginary CSLA model, exactly.
 
-    Per step, for every parameter (``torch._foreach_*`` ops, block by block, in place):
+    Per step, for every parameter (``torch._foreach_*`` ops, block by block, in place, ``d``
+    in the gradient's own memory):
 
         d = M * grad              (M = grad mult, p = 2; d = grad without one)
         d = d + weight_decay * W  (weight decay NOT multiplied)
@@ -25,7 +26,8 @@ class RepOptSGD(MaskedOptimizer):
         W = W - lr * d
 
     This is torch's SGD with ``grad * M`` for ``grad``, op for op: with unit masks the weights
-    equal torch's bit for bit. This order is what makes the target's trajectory equal the CSLA
+    equal torch's bit for bit. **Contract:** ``step()`` overwrites ``.grad`` with ``d`` (as
+    torch's foreach SGD does with Nesterov): read or clip gradients before the step. This order is what makes the target's trajectory equal the CSLA
     model's (float64 relative error ~1e-16 per step). Anything that rescales gradients per tensor
     before the step (gradient clipping by norm, LARS/LAMB trust ratios) breaks the equivalence:
     the imaginary model would clip or scale different tensors.
@@ -36,7 +38,7 @@ class RepOptSGD(MaskedOptimizer):
     """
 
     power = 2
-    scratch_buffers = 1  # d
+    scratch_buffers = 0  # d is computed in the gradients
 
     def __init__(
         self,
@@ -86,13 +88,9 @@ class RepOptSGD(MaskedOptimizer):
             fresh_chunks = plan.per_chunk(fresh)
             for block in plan.blocks:
                 start, stop = block.start, block.stop
-                p, d = param_chunks[start:stop], block.scratch[0]
+                p, d = param_chunks[start:stop], grad_chunks[start:stop]
                 if block.masked:
-                    torch._foreach_mul_(block.load_masks(0), grad_chunks[start:stop])
-                elif weight_decay or group["nesterov"]:  # d is written to
-                    torch._foreach_copy_(d, grad_chunks[start:stop])
-                else:
-                    d = grad_chunks[start:stop]
+                    block.mask_(d)
                 if weight_decay:
                     torch._foreach_add_(d, p, alpha=weight_decay)
                 update = d
