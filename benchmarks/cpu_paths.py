@@ -34,11 +34,15 @@ import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from reparam import create_model
 from reparam.bench.machine import machine_info
 from reparam.bench.subjects import ModelSpec, TrainSubject
 from reparam.bench.timing import interleaved_windows, paired_ratio
@@ -87,16 +91,43 @@ def _parse_paths(text: str) -> list[str]:
     return paths
 
 
+def _one_step(model: str, path: str, size: int, batch: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    TrainSubject(ModelSpec(model), batch, size, NUM_CLASSES, **PATHS[path]).step()
+
+
+def crash_of(model: str, path: str, size: int, batch: int, threads: int) -> str | None:
+    """``None`` when one training step of ``model`` on ``path`` runs in a fresh process, else
+    what killed it. Channels-last steps are probed so: oneDNN's 1x1 stride-2 NHWC weight
+    gradient with fewer input channels than its block (RepVGG's stem branch, 3 channels)
+    writes past its workspace (uxlfoundation/oneDNN#6035); here it kills RepVGG-A0 at 224 px."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            pool.submit(_one_step, model, path, size, batch, threads).result()
+        except BrokenProcessPool:
+            return "the process died in its first training step (native crash)"
+    return None
+
+
 def measure_speed(
     size: int, batch: int, args: argparse.Namespace, peak: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """One row per (model, path) at ``size`` px and ``batch``, all subjects interleaved."""
-    keys = [(model, path) for model in MODELS for path in args.paths]
+    """One row per (model, path) at ``size`` px and ``batch``, all subjects interleaved; a
+    channels-last subject that crashes its probe (:func:`crash_of`) gets an ``error`` row."""
+    setting = {"image_size": size, "batch_size": batch}
+    crashed = {
+        (model, path): error
+        for model in MODELS
+        for path in args.paths
+        if PATHS[path]["channels_last"]
+        and (error := crash_of(model, path, size, batch, args.threads))
+    }
+    keys = [(m, p) for m in MODELS for p in args.paths if (m, p) not in crashed]
     subjects = {
         (model, path): TrainSubject(ModelSpec(model), batch, size, NUM_CLASSES, **PATHS[path])
         for model, path in keys
     }
-    macs = {model: count_macs(subjects[model, args.paths[0]].model, size) for model in MODELS}
+    macs = {m: count_macs(create_model(m, num_classes=NUM_CLASSES), size) for m in MODELS}
     windows = interleaved_windows(
         [subject.step for subject in subjects.values()], args.steps, args.warmup, args.repeats
     )
@@ -105,29 +136,33 @@ def measure_speed(
         for key, subject_windows in zip(keys, windows)
     }
     rows = []
-    for model, path in keys:
-        median = statistics.median(images_per_s[model, path])
-        flops = median * TRAIN_FLOPS_PER_MAC * macs[model]
-        rows.append(
-            {
-                "model": model,
-                "path": path,
-                "image_size": size,
-                "batch_size": batch,
-                "optimizer": subjects[model, path].optimizer_name,
-                "train_images_per_s": median,
-                "window_images_per_s": images_per_s[model, path],
-                "speedup_vs_fp32": paired_ratio(
-                    images_per_s[model, path], images_per_s[model, "fp32"]
+    for model in MODELS:
+        for path in args.paths:
+            if (model, path) in crashed:
+                rows.append(
+                    {"model": model, "path": path, **setting, "error": crashed[model, path]}
                 )
-                if "fp32" in args.paths
-                else None,
-                "forward_macs_per_image": macs[model],
-                "train_flops_per_s": flops,
-                "fraction_of_fp32_matmul_peak": flops / peak["fp32_flops_per_s"],
-                "fraction_of_bf16_matmul_peak": flops / peak["bf16_flops_per_s"],
-            }
-        )
+                continue
+            median = statistics.median(images_per_s[model, path])
+            flops = median * TRAIN_FLOPS_PER_MAC * macs[model]
+            fp32 = images_per_s.get((model, "fp32"))
+            rows.append(
+                {
+                    "model": model,
+                    "path": path,
+                    **setting,
+                    "optimizer": subjects[model, path].optimizer_name,
+                    "train_images_per_s": median,
+                    "window_images_per_s": images_per_s[model, path],
+                    "speedup_vs_fp32": None
+                    if fp32 is None
+                    else paired_ratio(images_per_s[model, path], fp32),
+                    "forward_macs_per_image": macs[model],
+                    "train_flops_per_s": flops,
+                    "fraction_of_fp32_matmul_peak": flops / peak["fp32_flops_per_s"],
+                    "fraction_of_bf16_matmul_peak": flops / peak["bf16_flops_per_s"],
+                }
+            )
     return rows
 
 
@@ -140,6 +175,12 @@ def speed_table(record: dict[str, Any]) -> str:
         "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in record["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | {r['image_size']} | {r['batch_size']} | {r['path']} | "
+                f"{r['error']} | | | | |"
+            )
+            continue
         speedup = "" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x"
         lines.append(
             f"| {r['model']} | {r['image_size']} | {r['batch_size']} | {r['path']} | "
