@@ -102,13 +102,15 @@ def headline(
         out["repopt_over_plain_vgg_throughput"] = paired_ratio(
             repopt["window_images_per_s"], plain["window_images_per_s"]
         )
+        out["repopt_over_plain_vgg_memory"] = (
+            repopt["peak_train_memory_mb"] / plain["peak_train_memory_mb"]
+        )
     if repopt and sgd:
         masks = repopt["memory"]["optimizer_state_mb"] - sgd["memory"]["optimizer_state_mb"]
         out["repopt_grad_mask_memory_mb"] = masks
-        if repvgg:
-            out["repopt_over_repvgg_memory_without_masks"] = (
-                repopt["peak_train_memory_mb"] - masks
-            ) / repvgg["peak_train_memory_mb"]
+        out["repopt_optimizer_step_over_sgd"] = paired_ratio(
+            repopt["window_optimizer_step_ms"], sgd["window_optimizer_step_ms"]
+        )
         overhead = [
             (a - b) / step
             for a, b, step in zip(
@@ -554,19 +556,25 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
         return f"| {text} | **{shown}** | {target} |"
 
     rows = [
-        fmt("repopt_over_repvgg_throughput", "RepOpt-VGG / RepVGG training images/s", ">= 1.7x"),
         fmt(
-            "repopt_over_repvgg_memory", "RepOpt-VGG / RepVGG accounted training memory", "<= 0.75x"
+            "repopt_over_repvgg_throughput",
+            "RepOpt-VGG / RepVGG training images/s",
+            "paper: 1.7x (GPU, 224 px)",
         ),
         fmt(
-            "repopt_over_repvgg_memory_without_masks",
-            "the same, leaving out RepOptSGD's gradient masks"
+            "repopt_over_repvgg_memory",
+            "RepOpt-VGG / RepVGG accounted training memory",
+            "<= 0.90x (0.72x at 224 px)",
+        ),
+        fmt(
+            "repopt_over_plain_vgg_memory",
+            "RepOpt-VGG / plain VGG accounted training memory"
             + (
-                f" ({h['repopt_grad_mask_memory_mb']:.1f} MiB)"
+                f" (RepOptSGD's extra state: {h['repopt_grad_mask_memory_mb']:.2f} MiB)"
                 if "repopt_grad_mask_memory_mb" in h
                 else ""
             ),
-            "",
+            "<= 1.01x",
         ),
         fmt("repopt_over_repvgg_activations", "RepOpt-VGG / RepVGG saved activations", ""),
         fmt("repopt_over_repvgg_rss", "RepOpt-VGG / RepVGG process RSS for training", ""),
@@ -576,15 +584,20 @@ def _ratio_lines(h: dict[str, Any]) -> list[str]:
             "paper: 260/198 = 1.31x",
         ),
         fmt(
+            "repopt_optimizer_step_over_sgd",
+            "RepOptSGD step / torch SGD step (same model, in training)",
+            "<= 1.00x",
+        ),
+        fmt(
             "repopt_optimizer_overhead_of_step",
             "RepOptSGD step - SGD step, as a share of a training step",
-            "<= 2%",
+            "",
         ),
         fmt("repopt_step_slowdown_vs_sgd", "whole training step, RepOptSGD vs SGD", ""),
         fmt(
             "repopt_over_plain_vgg_throughput",
             "RepOpt-VGG / plain VGG training images/s",
-            "ideal 1.00x",
+            ">= 0.99x",
         ),
         fmt(
             "reparam_repvgg_over_timm_repvgg_throughput",
