@@ -37,12 +37,21 @@ TILE_CHANNELS = 2
 
 
 class MaskPatch(NamedTuple):
-    """The elements of chunk ``chunk`` (index within its block) at the storage-order positions
-    ``index`` (of :func:`flat`), whose mask ``values`` differ from the broadcast factors."""
+    """Elements of chunk ``chunk`` (index within its block) whose mask ``values`` differ from the
+    broadcast factors: ``len(values)`` of them, ``stride`` apart in storage from ``offset``
+    (relative to the chunk's first element). The identity's diagonal is one such run per
+    chunk (one per group for grouped convolutions)."""
 
     chunk: int
-    index: Tensor
+    offset: int
+    stride: int
     values: Tensor
+
+    def view(self, tensor: Tensor) -> Tensor:
+        """The patched elements of ``tensor`` (chunk ``chunk``), as a strided 1-D view."""
+        return tensor.as_strided(
+            (len(self.values),), (self.stride,), tensor.storage_offset() + self.offset
+        )
 
 
 class Block(NamedTuple):
@@ -61,19 +70,13 @@ class Block(NamedTuple):
 
     def mask_(self, tensors: list[Tensor]) -> list[Tensor]:
         """Multiply the block's chunks ``tensors`` by their masks, in place; return them."""
-        exact = [flat(tensors[e.chunk]).index_select(0, e.index) for e in self.patches]
-        if exact:
-            torch._foreach_mul_(exact, [e.values for e in self.patches])
+        patched = [e.view(tensors[e.chunk]) for e in self.patches]
+        exact = torch._foreach_mul(patched, [e.values for e in self.patches]) if patched else []
         views = [t if shape is None else t.view(shape) for t, shape in zip(tensors, self.shapes)]
         torch._foreach_mul_(views, self.multipliers)
-        for e, value in zip(self.patches, exact):
-            flat(tensors[e.chunk]).index_copy_(0, e.index, value)
+        if patched:
+            torch._foreach_copy_(patched, exact)
         return tensors
-
-
-def flat(tensor: Tensor) -> Tensor:
-    """A 1-D view of a dense tensor's elements in storage order (any dim order, e.g. NHWC)."""
-    return tensor.as_strided((tensor.numel(),), (1,))
 
 
 def _tile_channels(channels: int) -> int:
@@ -175,8 +178,7 @@ def plan_blocks(
             if mask is not None:
                 block.shapes.append(mask.view_shape)
                 block.multipliers.append(mask.multiplier)
-                if mask.patch is not None:
-                    block.patches.append(mask.patch._replace(chunk=j))
+                block.patches.extend(patch._replace(chunk=j) for patch in mask.patches)
         plan.blocks.append(block)
     return plan
 
@@ -193,34 +195,33 @@ def _carve(buffer: Tensor, shapes: Sequence[Sequence[int]]) -> list[Tensor]:
 
 class _ChunkMask(NamedTuple):
     """How one chunk is masked: viewed as ``view_shape`` (``None``: as it is) times
-    ``multiplier``, then ``patch``."""
+    ``multiplier``, then ``patches``."""
 
     view_shape: tuple[int, ...] | None
     multiplier: Tensor
-    patch: MaskPatch | None
+    patches: list[MaskPatch]
 
 
 def _chunk_mask(chunk: Tensor, mult: Tensor | FactoredMask, row: int) -> _ChunkMask:
     """The masking of ``chunk``, rows ``row:row + len(chunk)`` of a parameter masked by ``mult``."""
     rows = len(chunk)
     if isinstance(mult, Tensor):
-        return _ChunkMask(None, mult[row : row + rows], None)
+        return _ChunkMask(None, mult[row : row + rows], [])
     if not _dense(chunk):  # no storage-order positions: the full mask rows (rare layouts)
-        return _ChunkMask(None, full_mask(mult)[row : row + rows], None)
+        return _ChunkMask(None, full_mask(mult)[row : row + rows], [])
     per_tap = mult.per_tap[row : row + rows]
     low = row * mult.row_numel
     inside = (mult.index >= low) & (mult.index < low + rows * mult.row_numel)
-    patch = None
-    if inside.any():  # contiguous-order positions -> storage-order positions of this chunk
-        position = torch.unravel_index(mult.index[inside] - low, chunk.shape)
-        index = sum(i * stride for i, stride in zip(position, chunk.stride()))
-        patch = MaskPatch(0, index, mult.values[inside])
+    # contiguous-order positions -> storage-order positions in this chunk, as strided runs
+    position = torch.unravel_index(mult.index[inside] - low, chunk.shape)
+    storage = sum(i * stride for i, stride in zip(position, chunk.stride()))
+    patches = [MaskPatch(0, *run) for run in _runs(storage, mult.values[inside])]
     channels, taps = chunk.shape[1], math.prod(chunk.shape[2:])
     tile = _tile_channels(channels)
     if tile == 1 or not chunk.is_contiguous():
-        return _ChunkMask(None, per_tap, patch)
+        return _ChunkMask(None, per_tap, patches)
     tiled = per_tap.reshape(rows, 1, taps).expand(rows, tile, taps).reshape(rows, 1, tile * taps)
-    return _ChunkMask((rows, channels // tile, tile * taps), tiled, patch)
+    return _ChunkMask((rows, channels // tile, tile * taps), tiled, patches)
 
 
 def _dense(tensor: Tensor) -> bool:
@@ -228,3 +229,20 @@ def _dense(tensor: Tensor) -> bool:
     return tensor.is_contiguous() or (
         tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
     )
+
+
+def _runs(positions: Tensor, values: Tensor) -> list[tuple[int, int, Tensor]]:
+    """``positions`` (with their ``values``) cut greedily, in increasing order, into runs of
+    equally spaced ones, as ``(offset, stride, values)``: a diagonal is one run, scattered
+    positions are many short ones."""
+    order = positions.argsort()
+    positions, values = positions[order].tolist(), values[order]
+    runs, start = [], 0
+    while start < len(positions):
+        stop = start + 1
+        stride = positions[stop] - positions[start] if stop < len(positions) else 1
+        while stop < len(positions) and positions[stop] - positions[stop - 1] == stride:
+            stop += 1
+        runs.append((positions[start], stride, values[start:stop]))
+        start = stop
+    return runs
