@@ -27,10 +27,11 @@ class RepOptSGD(MaskedOptimizer):
 
     This is torch's SGD with ``grad * M`` for ``grad``, op for op: with unit masks the weights
     equal torch's bit for bit. **Contract:** ``step()`` overwrites ``.grad`` with ``d`` (as
-    torch's foreach SGD does with Nesterov): read or clip gradients before the step. This order is what makes the target's trajectory equal the CSLA
-    model's (float64 relative error ~1e-16 per step). Anything that rescales gradients per tensor
-    before the step (gradient clipping by norm, LARS/LAMB trust ratios) breaks the equivalence:
-    the imaginary model would clip or scale different tensors.
+    torch's foreach SGD does with Nesterov): read or clip gradients before the step. This order
+    is what makes the target's trajectory equal the CSLA model's (float64 relative error ~1e-16
+    per step). Anything that rescales gradients per tensor before the step (gradient clipping by
+    norm, LARS/LAMB trust ratios) breaks the equivalence: the imaginary model would clip or scale
+    different tensors.
 
     Forms (**contract**): ``RepOptSGD(model, lr, ...)`` takes masks from ``grad_mults(model)``;
     ``RepOptSGD(params_or_groups, lr, ..., grad_mults={param: mask})`` is the low-level form.
