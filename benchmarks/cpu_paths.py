@@ -34,9 +34,7 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from reparam import create_model
 from reparam.bench.machine import machine_info
 from reparam.bench.subjects import ModelSpec, TrainSubject
 from reparam.bench.timing import interleaved_windows, paired_ratio
+from reparam.bench.train import in_fresh_process
 from reparam.checkpoint import read_json, write_json
 from reparam.models.summary import count_macs
 from reparam.train import fit, resolve_config
@@ -101,11 +100,10 @@ def crash_of(model: str, path: str, size: int, batch: int, threads: int) -> str 
     what killed it. Channels-last steps are probed so: oneDNN's 1x1 stride-2 NHWC weight
     gradient with fewer input channels than its block (RepVGG's stem branch, 3 channels)
     writes past its workspace (uxlfoundation/oneDNN#6035); here it kills RepVGG-A0 at 224 px."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        try:
-            pool.submit(_one_step, model, path, size, batch, threads).result()
-        except BrokenProcessPool:
-            return "the process died in its first training step (native crash)"
+    try:
+        in_fresh_process(_one_step, model, path, size, batch, threads)
+    except BrokenProcessPool:
+        return "the process died in its first training step (native crash)"
     return None
 
 

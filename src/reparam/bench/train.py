@@ -37,7 +37,7 @@ from .memory import (
 from .subjects import ModelSpec, TrainSubject
 from .timing import interleaved_windows
 
-__all__ = ["TrainBenchConfig", "memory_job", "run_train_bench"]
+__all__ = ["TrainBenchConfig", "in_fresh_process", "memory_job", "run_train_bench"]
 
 Progress = Callable[[str], None]
 
@@ -130,7 +130,9 @@ def _max_batch(subject: TrainSubject, budget_mb: float) -> dict[str, Any]:
     return result
 
 
-def _in_fresh_process(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new (spawned) Python process; a process that dies raises
+    ``concurrent.futures.process.BrokenProcessPool``."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(function, *args).result()
 
@@ -147,7 +149,7 @@ def run_train_bench(
     ``fresh_process=False`` runs the memory jobs in this process: quicker, but the peak RSS then
     covers everything this process ran before."""
     torch.set_num_threads(config.threads)
-    isolate = _in_fresh_process if fresh_process else _here
+    isolate = in_fresh_process if fresh_process else _here
     keys = [(spec, batch) for spec in config.specs for batch in config.batch_sizes]
     memory: dict[ModelSpec, dict[str, Any]] = {}
     for spec in config.specs:
