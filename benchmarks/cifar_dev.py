@@ -57,6 +57,11 @@ def jobs(seeds: list[int], ablation_seeds: list[int]) -> list[tuple[str, int]]:
     return order
 
 
+# the recorded table's path, FP32 NCHW (the reference of benchmarks/cpu_paths.py accuracy, which
+# trains the same runs on the other paths)
+FP32 = {"amp": False, "channels_last": False}
+
+
 def train_row(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     common = {
         "data": args.data,
@@ -66,6 +71,7 @@ def train_row(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "seed": seed,
         "threads": args.threads,
         "force": True,
+        **FP32,
     }
     out = Path(args.out)
     scales = out / f"scales-seed{seed}.safetensors"
@@ -79,7 +85,7 @@ def train_row(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             image_size=32,
             seed=seed,
             run_dir=out / f"hs-seed{seed}",
-            overrides={"threads": args.threads},
+            overrides={"threads": args.threads, **FP32},
             force=True,
             progress=False,
         )

@@ -2,10 +2,11 @@
 
 Paths (``reparam.train`` runs each with ``TrainConfig.amp`` / ``channels_last``):
 
-- ``fp32``: FP32, NCHW, eager (today's CPU default);
+- ``fp32``: FP32, NCHW, eager (the reference; the default on CPUs without native bf16);
 - ``bf16``: bf16 autocast of the forward and the loss (``torch.autocast("cpu", torch.bfloat16)``);
 - ``channels_last``: FP32 with the model and the batch in NHWC memory format;
-- ``bf16_channels_last``: both.
+- ``bf16_channels_last``: both (the default on CPUs with native bf16 from 32 px,
+  ``reparam.train.execution_defaults``).
 
 ``speed`` times one training step of RepOpt-VGG-A0 (RepOptSGD), RepVGG-A0 and plain VGG-A0 on
 every path, all interleaved (``reparam.bench.timing``), and reports the FLOP/s each reaches as a
@@ -19,7 +20,8 @@ FP32 and in bf16 at the same thread count, not a datasheet figure:
 
 ``accuracy`` trains each model with three seeds on the CIFAR-10 subset (``basic`` recipe, 15
 epochs, batch 64, as ``benchmarks/cifar_dev.py``) on ``fp32`` and on each path in ``--paths``, so
-that a faster path becomes the CPU default only if its top-1 matches FP32 within noise. Every
+that a faster path becomes the CPU default only if its top-1 matches FP32 within noise (Welch's
+t-test at 95 %: with 3 seeds a side the t quantile is 3-4, not the large-sample 2). Every
 finished run is saved to the record at once; a rerun skips what is recorded:
 
     .venv/bin/python benchmarks/cpu_paths.py accuracy --paths bf16 \\
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy import stats
 
 from reparam import create_model
 from reparam.bench.machine import machine_info
@@ -219,13 +222,25 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+def welch(sample: list[float], reference: list[float]) -> tuple[float, float, float]:
+    """``(difference of the means, its 95 % noise bound, two-sided p)`` by Welch's t-test: the
+    bound is ``t(0.975, df) * se``, with ``se = sqrt(s1^2 / n1 + s2^2 / n2)`` and the
+    Welch-Satterthwaite ``df`` (with 3 seeds a side, ``t`` is 3-4, not the large-sample 2)."""
+    a, b = (statistics.variance(x) / len(x) for x in (sample, reference))
+    se = math.sqrt(a + b)
+    df = (a + b) ** 2 / (a**2 / (len(sample) - 1) + b**2 / (len(reference) - 1))
+    diff = statistics.mean(sample) - statistics.mean(reference)
+    return diff, stats.t.ppf(0.975, df) * se, 2 * stats.t.sf(abs(diff) / se, df)
+
+
 def accuracy_table(record: dict[str, Any]) -> str:
-    """Markdown: top-1 mean +- std per model and path, and the difference to fp32 with its noise
-    bound (twice the standard error of the difference of the two means)."""
+    """Markdown: top-1 mean +- std per model and path, and the difference to fp32 with its 95 %
+    noise bound and p-value (:func:`welch`); a path matches fp32 when the difference is within
+    the bound."""
     lines = [
         "| model | path | top-1 % (mean +- std, n) | train img/s | top-1 - fp32 (pp) | "
-        "noise bound (pp) | matches fp32 |",
-        "|---|---|---|---:|---:|---:|---|",
+        "noise bound (pp) | p | matches fp32 |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for model, by_path in record["rows"].items():
         reference = [100 * r["top1"] for r in by_path.get("fp32", {}).values()]
@@ -233,12 +248,11 @@ def accuracy_table(record: dict[str, Any]) -> str:
             top1 = [100 * r["top1"] for r in by_seed.values()]
             speed = statistics.mean(r["train_images_per_s"] for r in by_seed.values())
             mean, std = _mean_std(top1)
-            cells = ["", "", ""]
+            cells = ["", "", "", ""]
             if path != "fp32" and len(top1) > 1 and len(reference) > 1:
-                ref_mean, ref_std = _mean_std(reference)
-                bound = 2 * math.sqrt(std**2 / len(top1) + ref_std**2 / len(reference))
-                diff = mean - ref_mean
-                cells = [f"{diff:+.2f}", f"{bound:.2f}", "yes" if abs(diff) <= bound else "no"]
+                diff, bound, p = welch(top1, reference)
+                matches = "yes" if abs(diff) <= bound else "no"
+                cells = [f"{diff:+.2f}", f"{bound:.2f}", f"{p:.2f}", matches]
             lines.append(
                 f"| {model} | {path} | {mean:.2f} +- {std:.2f} (n={len(top1)}) | {speed:.1f} | "
                 + " | ".join(cells)
@@ -333,6 +347,7 @@ def run_accuracy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
                     flush=True,
                 )
     record["table"] = accuracy_table(record)
+    write_json(record, record_path)
     return record
 
 

@@ -115,6 +115,8 @@ def run_variant(
         anneal_kind="cosine",
         anneal_fraction=args.anneal_fraction,
         anneal_per="iteration",
+        amp=False,  # the recorded table's path, FP32 NCHW
+        channels_last=False,
         out=str(workdir / name),
     )
     start = time.perf_counter()

@@ -50,6 +50,8 @@ def train_if_missing(
                 lr=lr,
                 out=str(out),
                 device="cpu",
+                amp=False,  # the recorded table's path, FP32 NCHW
+                channels_last=False,
             ),
             progress=True,
         )

@@ -62,6 +62,20 @@ def test_run_folder_contents(tmp_path, tiny_config):
     assert torch.equal(model.state_dict()["fc.weight"], raw["fc.weight"])
 
 
+@pytest.mark.skipif(
+    not torch.cpu._is_avx512_bf16_supported(), reason="the default is FP32 without native bf16"
+)
+def test_the_default_cpu_path_trains_a_32_px_run_in_bf16_channels_last(tmp_path, tiny_config):
+    config = tiny_config(model="repopt_vgg_a0", image_size=32, device="cpu")
+    assert (config.amp, config.channels_last) == (True, True)
+    metrics = fit(config, progress=False)
+    assert metrics["steps"] == 8 and 0 <= metrics["top1"] <= 1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["amp"], saved["channels_last"]) == (True, True)
+    model, _ = load_model(tmp_path / "run", weights="last")
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_config):
     metrics = fit(tiny_config(epochs=1), progress=False)
     assert (

@@ -112,6 +112,11 @@ def _plot_curves(runs: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
+def _execution_label(settings: dict[str, Any]) -> str:
+    precision = "bf16 autocast" if settings["amp"] else "FP32"
+    return f"{precision}, {'channels-last' if settings['channels_last'] else 'NCHW'}"
+
+
 def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     lines = [
         f"# reparam demo: {settings['data']}, deploy structure {settings['arch'].upper()}",
@@ -119,7 +124,8 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         f"Command: `{settings['command']}`  ",
         f"{settings['epochs']} epochs per model ({settings['hs_epochs']} for Hyper-Search), "
         f"{settings['image_size']}x{settings['image_size']}, batch {settings['batch_size']}, "
-        f"seed {settings['seed']}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
+        f"seed {settings['seed']}, {_execution_label(settings)}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads. "
         f"INT8: ONNX Runtime QDQ, {settings['int8']['granularity']} int8 weights, "
         f"{settings['int8']['calibration']} calibration on {settings['int8']['calib_images']} "
         "train images; speedup = ORT FP32 / ORT INT8 latency at batch 32.",
@@ -239,6 +245,8 @@ def run(args: argparse.Namespace) -> int:
         "hs_epochs": args.hs_epochs,
         "int8": asdict(quant_settings),
         "command": " ".join(["reparam", *sys.argv[1:]]),
+        "amp": config.amp,  # the execution path the three were trained on (the CPU default)
+        "channels_last": config.channels_last,
     }
     summary = {
         "settings": settings,

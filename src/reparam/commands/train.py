@@ -49,8 +49,11 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 _SWITCHES = [
     ("ema", "EMA of weights and BN buffers (evaluated too)"),
-    ("amp", "bf16 autocast"),
-    ("channels_last", "channels_last memory format"),
+    (
+        "amp",
+        "bf16 autocast (default: on for a CPU with native bf16 and images of 32 px or more, the measured fastest path)",
+    ),
+    ("channels_last", "channels_last memory format (default: as --amp)"),
     ("compile", "torch.compile the model"),
     ("nesterov", "Nesterov momentum for sgd"),
     ("grad_mult", "RepOpt gradient multipliers when the model has them"),

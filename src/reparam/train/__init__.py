@@ -11,6 +11,7 @@ from .engine import fit
 from .hypersearch import ablation_overrides, hyper_search
 from .recipe import (
     TrainConfig,
+    execution_defaults,
     load_recipe,
     parse_overrides,
     parse_value,
@@ -24,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "TrainingError",
     "ablation_overrides",
+    "execution_defaults",
     "fit",
     "hyper_search",
     "load_model",
