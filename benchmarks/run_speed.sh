@@ -27,7 +27,7 @@ else
   # fewer steps, rounds and batches at larger images, so each size takes about 2-5 minutes
   CURVES=("32|8,16,32,64,128|4|1|9" "64|8,16,32,64,128|2|1|7" "128|8,16,32,64,128|1|1|5"
     "224|8,16,32,64|1|1|5"); CURVE_BUDGET=512
-  CPU_PATHS="--settings 32x64,224x16 --steps 4 --warmup 2 --repeats 7"
+  CPU_PATHS="--settings 32x64,64x32,128x16,224x16 --steps 4 --warmup 2 --repeats 7"
 fi
 mkdir -p "$OUT"
 stage() { echo "== $1 ($(date +%T))" >&2; }

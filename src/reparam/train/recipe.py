@@ -148,7 +148,16 @@ class TrainConfig:
         if self.crop_pct is None and self.train_crop == "random_resized":
             self.crop_pct = defaults["crop_pct"] or 0.875
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        for name, value in execution_defaults(self.device, self.image_size).items():
+        defaults = execution_defaults(self.device, self.image_size)
+        if self.amp and self.image_size < BF16_MIN_IMAGE_SIZE and "cuda" not in self.device:
+            log.warning(
+                "amp at %d px: below %d px, oneDNN's bf16 weight gradients of stride-2 "
+                "convolutions on 1x1 inputs hold garbage and runs can diverge (see "
+                "reparam.train.execution_defaults); --no-amp trains in FP32",
+                self.image_size,
+                BF16_MIN_IMAGE_SIZE,
+            )
+        for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         self.validate()
@@ -233,13 +242,14 @@ def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
     off elsewhere (FP32, NCHW).
 
     On such a CPU, bf16 autocast with channels-last tensors is the fastest training path measured
-    for RepOpt-VGG-A0, RepVGG-A0 and VGG-A0 (``benchmarks/cpu_paths.py``: 2.8-3.1x FP32's
-    images/s at 224 px, 1.00-1.08x at 32 px), with CIFAR-10 top-1 within the seed noise of FP32
-    for all three (3 seeds, Welch's t-test). CPUs without native bf16 emulate it, and CUDA is not
-    measured here, so those keep FP32. Smaller images keep FP32 because in torch 2.14's oneDNN
-    the bf16 weight gradient of a stride-2 convolution with a kernel larger than 1 and a 1x1
-    input holds garbage (up to 1e38, different on every call; ``Conv2d(64, 64, 3, 2, 1)`` on a
-    ``[8, 64, 1, 1]`` input shows it), which made 16 px runs diverge."""
+    for RepOpt-VGG-A0, RepVGG-A0 and VGG-A0 (``benchmarks/cpu_paths.py``, FP32's images/s:
+    2.9-3.1x at 224 px, 1.4x at 64 px, 0.99-1.10x at 32 px), with CIFAR-10 top-1 within the
+    seed noise of FP32 for all three (3 seeds, Welch's t-test). CPUs without native bf16 emulate
+    it, and CUDA is not measured here, so those keep FP32. Smaller images keep FP32 because in
+    torch 2.14's oneDNN the bf16 weight gradient of a stride-2 convolution with a kernel larger
+    than 1 and a 1x1 input holds garbage (up to 1e38, different on every call;
+    ``Conv2d(64, 64, 3, 2, 1)`` on a ``[8, 64, 1, 1]`` input shows it), which made 16 px runs
+    diverge."""
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     fast = on_cpu and native_bf16 and image_size >= BF16_MIN_IMAGE_SIZE
