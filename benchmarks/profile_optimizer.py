@@ -7,7 +7,8 @@ Per model, same weights and the same fixed gradients for every optimizer (copied
 ``.grad`` before every step, as the RepOptimizers overwrite it; the copy's median time is
 subtracted): each one's ``step()`` is timed alone (interleaved windows, median ms per step):
 RepOptSGD heavy-ball (factored and full masks) and Nesterov, torch SGD heavy-ball and Nesterov
-(torch's default, the for-loop on CPU), RepOptAdamW and torch AdamW. Optimizer state = the bytes of the tensors an optimizer holds
+(torch's default, the for-loop on CPU, and ``fused=True``, the kernel RepOptSGD runs after its
+masks), RepOptAdamW and torch AdamW. Optimizer state = the bytes of the tensors an optimizer holds
 besides the parameters (momentum / moments, masks or their factors and tiles, scratch), counted
 after one step as ``reparam bench train`` counts them.
 
@@ -53,8 +54,12 @@ def optimizers(model: nn.Module) -> dict[str, Callable[[], torch.optim.Optimizer
         "RepOptSGD heavy-ball": lambda: RepOptSGD(model, **sgd),
         "RepOptSGD heavy-ball, full masks": lambda: RepOptSGD(model, factor_masks=False, **sgd),
         "torch SGD heavy-ball": lambda: torch.optim.SGD(params(), **sgd),
+        "torch SGD heavy-ball, fused": lambda: torch.optim.SGD(params(), fused=True, **sgd),
         "RepOptSGD nesterov": lambda: RepOptSGD(model, nesterov=True, **sgd),
         "torch SGD nesterov": lambda: torch.optim.SGD(params(), nesterov=True, **sgd),
+        "torch SGD nesterov, fused": lambda: torch.optim.SGD(
+            params(), nesterov=True, fused=True, **sgd
+        ),
         "RepOptAdamW": lambda: RepOptAdamW(model, **adamw),
         "RepOptAdamW, full masks": lambda: RepOptAdamW(model, factor_masks=False, **adamw),
         "torch AdamW": lambda: torch.optim.AdamW(params(), **adamw),
@@ -114,7 +119,8 @@ def profile_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def in_training(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """``step()`` timed inside training (forward and backward before every step, so the
-    gradients arrive as a training step leaves them), for torch SGD and RepOptSGD heavy-ball on
+    gradients arrive as a training step leaves them), for torch SGD (default and fused) and
+    RepOptSGD heavy-ball on
     identical copies of ``name``, and RepOptSGD with two mask variants that split its cost:
     masks without the identity diagonal (the per-tap factors only, no diagonal patches) and no
     masks (the same blocked update); and RepOptSGD with other block sizes (:data:`BLOCK_MIB`).
@@ -126,6 +132,7 @@ def in_training(name: str, args: argparse.Namespace) -> dict[str, Any]:
     sgd = dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     variants: dict[str, Callable[[nn.Module], torch.optim.Optimizer]] = {
         "torch SGD heavy-ball": lambda m: torch.optim.SGD(m.parameters(), **sgd),
+        "torch SGD heavy-ball, fused": lambda m: torch.optim.SGD(m.parameters(), fused=True, **sgd),
         "RepOptSGD heavy-ball": lambda m: RepOptSGD(m, **sgd),
         "RepOptSGD heavy-ball, per-tap masks only": lambda m: RepOptSGD(
             list(m.parameters()), grad_mults=_rekey(per_tap, reference, m), **sgd

@@ -76,7 +76,7 @@ def test_unit_masks_equal_torch_sgd_with_groups_and_scheduler(kw):
 
     ours = RepOptSGD(groups(a), grad_mults={a[0].weight: torch.ones_like(a[0].weight)}, **kw)
     ours.block_bytes = 256  # several blocks, row chunks
-    ref = torch.optim.SGD(groups(b), **kw)
+    ref = torch.optim.SGD(groups(b), fused=True, **kw)  # the kernel RepOptSGD runs
     step_lr = torch.optim.lr_scheduler.StepLR
     train_together([(a, ours, step_lr(ours, 2, 0.5)), (b, ref, step_lr(ref, 2, 0.5))], 5, batch)
     assert ours.param_groups[0]["lr"] == ref.param_groups[0]["lr"] == 0.025
@@ -263,12 +263,20 @@ def mixed_batch(dtype):
 
 
 class PlainSGD:
-    """RepOptSGD's documented update written plainly: one tensor at a time, no blocks."""
+    """RepOptSGD's documented update written plainly: one tensor at a time, no blocks, no
+    factored masks: ``torch.optim.SGD(fused=True)``'s kernel on ``M * grad``."""
 
     def __init__(self, model, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         self.params, self.masks = dict(model.named_parameters()), grad_mults(model)
-        self.lr, self.momentum, self.dampening = lr, momentum, dampening
-        self.nesterov, self.weight_decay, self.bufs = nesterov, weight_decay, {}
+        self.settings = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            maximize=False,
+        )
+        self.bufs = {}
 
     def zero_grad(self):
         for p in self.params.values():
@@ -280,16 +288,10 @@ class PlainSGD:
             if p.grad is None:
                 continue
             d = p.grad * self.masks[name] if name in self.masks else p.grad.clone()
-            if self.weight_decay:
-                d = d.add(p, alpha=self.weight_decay)
-            if self.momentum:
-                if name not in self.bufs:
-                    self.bufs[name] = d.clone()
-                else:
-                    self.bufs[name].mul_(self.momentum).add_(d, alpha=1 - self.dampening)
-                buf = self.bufs[name]
-                d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
-            p.add_(d, alpha=-self.lr)
+            first = name not in self.bufs
+            buf = self.bufs.setdefault(name, torch.empty_like(p))
+            bufs = [buf] if self.settings["momentum"] else []
+            torch._fused_sgd_([p], [d], bufs, is_first_step=first, **self.settings)
 
 
 class PlainAdamW:
@@ -403,25 +405,24 @@ def test_factored_masks_shrink_the_optimizer_state():
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_step_leaves_the_update_direction_in_the_gradients(nesterov):
-    """The documented contract: after ``step()`` each ``.grad`` holds ``d`` (masked, decayed and,
-    with Nesterov, plus ``momentum * buf``); the weights moved by ``-lr * d`` (Nesterov) or
-    ``-lr * buf``. Channels-last weights: the diagonal patches index any layout."""
+def test_step_leaves_the_masked_gradients_in_the_gradients(nesterov):
+    """The documented contract: after ``step()`` each ``.grad`` holds ``M * grad``, and the
+    weights moved as torch's fused SGD moves them with those gradients. Channels-last weights:
+    the diagonal patches index any layout."""
     model = mixed_model(DT).to(memory_format=torch.channels_last)
+    twin = mixed_model(DT).to(memory_format=torch.channels_last)
     kw = dict(lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=1e-2)
-    opt, before = RepOptSGD(model, **kw), [p.detach().clone() for p in model.parameters()]
+    opt, reference = RepOptSGD(model, **kw), torch.optim.SGD(twin.parameters(), fused=True, **kw)
     (x,) = mixed_batch(DT)(torch.Generator().manual_seed(0))
     model(x.to(memory_format=torch.channels_last)).square().sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    opt.step()
     masks = grad_mults(model)
-    for (name, p), w, g in zip(model.named_parameters(), before, grads):
-        d = g * masks[name] if name in masks else g.clone()
-        d = d.add(w, alpha=1e-2)  # first step: buf = d
-        if nesterov:
-            d = d.add(d, alpha=0.9)
-        assert torch.equal(p.grad, d), name
-        assert torch.equal(p, w.add(d, alpha=-0.1)), name
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        q.grad = p.grad * masks[name] if name in masks else p.grad.clone()
+    opt.step()
+    reference.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+        assert torch.equal(p, q), name
 
 
 def test_repopt_adamw_error_at_a_realistic_input_size_stays_within_its_stated_bound():

@@ -16,18 +16,20 @@ __all__ = ["RepOptSGD"]
 class RepOptSGD(MaskedOptimizer):
     """SGD on the target model that equals SGD on the imaginary CSLA model, exactly.
 
-    Per step, for every parameter (``torch._foreach_*`` ops, block by block, in place, ``d``
-    in the gradient's own memory):
+    Per step, for every parameter, block by block (:mod:`reparam.optim.blocks`):
 
-        d = M * grad              (M = grad mult, p = 2; d = grad without one)
-        d = d + weight_decay * W  (weight decay NOT multiplied)
+        grad = M * grad           (M = grad mult, p = 2; in place; no mask, no multiply)
+        d = grad + weight_decay * W  (weight decay NOT multiplied)
         buf = momentum * buf + (1 - dampening) * d   (buf = d on the first step)
         d = d + momentum * buf  if nesterov  else  buf
         W = W - lr * d
 
-    This is torch's SGD with ``grad * M`` for ``grad``, op for op: with unit masks the weights
-    equal torch's bit for bit. **Contract:** ``step()`` overwrites ``.grad`` with ``d`` (as
-    torch's foreach SGD does with Nesterov): read or clip gradients before the step. This order
+    The last four lines are torch's fused SGD kernel (``torch._fused_sgd_``, what
+    ``torch.optim.SGD(fused=True)`` runs), one pass over each block: with unit masks the weights
+    equal ``torch.optim.SGD(fused=True)``'s bit for bit (torch's default for-loop SGD rounds
+    ``momentum * buf + d`` in two steps, the kernel in one: they differ by an ulp now and then).
+    **Contract:** ``step()`` leaves ``M * grad`` in ``.grad``: read or clip gradients before the
+    step. This order
     is what makes the target's trajectory equal the CSLA model's (float64 relative error ~1e-16
     per step). Anything that rescales gradients per tensor before the step (gradient clipping by
     norm, LARS/LAMB trust ratios) breaks the equivalence: the imaginary model would clip or scale
@@ -39,7 +41,7 @@ class RepOptSGD(MaskedOptimizer):
     """
 
     power = 2
-    scratch_buffers = 0  # d is computed in the gradients
+    scratch_buffers = 0  # the mask is applied in the gradients, the rest inside the kernel
 
     def __init__(
         self,
@@ -87,35 +89,26 @@ class RepOptSGD(MaskedOptimizer):
             param_chunks, grad_chunks = chunks(params), chunks(grads)
             buf_chunks = chunks([s["momentum_buffer"] for s in states]) if momentum else []
             fresh_chunks = plan.per_chunk(fresh)
+            settings = dict(
+                weight_decay=weight_decay,
+                momentum=momentum,
+                lr=lr,
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=False,
+            )
             for block in plan.blocks:
                 start, stop = block.start, block.stop
-                p, d = param_chunks[start:stop], grad_chunks[start:stop]
                 if block.masked:
-                    block.mask_(d)
-                if weight_decay:
-                    torch._foreach_add_(d, p, alpha=weight_decay)
-                update = d
-                if momentum:
-                    buf = buf_chunks[start:stop]
-                    _update_buffers(buf, d, fresh_chunks[start:stop], momentum, group["dampening"])
-                    if group["nesterov"]:
-                        torch._foreach_add_(d, buf, alpha=momentum)
-                    else:
-                        update = buf
-                torch._foreach_add_(p, update, alpha=-lr)
+                    block.mask_(grad_chunks[start:stop])
+                for first in (False, True):  # one kernel call per kind of momentum buffer
+                    chosen = [j for j in range(start, stop) if bool(fresh_chunks[j]) == first]
+                    if chosen:
+                        torch._fused_sgd_(
+                            [param_chunks[j] for j in chosen],
+                            [grad_chunks[j] for j in chosen],
+                            [buf_chunks[j] for j in chosen] if momentum else [],
+                            is_first_step=first,
+                            **settings,
+                        )
         return loss
-
-
-def _update_buffers(
-    bufs: list[Tensor], d: list[Tensor], fresh: list[bool], momentum: float, dampening: float
-) -> None:
-    """``buf = momentum * buf + (1 - dampening) * d``; ``buf = d`` where ``fresh``."""
-    if not any(fresh):
-        torch._foreach_mul_(bufs, momentum)
-        torch._foreach_add_(bufs, d, alpha=1 - dampening)
-        return
-    for buf, x, new in zip(bufs, d, fresh):
-        if new:
-            buf.copy_(x)
-        else:
-            buf.mul_(momentum).add_(x, alpha=1 - dampening)
