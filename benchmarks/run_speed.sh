@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Record the speed and memory benchmarks behind docs/benchmarks.md and the README's performance
-# section, then render them. About 32 minutes on the project's 2-core CPU (A0, B1, optimizer
-# profile and inference about 8, torch.compile 2 more, the cost curves over image sizes about 15,
-# the CPU paths about 7); run it on a quiet machine (ratios are paired per round, but a loaded
+# section, then render them. About 40 minutes on the project's 2-core CPU (A0, B1, optimizer
+# profile and inference about 10, torch.compile 2 more, the cost curves over image sizes about 15,
+# the CPU paths at four image sizes about 13); run it on a quiet machine (ratios are paired per round, but a loaded
 # CPU still adds noise).
 #
 #   benchmarks/run_speed.sh            # record into benchmarks/results/, render docs/benchmarks.md
@@ -26,7 +26,7 @@ else
   B1="--batch-size 32 --steps 2 --warmup 1 --repeats 5"; HEADLINE=32
   # fewer steps, rounds and batches at larger images, so each size takes about 2-5 minutes
   CURVES=("32|8,16,32,64,128|4|1|9" "64|8,16,32,64,128|2|1|7" "128|8,16,32,64,128|1|1|5"
-    "224|8,16,32,64|1|1|5"); CURVE_BUDGET=512
+    "224|8,16,32,64|1|1|7"); CURVE_BUDGET=512
   CPU_PATHS="--settings 32x64,64x32,128x16,224x16 --steps 4 --warmup 2 --repeats 7"
 fi
 mkdir -p "$OUT"
