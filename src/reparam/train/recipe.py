@@ -243,13 +243,13 @@ def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
 
     On such a CPU, bf16 autocast with channels-last tensors is the fastest training path measured
     for RepOpt-VGG-A0, RepVGG-A0 and VGG-A0 (``benchmarks/cpu_paths.py``, FP32's images/s:
-    2.9-3.1x at 224 px, 1.4x at 64 px, 0.99-1.10x at 32 px), with CIFAR-10 top-1 within the
-    seed noise of FP32 for all three (3 seeds, Welch's t-test). CPUs without native bf16 emulate
-    it, and CUDA is not measured here, so those keep FP32. Smaller images keep FP32 because in
-    torch 2.14's oneDNN the bf16 weight gradient of a stride-2 convolution with a kernel larger
-    than 1 and a 1x1 input holds garbage (up to 1e38, different on every call;
-    ``Conv2d(64, 64, 3, 2, 1)`` on a ``[8, 64, 1, 1]`` input shows it), which made 16 px runs
-    diverge."""
+    2.8-3.2x at 224 px, 1.4x at 64 px, a tie at 32 px but for RepVGG's 1.07-1.10x), with
+    CIFAR-10 top-1 within the seed noise of FP32 for all three (3 seeds, Welch's t-test). CPUs
+    without native bf16 emulate it, and CUDA is not measured here, so those keep FP32. Smaller
+    images keep FP32 because in torch 2.14's oneDNN the bf16 weight gradient of a stride-2
+    convolution with a kernel larger than 1 and a 1x1 input holds garbage (up to 1e38, different
+    on every call; ``Conv2d(64, 64, 3, 2, 1)`` on a ``[8, 64, 1, 1]`` input shows it), which made
+    16 px runs diverge."""
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     fast = on_cpu and native_bf16 and image_size >= BF16_MIN_IMAGE_SIZE
