@@ -37,7 +37,7 @@ from ..deploy.quantize import QuantSettings
 from ..errors import RunInterrupted
 from ..fuse import reparameterize
 from ..models.summary import count_macs, count_params
-from ..train import fit, hyper_search, load_model, resolve_config
+from ..train import execution_defaults, fit, hyper_search, load_model, resolve_config
 from .arguments import add_data, add_out, add_reporting, positive_int
 
 ARCH_FAMILIES = ("repopt_vgg", "repvgg", "vgg")
@@ -245,8 +245,8 @@ def run(args: argparse.Namespace) -> int:
         "hs_epochs": args.hs_epochs,
         "int8": asdict(quant_settings),
         "command": " ".join(["reparam", *sys.argv[1:]]),
-        "amp": config.amp,  # the execution path the three were trained on (the CPU default)
-        "channels_last": config.channels_last,
+        # the execution path the three were trained on: the default on this machine
+        **execution_defaults("auto", args.image_size),
     }
     summary = {
         "settings": settings,

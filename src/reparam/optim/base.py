@@ -4,9 +4,9 @@ Masks are stored factored where they factor (:class:`~reparam.optim.masks.Factor
 CSLA mask whose parameter has more than one input channel per group), else full size (depthwise
 and 1-D parameters, whose factors would be as large, and ``grad_mults=`` masks that vary over
 input channels); ``factor_masks=False`` keeps every mask full size (same update, bit for bit).
-The updates run block by block (:mod:`reparam.optim.blocks`), in place in the gradients'
-memory: ``step()`` leaves each masked ``.grad`` overwritten (see the subclasses' contracts), so the
-masks cost no block-sized scratch. ``state_dict`` carries each mask in full as
+The updates run block by block (:mod:`reparam.optim.blocks`), the masks in place in the
+gradients' memory: ``step()`` leaves each masked ``.grad`` overwritten (see the subclasses'
+contracts), so the masks cost no block-sized scratch. ``state_dict`` carries each mask in full as
 ``state[i]["grad_mult"]`` (the format of full-mask versions, so checkpoints load either way);
 ``load_state_dict`` refuses a saved mask that differs from this optimizer's (other scales) and
 adopts one for a parameter this optimizer has none for.

@@ -18,7 +18,7 @@ class RepOptSGD(MaskedOptimizer):
 
     Per step, for every parameter, block by block (:mod:`reparam.optim.blocks`):
 
-        grad = M * grad           (M = grad mult, p = 2; in place; no mask, no multiply)
+        grad = M * grad           (M = grad mult, p = 2; in place; skipped without a mask)
         d = grad + weight_decay * W  (weight decay NOT multiplied)
         buf = momentum * buf + (1 - dampening) * d   (buf = d on the first step)
         d = d + momentum * buf  if nesterov  else  buf
@@ -29,9 +29,8 @@ class RepOptSGD(MaskedOptimizer):
     equal ``torch.optim.SGD(fused=True)``'s bit for bit (torch's default for-loop SGD rounds
     ``momentum * buf + d`` in two steps, the kernel in one: they differ by an ulp now and then).
     **Contract:** ``step()`` leaves ``M * grad`` in ``.grad``: read or clip gradients before the
-    step. This order
-    is what makes the target's trajectory equal the CSLA model's (float64 relative error ~1e-16
-    per step). Anything that rescales gradients per tensor before the step (gradient clipping by
+    step. This order is what makes the target's trajectory equal the CSLA model's (float64
+    relative error ~1e-16 per step). Anything that rescales gradients per tensor before the step (gradient clipping by
     norm, LARS/LAMB trust ratios) breaks the equivalence: the imaginary model would clip or scale
     different tensors.
 

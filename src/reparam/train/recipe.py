@@ -148,7 +148,9 @@ class TrainConfig:
         if self.crop_pct is None and self.train_crop == "random_resized":
             self.crop_pct = defaults["crop_pct"] or 0.875
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        defaults = execution_defaults(self.device, self.image_size)
+        for name, value in execution_defaults(self.device, self.image_size).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.amp and self.image_size < BF16_MIN_IMAGE_SIZE and "cuda" not in self.device:
             log.warning(
                 "amp at %d px: below %d px, oneDNN's bf16 weight gradients of stride-2 "
@@ -157,9 +159,6 @@ class TrainConfig:
                 self.image_size,
                 BF16_MIN_IMAGE_SIZE,
             )
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
         self.validate()
 
     @property
