@@ -6,6 +6,8 @@ import torch
 
 import reparam
 from reparam.errors import FusionError
+from reparam.models.repvgg import REPVGG_ARCHS
+from reparam.models.vggnet import VGGArch
 from reparam.verify import randomize_batchnorm_, rel_err
 
 DT = torch.float64
@@ -14,10 +16,17 @@ NUM_CLASSES = 7
 NARROWER = dict.fromkeys(
     ["vanillanet_13_x1_5", "vanillanet_13_x1_5_ada_pool"], {"width_multiplier": 1 / 8}
 )
+# 133M parameters (RepVGG-D2se): its depths and SE blocks at 1/8 of its widths
+_D2SE = REPVGG_ARCHS["d2se"]
+NARROWER_ARCHS = {
+    "repvgg_d2se": ("d2se", VGGArch(_D2SE.depths, tuple(w // 8 for w in _D2SE.widths)))
+}
 
 
 @pytest.mark.parametrize("name", reparam.list_models())
-def test_forward_backward_fused(name):
+def test_forward_backward_fused(name, monkeypatch):
+    if name in NARROWER_ARCHS:
+        monkeypatch.setitem(REPVGG_ARCHS, *NARROWER_ARCHS[name])
     gen = torch.Generator().manual_seed(0)
     model = reparam.create_model(name, num_classes=NUM_CLASSES, **NARROWER.get(name, {})).to(DT)
     x = torch.randn(2, 3, 32, 32, dtype=DT, generator=gen)

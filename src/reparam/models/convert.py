@@ -27,6 +27,10 @@ github.com/DingXiaoH/RepOptimizers ``repoptvgg_model.py``, github.com/huawei-noa
 - ``timm-repvgg`` / ``timm-repvgg-deploy``: ``conv_kxk`` / ``conv_1x1`` / ``identity`` /
   ``head.fc`` (deploy: ``reparam_conv``) -> ``repvgg_*``.
 
+RepVGG-D2se's SE blocks (official ``stageK.i.se.down`` / ``se.up``, timm ``attn.fc1`` /
+``attn.fc2``) map to ``se.down`` / ``se.up`` in both forms of both layouts; a converted D2se
+records the official evaluation preprocessing (320 px, resize 320, centre crop 320).
+
 :func:`save_converted` writes the weights and a ``config.json`` beside them, so ``reparam
 eval`` and ``reparam.load`` open the result: a training-form file as a run checkpoint, a deploy-
 form file (which must be named ``fused.safetensors``) as a fused folder.
@@ -75,6 +79,8 @@ EMA_WRAPPERS = ("state_dict_ema", "model_ema", "ema")
 FUSED_NAME = "fused.safetensors"
 IMAGENET = Preprocessing(224, crop_pct=0.875)  # resize 256, centre crop 224
 CIFAR100 = Preprocessing(32, *CIFAR_MEAN_STD["cifar100"])
+#: models the official code evaluates otherwise than their layout's default
+MODEL_PREPROCESSING = {"repvgg_d2se": Preprocessing(320, crop_pct=1.0)}
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ _OFFICIAL_VGG: tuple[Rename, ...] = (
     (r"^stage([1-9])\.(\d+)\.", _official_stage),
     (r"^linear\.", "fc."),
 )
+
+# timm's SEModule on RepVGG-D2se's blocks: fc1 / fc2 are our SEBlock's down / up
+_TIMM_SE: tuple[Rename, ...] = ((r"\.attn\.fc1\.", ".se.down."), (r"\.attn\.fc2\.", ".se.up."))
 
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
@@ -205,6 +214,7 @@ LAYOUTS: dict[str, Layout] = {
             renames=(
                 (r"\.conv_kxk\.", ".conv3x3."),
                 (r"\.conv_1x1\.", ".conv1x1."),
+                *_TIMM_SE,
                 (r"^head\.fc\.", "fc."),
             ),
         ),
@@ -213,7 +223,7 @@ LAYOUTS: dict[str, Layout] = {
             models=r"(rep)?vgg_\w+",
             signature=r"\.reparam_conv\.",
             classifier="head.fc.weight",
-            renames=((r"\.reparam_conv\.", ".conv."), (r"^head\.fc\.", "fc.")),
+            renames=((r"\.reparam_conv\.", ".conv."), *_TIMM_SE, (r"^head\.fc\.", "fc.")),
             fused=True,
         ),
     )
@@ -354,7 +364,7 @@ class Converted:
 
     def config(self) -> dict[str, Any]:
         """The ``config.json`` that lets ``reparam.load`` rebuild the model."""
-        preprocessing = self.layout.preprocessing
+        preprocessing = MODEL_PREPROCESSING.get(self.model, self.layout.preprocessing)
         return {
             "model": self.model,
             "num_classes": self.num_classes,

@@ -1,19 +1,22 @@
 """Building blocks shared by every model family.
 
 Deploy structure of every VGG-style family here (RepVGG, RepOpt-VGG, plain VGG) is the same
-``Sequential(conv=Conv2d(3x3, bias), act=ReLU)`` per block, so fused state dicts line up.
+``Sequential(conv=Conv2d(3x3, bias), act=ReLU)`` per block, so fused state dicts line up;
+RepVGG-D2se's blocks keep their squeeze-and-excitation between the two (``conv``, ``se``, ``act``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from ..kernels import Kernel, add_branches, fold_bn, identity_kernel
 
-__all__ = ["ConvBN", "RepVGGBlock", "VGGBlock", "conv_from_kernel"]
+__all__ = ["ConvBN", "RepVGGBlock", "SEBlock", "VGGBlock", "conv_from_kernel"]
 
 
 def conv_from_kernel(kernel: Kernel, template: nn.Conv2d) -> nn.Conv2d:
@@ -73,6 +76,24 @@ class ConvBN(nn.Module):
         return conv_from_kernel(self.kernel(), self.conv)
 
 
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018, https://arxiv.org/abs/1709.01507) as RepVGG-D2se
+    has it: ``x * sigmoid(up(ReLU(down(mean_hw(x)))))``, ``down`` and ``up`` biased 1x1 convs
+    through ``channels // reduction`` hidden channels (official ``SEBlock``, reduction 16)."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = channels // reduction
+        if hidden < 1:
+            raise ValueError(f"SE on {channels} channels needs at least {reduction} of them")
+        self.down = nn.Conv2d(channels, hidden, 1)
+        self.up = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.up(torch.relu(self.down(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(gate)
+
+
 class VGGBlock(nn.Sequential):
     """Plain VGG block: ``ReLU(BN(conv3x3(x)))``; deploy form ``ReLU(conv3x3(x) + b)``."""
 
@@ -88,9 +109,19 @@ class RepVGGBlock(nn.Module):
     ``y = ReLU(BN3(conv3x3(x)) + BN1(conv1x1(x)) + BNid(x))``, the identity branch only when
     ``stride == 1`` and ``in == out``. Deploy: ``ReLU(conv3x3'(x))`` with
     ``W' = fold(W3) + pad(fold(W1)) + fold(Dirac)``, ``b' = b3 + b1 + bid``.
+
+    ``se=True`` (RepVGG-D2se): ``ReLU(SE(sum))``, the SE on the sum of the branches before the
+    ReLU, so the deploy form is ``ReLU(SE(conv3x3'(x)))``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        groups: int = 1,
+        se: bool = False,
+    ):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.conv3x3 = ConvBN(in_channels, out_channels, 3, stride, groups)
@@ -98,16 +129,18 @@ class RepVGGBlock(nn.Module):
         self.identity = (
             nn.BatchNorm2d(out_channels) if stride == 1 and in_channels == out_channels else None
         )
+        self.se = SEBlock(out_channels) if se else None
         self.act = nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv3x3(x) + self.conv1x1(x)
         if self.identity is not None:
             y = y + self.identity(x)
-        return self.act(y)
+        return self.act(y if self.se is None else self.se(y))
 
     def identity_variance_parts(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(BN_id(x), pre-ReLU sum)``, for :func:`reparam.analysis.identity_variance_ratios`."""
+        """``(BN_id(x), branch sum)`` (before SE and ReLU), for
+        :func:`reparam.analysis.identity_variance_ratios`."""
         if self.identity is None:
             return None
         identity = self.identity(x)
@@ -127,6 +160,9 @@ class RepVGGBlock(nn.Module):
         return add_branches(branches)
 
     def fuse(self) -> nn.Sequential:
-        return nn.Sequential(
-            OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3.conv), act=nn.ReLU())
-        )
+        """``Sequential(conv, act)``, or ``(conv, se, act)`` with this block's SE."""
+        layers = OrderedDict(conv=conv_from_kernel(self.kernel(), self.conv3x3.conv))
+        if self.se is not None:
+            layers["se"] = copy.deepcopy(self.se)
+        layers["act"] = nn.ReLU()
+        return nn.Sequential(layers)

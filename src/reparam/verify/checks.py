@@ -17,12 +17,13 @@ from .gradient import (
     verify_csla_vs_repopt_sgd,
     verify_ghostnet_csla_vs_repopt_sgd,
 )
-from .structural import verify_ghostnet_deploy, verify_repvgg_deploy
+from .structural import verify_ghostnet_deploy, verify_repvgg_deploy, verify_repvgg_se_deploy
 
 __all__ = ["CHECKS", "run_checks"]
 
 CHECKS: dict[str, Callable[[], CheckResult]] = {
     "repvgg_deploy": verify_repvgg_deploy,
+    "repvgg_se_deploy": verify_repvgg_se_deploy,
     "csla_vs_repopt_sgd": verify_csla_vs_repopt_sgd,
     "csla_vs_repopt_adamw": verify_csla_vs_repopt_adamw,
     "onnx_vs_torch": verify_onnx_vs_torch,

@@ -1,6 +1,6 @@
-"""``reparam verify`` checks for the structural re-parameterizations: RepVGG, and the GhostNet
-family (RepGhost's cheap operation with its BN fusion branch, and the Hyper-Search and RepOpt
-forms, which fold their scales)."""
+"""``reparam verify`` checks for the structural re-parameterizations: RepVGG (with and without
+RepVGG-D2se's SE blocks), and the GhostNet family (RepGhost's cheap operation with its BN fusion
+branch, and the Hyper-Search and RepOpt forms, which fold their scales)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from ..models.scales import model_scales
 from ..models.vggnet import VGGNet
 from .core import CheckResult, compare, fused_output_pairs, randomize_batchnorm_
 
-__all__ = ["SMALL_GHOST_ARCH", "random_scales_", "verify_ghostnet_deploy", "verify_repvgg_deploy"]
+__all__ = [
+    "SMALL_GHOST_ARCH",
+    "random_scales_",
+    "verify_ghostnet_deploy",
+    "verify_repvgg_deploy",
+    "verify_repvgg_se_deploy",
+]
 
 # every bottleneck kind: identity shortcut; stride 2 with a 5x5 depthwise, SE and a projection;
 # a run of two stride-1 bottlenecks across groups; a stride-1 projection (width change) with SE
@@ -35,13 +41,11 @@ SMALL_GHOST_ARCH = GhostArch(
 )
 
 
-def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
-    """Fused vs multi-branch RepVGG in float64: random BN statistics and affine parameters,
-    grouped layers, odd and even input sizes, batch 1 and 3."""
+def _verify_small_repvgg(se: bool, tolerance: float) -> CheckResult:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = VGGNet(
-        lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups),
+        lambda s: RepVGGBlock(s.in_channels, s.out_channels, s.stride, s.groups, se=se),
         depths=(2, 3, 2, 1),
         widths=(16, 24, 32, 48),
         num_classes=7,
@@ -50,6 +54,18 @@ def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
     randomize_batchnorm_(model, generator).eval()
     pairs = fused_output_pairs(model, reparameterize(model), ((1, 32), (3, 33), (2, 17)), generator)
     return compare(pairs, tolerance)
+
+
+def verify_repvgg_deploy(tolerance: float = 1e-10) -> CheckResult:
+    """Fused vs multi-branch RepVGG in float64: random BN statistics and affine parameters,
+    grouped layers, odd and even input sizes, batch 1 and 3."""
+    return _verify_small_repvgg(False, tolerance)
+
+
+def verify_repvgg_se_deploy(tolerance: float = 1e-10) -> CheckResult:
+    """:func:`verify_repvgg_deploy` with RepVGG-D2se's SE in every block: the fused
+    ``ReLU(SE(conv3x3'(x)))`` vs ``ReLU(SE(sum of the branches))``."""
+    return _verify_small_repvgg(True, tolerance)
 
 
 @torch.no_grad()
