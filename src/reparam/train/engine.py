@@ -310,6 +310,8 @@ class _Trainer:
         recorded at its start (its schedule and classifier were built for them)."""
         path = self.out / "config.json"
         recorded = read_json(path) if path.is_file() else {}
+        if absolute_spec(str(recorded.get("data"))) != spec:
+            return  # another data spec: refused as a config change when the state is restored
         counts, names = self._data_info(), list(self.data.class_names)
         changes = [
             f"{key} {count} -> {counts.get(key)}"
