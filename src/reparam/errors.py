@@ -24,7 +24,27 @@ __all__ = [
 
 
 class ReparamError(Exception):
-    """Base of every error caused by the input (files, specs, settings), not by a bug."""
+    """Base of every error caused by the input (files, specs, settings), not by a bug.
+
+    One line wherever it is raised: torch re-raises an error of a data loader worker (or its
+    pin-memory thread) in the main process as ``type(err)(text)``, where the text is "Caught ...
+    in DataLoader worker process N." and the worker's whole traceback; such a text is cut back
+    to the original message."""
+
+    def __init__(self, *args: object):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_worker_message(args[0], type(self)),)
+        super().__init__(*args)
+
+
+def _worker_message(text: str, kind: type) -> str:
+    """The original message inside torch's ``ExceptionWrapper.reraise`` text (else ``text``):
+    what follows the traceback's last ``<module>.<name>: ``."""
+    if not text.startswith(f"Caught {kind.__name__} in "):
+        return text
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker) :].strip() if at >= 0 else text
 
 
 class BusyError(ReparamError, RuntimeError):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from torch import Tensor
@@ -68,13 +71,50 @@ class _RandAugment:
         return pil_to_tensor(self.augment(to_pil_image(image)))
 
 
+# single-channel modes wider than 8 bits -> the pixel value that maps to 255: 16-bit grey, PIL's
+# 32-bit "I" (which its PNG and PGM readers fill with 16-bit values) and float grey in [0, 1]
+_WIDE_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1}
+
+
 def read_image(path: str | os.PathLike) -> Tensor:
-    """An image file (any mode PIL reads) as uint8 RGB ``[3, H, W]``."""
+    """An image file as uint8 RGB ``[3, H, W]``, upright (its EXIF orientation applied).
+
+    Modes of 8 bits per channel go through PIL's RGB conversion; 16-bit grey is scaled by
+    ``255 / 65535`` and float grey from ``[0, 1]`` by 255 (values outside the range are refused,
+    not clipped). Raises :class:`DataError` for a file PIL cannot decode and for an image of more
+    than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's guard against decompression bombs)."""
     try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                pixels = image.width * image.height
+                if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+                    raise DataError(_too_many_pixels(path, pixels))
+                image = ImageOps.exif_transpose(image)  # a loaded copy, upright
+    except Image.DecompressionBombError as err:  # above twice the limit: PIL does not open it
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise DataError(_too_many_pixels(path, found.group(1) if found else "too many")) from None
+    except (OSError, SyntaxError, UnidentifiedImageError) as err:
         raise DataError(f"{path}: cannot decode image ({first_line(err)})") from None
+    if image.mode not in _WIDE_MODES:
+        return pil_to_tensor(image.convert("RGB"))
+    full = _WIDE_MODES[image.mode]
+    values = np.asarray(image, dtype=np.float64)
+    low, high = values.min(), values.max()
+    if not (0 <= low and high <= full):  # also NaN
+        raise DataError(
+            f"{path}: {image.mode} pixels span {low:g}..{high:g}, outside the 0..{full} that "
+            "maps to 0..255; save the image with 8 or 16 bits per channel"
+        )
+    grey = torch.from_numpy(np.rint(values * (255 / full)).astype(np.uint8))
+    return grey.expand(3, -1, -1).contiguous()
+
+
+def _too_many_pixels(path: str | os.PathLike, pixels: int | str) -> str:
+    return (
+        f"{path}: {pixels} pixels, more than the limit of {Image.MAX_IMAGE_PIXELS} "
+        "(PIL.Image.MAX_IMAGE_PIXELS, its guard against decompression bombs); downscale the image"
+    )
 
 
 def _resize(image_size: int) -> v2.Transform:

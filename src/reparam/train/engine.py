@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
+from ..checkpoint import exclusive_lock, non_finite_tensors, read_json, save_weights, write_json
+from ..data import absolute_spec
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
@@ -107,7 +108,8 @@ def fit(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     With ``config.resume`` the run continues from ``out/last.state.pt``. When stopped early
     (signal or ``stop_after_steps``) the result has ``"interrupted": true`` and no metrics file
-    is written. Raises :class:`TrainingError` on a non-finite loss (last checkpoint kept).
+    is written. Raises :class:`TrainingError` on a non-finite loss (last checkpoint kept), and on
+    resuming with data whose image counts or class names differ from the run's ``config.json``.
     """
     joined = not torch.distributed.is_initialized()
     info = distributed.setup(config.device)
@@ -128,7 +130,10 @@ class _Trainer:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)  # identical model init on every rank
+        config.data = absolute_spec(config.data)  # recorded so: the same files from any folder
         self.data = build_data(config)
+        if config.resume:
+            self._check_same_data(config.data)
         if config.num_classes is None:
             config.num_classes = self.data.num_classes
         elif config.num_classes != self.data.num_classes:
@@ -284,10 +289,11 @@ class _Trainer:
 
     def _run_info(self) -> dict[str, Any]:
         """What ``config.json`` records beside the recipe (:data:`RUN_INFO_KEYS`): the class
-        names and preprocessing that the data gave the model, and the scale file it started
-        from (path and SHA-256, for provenance only: the checkpoints hold the scales)."""
+        names, image counts and preprocessing that the data gave the model, and the scale file
+        it started from (path and SHA-256, for provenance only: the checkpoints hold the scales)."""
         info: dict[str, Any] = {
             "class_names": list(self.data.class_names),
+            "data_info": self._data_info(),
             "preprocessing": self.config.preprocessing.to_dict(),
         }
         scales = self.config.model_kwargs.get("scales")
@@ -295,6 +301,31 @@ class _Trainer:
             digest = hashlib.sha256(Path(scales).read_bytes()).hexdigest()
             info["scales_file"] = {"path": scales, "sha256": digest}
         return info
+
+    def _data_info(self) -> dict[str, int]:
+        return {"train_images": len(self.data.train), "val_images": len(self.data.val)}
+
+    def _check_same_data(self, spec: str) -> None:
+        """Refuse to resume on data whose image counts or class names differ from those the run
+        recorded at its start (its schedule and classifier were built for them)."""
+        path = self.out / "config.json"
+        recorded = read_json(path) if path.is_file() else {}
+        if absolute_spec(str(recorded.get("data"))) != spec:
+            return  # another data spec: refused as a config change when the state is restored
+        counts, names = self._data_info(), list(self.data.class_names)
+        changes = [
+            f"{key} {count} -> {counts.get(key)}"
+            for key, count in recorded.get("data_info", {}).items()
+            if counts.get(key) != count
+        ]
+        if recorded.get("class_names", names) != names:
+            changes.append(_names_change(recorded["class_names"], names))
+        if changes:
+            raise TrainingError(
+                f"{self.out}: the data {spec} changed since the run started "
+                f"({'; '.join(changes)}); a resumed run needs the data it started with: restore "
+                "it, or train afresh in another run folder"
+            )
 
     # ----------------------------------------------------------------------------- epoch
     def _should_stop(self, stop: _StopFlag, session_steps: int) -> bool:
@@ -515,7 +546,8 @@ class _Trainer:
 
     def _restore(self) -> None:
         weights, checkpoint = load_training_state(self.out)
-        changed = self.config.changes_from(checkpoint["config"])
+        saved = checkpoint["config"]  # runs may have recorded a relative data path
+        changed = self.config.changes_from({**saved, "data": absolute_spec(str(saved.get("data")))})
         if changed:
             raise CheckpointError(f"{self.out}: cannot resume with a different config ({changed})")
         self.model.load_state_dict(weights)
@@ -557,6 +589,17 @@ class _Trainer:
             "top1_ema": last["top1_ema"],  # null when EMA is off
         }
         return metrics
+
+
+def _names_change(old: list[str], new: list[str]) -> str:
+    """``class names 2 -> 3 (added ['fox'])``: how two class lists differ."""
+    added = [name for name in new if name not in old]
+    removed = [name for name in old if name not in new]
+    parts = []
+    for what, names in (("added", added), ("removed", removed)):
+        if names:
+            parts.append(f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}")
+    return f"class names {len(old)} -> {len(new)} ({', '.join(parts) or 'reordered'})"
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -566,7 +566,7 @@ def resolve_config(recipe: str = "basic", overrides: dict[str, Any] | None = Non
 
 
 # what a run folder's config.json records beside the TrainConfig fields
-RUN_INFO_KEYS = frozenset({"class_names", "preprocessing", "scales_file"})
+RUN_INFO_KEYS = frozenset({"class_names", "data_info", "preprocessing", "scales_file"})
 
 
 def resume_config(out: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
