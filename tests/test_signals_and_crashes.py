@@ -169,7 +169,8 @@ def test_a_signal_in_the_demo_s_evaluation_stops_it_in_that_stage(tmp_path, monk
     last_evaluation(monkeypatch, signal.SIGINT, epochs=1)
     assert main(demo) == 130
     err = capsys.readouterr().err
-    assert "reparam demo: stopped in stage [1/6] (Hyper-Search" in err and "--resume" in err
+    assert "reparam demo: stage [1/6] (Hyper-Search for repopt_vgg_a0 on synthetic:32): " in err
+    assert "hyper-search stopped by SIGINT" in err and "--resume" in err
     assert not (out / "repopt_vgg_a0").exists()
 
 
@@ -190,20 +191,32 @@ def test_sigterm_between_the_demo_s_trainings_stops_it_in_that_stage(tmp_path, m
 # --- non-finite runs ---------------------------------------------------------------------------
 
 
-def test_a_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path, monkeypatch, tiny_config):
-    real_build = engine_module.build_model
+@pytest.mark.parametrize(
+    "good_steps, kept",
+    [
+        (0, r"loss is nan at step 0 .*no checkpoint had been written yet \(nothing to resume\)"),
+        (
+            5,
+            r"loss is nan at step 5 .*checkpoint in .* \(step 4, 1 epoch\(s\) finished\) is intact",
+        ),
+    ],
+)
+def test_a_nan_loss_says_which_checkpoint_exists(monkeypatch, tiny_config, good_steps, kept):
+    real_build, forwards = engine_module.build_model, {"n": 0}
 
     def poisoned(config, device, distributed=False):
         model = real_build(config, device, distributed)
-        model.register_forward_hook(lambda m, a, out: out * float("nan") if m.training else out)
+
+        def hook(module, args, output):
+            forwards["n"] += module.training
+            return output * float("nan") if forwards["n"] > good_steps else output
+
+        model.register_forward_hook(hook)
         return model
 
     monkeypatch.setattr(engine_module, "build_model", poisoned)
-    with pytest.raises(
-        TrainingError, match=r"loss is nan at step 0 .*no checkpoint had been written"
-    ):
+    with pytest.raises(TrainingError, match=kept):
         fit(tiny_config(), progress=False)
-    assert not (tmp_path / "run" / "last.state.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args, stages)
     except RunInterrupted as err:
-        raise RunInterrupted(f"stopped in {stages.current}: {err}", err.signal) from None
+        raise RunInterrupted(f"{stages.current}: {err}", err.signal) from None
     except KeyboardInterrupt as err:
         signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
         message = f"stopped by {signum.name} in {stages.current}"
@@ -221,7 +221,7 @@ def _run(args: argparse.Namespace, stages: _Stages) -> int:
         metrics[name] = fit(config, progress=progress)
         if metrics[name].get("interrupted"):  # saved; the demo ends here, not half-trained
             raise RunInterrupted(
-                f"{metrics[name]['stopped']}; run folder {runs[name]}",
+                f"{metrics[name]['stopped']}; the same command runs the demo afresh",
                 metrics[name].get("signal"),
             )
 

@@ -126,8 +126,10 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def _stopped(result: dict[str, Any], out: str, command_line: str) -> int:
-    """Say what a stopped run left and how to go on: planned stops exit 0, signals raise
-    :class:`RunInterrupted` (exit status 128 + the signal number)."""
+    """Say (on rank 0) what a stopped run left and how to go on: planned stops exit 0,
+    signals 128 + the signal number (:class:`RunInterrupted`)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 128 + result["signal"] if result["signal"] else 0
     if result["resumable"]:
         message = (
             f"{result['stopped']}; continue with: reparam train --out {shlex.quote(out)} --resume"
@@ -136,8 +138,7 @@ def _stopped(result: dict[str, Any], out: str, command_line: str) -> int:
         message = f"{result['stopped']}; nothing to resume, start again with: {command_line}"
     if result["signal"]:
         raise RunInterrupted(message, result["signal"])
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"reparam train: {message}", file=sys.stderr)
+    print(f"reparam train: {message}", file=sys.stderr)
     return 0
 
 
