@@ -274,11 +274,12 @@ class _Trainer:
         if not self.config.workers:
             self._save_last()
             return f"saved {self.out}/last.*"
-        redo = f"with --workers > 0 a run resumes at an epoch boundary, so its {self.state.batch} "
-        redo += "steps in this epoch will be redone"
-        if (self.out / LAST_STATE).exists():
-            return f"kept the checkpoint of epoch {self.state.epoch} ({redo})"
-        return f"nothing saved: no epoch had finished ({redo})"
+        if self.saved is None:
+            return "nothing saved (with loader workers a run saves at epoch ends, none had ended)"
+        return (
+            f"kept the checkpoint of epoch {self.state.epoch} (with loader workers a run resumes "
+            f"at an epoch boundary, so its {self.state.batch} steps in this epoch will be redone)"
+        )
 
     def _start_folder(self) -> None:
         """Refuse (on every rank) to start in a folder that holds files (see
