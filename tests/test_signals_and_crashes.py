@@ -265,6 +265,12 @@ def test_hypersearch_names_its_own_flags(tmp_path, caplog, capsys):
         assert main([*argv[:-1], str(tmp_path / "fresh")]) == 0  # repopt-hs warms up 5 epochs
     warning = next(r.getMessage() for r in caplog.records if "warmup_epochs" in r.getMessage())
     assert "--warmup-epochs" not in warning
+    capsys.readouterr()
+    elsewhere = ["--out", str(tmp_path / "b.safetensors"), "--run-dir", str(tmp_path / "elsewhere")]
+    assert main([*SEARCH, *elsewhere, "--resume"]) == 2
+    assert "elsewhere: no Hyper-Search run to resume there; pass the search's --run-dir" in (
+        capsys.readouterr().err
+    )
 
 
 def test_default_hypersearch_outputs_differ_for_two_data_folders_of_one_name(tmp_path, monkeypatch):

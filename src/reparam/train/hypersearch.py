@@ -98,6 +98,11 @@ def hyper_search(
     check_writable(out)
     if not resume:
         check_new_run_folder(folder, force, flag="--run-dir")
+    elif not (folder / "config.json").is_file():
+        raise ScaleError(
+            f"{folder}: no Hyper-Search run to resume there; pass the search's --run-dir (its "
+            "default depends on --model and --data), or start it without --resume"
+        )
     with exclusive_lock(out):
         if resume:
             config = resume_config(folder)
