@@ -284,3 +284,21 @@ def test_default_hypersearch_outputs_differ_for_two_data_folders_of_one_name(tmp
     assert default_run_dir("repopt_vgg_a0", "folder:data") in run_dirs  # the same folder
     assert default_run_dir("repopt_vgg_a0", "synthetic:64").name == "hs-repopt_vgg_a0-synthetic-64"
     assert default_run_dir("repopt_vgg_a0", "digits").name == "hs-repopt_vgg_a0-digits"
+
+
+def test_sigterm_while_deploying_exits_143_and_leaves_no_temp_folder(tmp_path, monkeypatch, capsys):
+    """Every command unwinds on SIGTERM: the deploy folder's temp copy is removed."""
+    from reparam.deploy import pipeline
+
+    run, out = tmp_path / "run", tmp_path / "deployed"
+    assert main([*TRAIN, "--epochs", "1", "--out", str(run)]) == 0
+    real_save = pipeline.save_fused
+
+    def save_then_terminated(*args, **kwargs):
+        real_save(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pipeline, "save_fused", save_then_terminated)
+    assert main(["deploy", str(run), "--out", str(out)]) == 143
+    assert "reparam deploy: stopped by SIGTERM" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["run"]
