@@ -11,6 +11,7 @@ Errors a user can fix (missing files, bad specs, wrong shapes) are raised as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import signal
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     args.command_line = shlex.join(["reparam", *(sys.argv[1:] if argv is None else argv)])
-    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handlers
+        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
     try:
         return int(args.run(args) or 0)
     except RunInterrupted as err:
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reparam {args.command}: stopped by {signum.name}", file=sys.stderr)
         return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(signum: int, frame: object) -> None:
