@@ -59,7 +59,11 @@ def last_evaluation(monkeypatch, signum: int, epochs: int = 2) -> None:
         (["--amp", "--no-channels-last"], (True, False)),
     ],
 )
-def test_an_explicit_amp_sets_channels_last_with_it(flags, expected):
+def test_an_explicit_amp_sets_channels_last_with_it(monkeypatch, flags, expected):
+    """On a CPU whose default is bf16 + channels-last, ``--no-amp`` must not keep channels-last
+    (FP32 NHWC is the path that crashes in oneDNN)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     args = build_parser().parse_args(
         ["train", "--model", "repvgg_a0", "--image-size", "224", *flags]
     )
@@ -174,7 +178,7 @@ def test_a_signal_in_the_demo_s_evaluation_stops_it_in_that_stage(tmp_path, monk
     assert not (out / "repopt_vgg_a0").exists()
 
 
-def test_sigterm_between_the_demo_s_trainings_stops_it_in_that_stage(tmp_path, monkeypatch, capsys):
+def test_sigterm_outside_training_stops_the_demo_in_its_stage(tmp_path, monkeypatch, capsys):
     """Outside training (loading, fusing, exporting) SIGTERM unwinds like Ctrl-C: exit 143."""
     from reparam.commands import demo
 
