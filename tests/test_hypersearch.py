@@ -220,7 +220,7 @@ def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, ca
     summary = json.loads(capsys.readouterr().out)
     scales, metadata = read_scale_file(out)
     assert summary["scales"] == str(out)
-    assert summary["run_dir"] == str(Path("runs") / "hs-repopt_vgg_a0-synthetic")
+    assert summary["run_dir"] == str(Path("runs") / "hs-repopt_vgg_a0-synthetic-32")
     assert (tmp_path / summary["run_dir"] / "last.state.pt").is_file()  # kept, resumable
     assert metadata["model"] == "repopt_vgg_a0" and metadata["data"] == "synthetic:32"
     assert metadata["epochs"] == "1" and metadata["seed"] == "3"

@@ -11,7 +11,9 @@ Errors a user can fix (missing files, bad specs, wrong shapes) are raised as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import shlex
 import signal
 import sys
 from types import ModuleType
@@ -31,7 +33,7 @@ from .commands import (
     train,
     verify,
 )
-from .errors import ReparamError, RunInterrupted
+from .errors import ReparamError, RunInterrupted, Terminated
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    args.command_line = shlex.join(["reparam", *(sys.argv[1:] if argv is None else argv)])
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: no handlers
+        previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C
     try:
         return int(args.run(args) or 0)
     except RunInterrupted as err:
@@ -93,9 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"reparam {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"reparam {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        print(f"reparam {args.command}: stopped by {signum.name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

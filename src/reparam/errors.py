@@ -18,6 +18,7 @@ __all__ = [
     "ReparamError",
     "RunInterrupted",
     "ScaleError",
+    "Terminated",
     "TrainingError",
     "UserError",
 ]
@@ -91,3 +92,8 @@ class RunInterrupted(ReparamError):
 
 class TrainingError(ReparamError, RuntimeError):
     """Training cannot go on (non-finite loss, inconsistent resume)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception (the ``reparam`` command and a training run raise it), so that
+    cleanup runs as for Ctrl-C's :class:`KeyboardInterrupt`; the command exits 143."""

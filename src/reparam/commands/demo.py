@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -34,7 +35,7 @@ from ..checkpoint import json_text, write_json
 from ..data import load_data
 from ..deploy.pipeline import deploy
 from ..deploy.quantize import QuantSettings
-from ..errors import RunInterrupted
+from ..errors import RunInterrupted, Terminated
 from ..fuse import reparameterize
 from ..models.summary import count_macs, count_params
 from ..train import execution_defaults, fit, hyper_search, load_model, resolve_config
@@ -145,7 +146,31 @@ def _markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Stages:
+    """Announces each stage on stderr and remembers which one is running."""
+
+    def __init__(self) -> None:
+        self.current = "its set-up"
+
+    def start(self, number: int, what: str) -> None:
+        self.current = f"stage [{number}/6] ({what})"
+        print(f"[{number}/6] {what}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the stages; a signal stops the demo in the stage it reached (exit 128 + signal)."""
+    stages = _Stages()
+    try:
+        return _run(args, stages)
+    except RunInterrupted as err:
+        raise RunInterrupted(f"{stages.current}: {err}", err.signal) from None
+    except KeyboardInterrupt as err:
+        signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        message = f"stopped by {signum.name} in {stages.current}"
+        raise RunInterrupted(message, signum) from None
+
+
+def _run(args: argparse.Namespace, stages: _Stages) -> int:
     started = time.perf_counter()
     progress = not args.no_progress
     out = Path(args.out)
@@ -160,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     }
     repopt, repvgg, vgg = (f"{family}_{args.arch}" for family in ARCH_FAMILIES)
 
-    print(f"[1/6] Hyper-Search for {repopt} on {args.data}", file=sys.stderr)
+    stages.start(1, f"Hyper-Search for {repopt} on {args.data}")
     scales = report / f"{repopt}-scales.safetensors"
     search = hyper_search(
         repopt,
@@ -181,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     plan = [(repopt, {"scales": str(scales)}, "RepOptSGD"), (repvgg, {}, "SGD"), (vgg, {}, "SGD")]
     metrics = {}
     for step, (name, model_kwargs, _) in enumerate(plan, start=2):
-        print(f"[{step}/6] training {name}", file=sys.stderr)
+        stages.start(step, f"training {name}")
         runs[name] = out / name
         config = resolve_config(
             "basic",
@@ -196,11 +221,11 @@ def run(args: argparse.Namespace) -> int:
         metrics[name] = fit(config, progress=progress)
         if metrics[name].get("interrupted"):  # saved; the demo ends here, not half-trained
             raise RunInterrupted(
-                f"interrupted while training {name}; run folder {runs[name]}",
+                f"{metrics[name]['stopped']}; the same command runs the demo afresh",
                 metrics[name].get("signal"),
             )
 
-    print("[5/6] fusing, evaluating, plotting", file=sys.stderr)
+    stages.start(5, "fusing, evaluating, plotting")
     val = load_data(args.data, args.image_size).val
     rows, ratios = [], {}
     probe = torch.stack([val[i][0] for i in range(min(128, len(val)))])
@@ -219,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                 **forms,
             }
         )
-    print("[6/6] ONNX export and INT8 quantization (per-tensor MinMax)", file=sys.stderr)
+    stages.start(6, "ONNX export and INT8 quantization (per-tensor MinMax)")
     quant_settings = QuantSettings(granularity="per-tensor", calibration="minmax")
     for row in rows:
         int8 = deploy(

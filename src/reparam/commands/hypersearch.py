@@ -39,13 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="repopt-hs",
         help="training preset or recipe file (default repopt-hs: the official Hyper-Search recipe)",
     )
-    add_out(parser, "file", "the scale file to write (default scales/<model>-<data>.safetensors)")
+    add_out(
+        parser,
+        "file",
+        "the scale file to write (default scales/<model>-<data name>.safetensors; a data "
+        "folder's name is followed by a hash of its path)",
+    )
     add_threads(parser)
     parser.add_argument(
         "--run-dir",
         default=None,
         metavar="DIR",
-        help="the HS run folder (default runs/hs-<model>-<data>)",
+        help="the HS run folder (default runs/hs-<model>-<data name>, named as the scale file)",
     )
     parser.add_argument(
         "--resume", action="store_true", help="continue the interrupted search in --run-dir"
@@ -57,14 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..train.hypersearch import default_scale_file, hyper_search
 
-    from ..models.scales import target_model_name
-    from ..train.hypersearch import hyper_search
-
-    out = args.out or str(
-        Path("scales") / (f"{target_model_name(args.model)}-{args.data.split(':')[0]}.safetensors")
-    )
+    out = args.out or default_scale_file(args.model, args.data)
     summary = hyper_search(
         args.model,
         args.data,

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import json_text
-from ..errors import UserError
+from ..errors import RunInterrupted, UserError
 from ..train import fit, parse_overrides, parse_value, recipes, resolve_config, resume_config
 from .arguments import DATA_SPECS, add_reporting
 
@@ -124,6 +125,23 @@ def build_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def _stopped(result: dict[str, Any], out: str, command_line: str) -> int:
+    """Say (on rank 0) what a stopped run left and how to go on: planned stops exit 0,
+    signals 128 + the signal number (:class:`RunInterrupted`)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 128 + result["signal"] if result["signal"] else 0
+    if result["resumable"]:
+        message = (
+            f"{result['stopped']}; continue with: reparam train --out {shlex.quote(out)} --resume"
+        )
+    else:
+        message = f"{result['stopped']}; nothing to resume, start again with: {command_line}"
+    if result["signal"]:
+        raise RunInterrupted(message, result["signal"])
+    print(f"reparam train: {message}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         print(json_text(recipes(), indent=2, sort_keys=True))
@@ -133,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = fit(config, progress=not args.no_progress)
     except ValueError as err:  # a model that rejects the recipe's kwargs
         raise UserError(str(err)) from None
-    if metrics.get("interrupted"):  # saved; planned stops exit 0, signals 128 + signal number
-        return 128 + metrics["signal"] if metrics.get("signal") else 0
+    if metrics.get("interrupted"):
+        return _stopped(metrics, config.out, args.command_line)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun only rank 0 reports
     if args.json:

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ..checkpoint import (
     fsync_path,
     load_state,
     load_weights,
+    non_finite_tensors,
     read_json,
 )
 from ..errors import CheckpointError
@@ -173,9 +175,13 @@ def write_log_csv(rows: list[dict[str, Any]], fields: list[str], path: Path) -> 
 
 
 def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(weights, state)`` of ``out``'s last checkpoint; :class:`CheckpointError` when absent."""
+    """``(weights, state)`` of ``out``'s last checkpoint; :class:`CheckpointError` when absent
+    or when a weight or a tensor of the state (optimizer, EMA) holds NaN or inf."""
     if not (out / LAST_STATE).is_file():
-        raise CheckpointError(f"{out}: no {LAST_STATE} to resume from")
+        raise CheckpointError(
+            f"{out}: no {LAST_STATE} to resume from (no checkpoint was saved); start the run "
+            "again without --resume"
+        )
     state = load_state(out / LAST_STATE)
     step = state.get("global_step")
     pending = _pending(out, LAST_WEIGHTS, step)
@@ -192,7 +198,25 @@ def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"{out}: {LAST_WEIGHTS} (step {weights_step}) and {LAST_STATE} "
             f"(step {state.get('global_step')}) differ; the run was killed between the two writes"
         )
+    bad = [f"{LAST_WEIGHTS}:{n}" for n in non_finite_tensors(weights)]
+    bad += [f"{LAST_STATE}:{n}" for n in non_finite_tensors(dict(_tensors(state)))]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise CheckpointError(
+            f"{out}: refusing to resume, {len(bad)} tensor(s) of the checkpoint hold NaN or inf "
+            f"({shown}); the run diverged before step {step}: start it again (e.g. lower the lr)"
+        )
     return weights, state
+
+
+def _tensors(value: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for every tensor inside nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, dict | list | tuple):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            yield from _tensors(item, f"{name}.{key}" if name else str(key))
 
 
 def load_model(

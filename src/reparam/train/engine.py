@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import exclusive_lock, non_finite_tensors, read_json, save_weights, write_json
 from ..data import absolute_spec
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, Terminated, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
 from .checkpointing import (
@@ -62,7 +62,7 @@ from .setup import (
     lambda_schedule,
 )
 
-__all__ = ["fit"]
+__all__ = ["check_new_run_folder", "fit"]
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = [
@@ -80,8 +80,9 @@ LOG_FIELDS = [
 
 
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary and returns.
-    A second signal interrupts at once (the previous checkpoint stays intact)."""
+    """SIGTERM / SIGINT set a flag; the loop saves at the next step boundary (or right after an
+    evaluation, even the last one) and returns. A second signal interrupts at once
+    (:class:`KeyboardInterrupt` or :class:`Terminated`; the previous checkpoint stays intact)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -95,7 +96,7 @@ class _StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None:  # a second signal: stop now, without saving
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
@@ -107,8 +108,10 @@ def fit(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``config`` into ``config.out`` and return the metrics (``metrics.json``'s content).
 
     With ``config.resume`` the run continues from ``out/last.state.pt``. When stopped early
-    (signal or ``stop_after_steps``) the result has ``"interrupted": true`` and no metrics file
-    is written. Raises :class:`TrainingError` on a non-finite loss (last checkpoint kept), and on
+    (a signal at any point, the last evaluation included, or ``stop_after_steps``) no metrics
+    file is written and the result is ``{"interrupted": true, "signal": number or None,
+    "resumable": whether a checkpoint exists, "stopped": where it stopped and what it saved}``.
+    Raises :class:`TrainingError` on a non-finite loss, saying which checkpoint is kept, and on
     resuming with data whose image counts or class names differ from the run's ``config.json``.
     """
     joined = not torch.distributed.is_initialized()
@@ -143,6 +146,9 @@ class _Trainer:
             )
         config.lr = config.resolved_lr
         self.config = config
+        if info.is_main:
+            for warning in config.execution_warnings():
+                log.warning(warning)
         self.model = build_model(config, info.device, info.distributed)
         self.optimizer = create_optimizer(self.model, config)
         per_rank = config.batch_size // info.world_size
@@ -184,7 +190,8 @@ class _Trainer:
         if config.warmup_epochs >= config.epochs:
             log.warning(
                 "warmup_epochs %g >= epochs %d: the whole run is learning-rate warm-up and the "
-                "rate never decays (expect poor top-1); lower --warmup-epochs or train longer",
+                "rate never decays (expect poor top-1); train for more epochs or lower the "
+                "recipe's warmup_epochs",
                 config.warmup_epochs,
                 config.epochs,
             )
@@ -201,6 +208,7 @@ class _Trainer:
         if config.compile:
             self.train_model = torch.compile(self.train_model)
         self.state = TrainState()
+        self.saved: tuple[int, int] | None = None  # (global_step, finished epochs) of last.*
         self.writer = None
 
     # ------------------------------------------------------------------------------- run
@@ -224,36 +232,39 @@ class _Trainer:
                 if stopped:
                     saved = self._save_stopped()
                     break
-                self._end_epoch()
-                if self.state.epoch < config.epochs and self._should_stop(stop, session_steps):
+                self._end_epoch()  # a signal during evaluation is seen right after it
+                finished = self.state.epoch == config.epochs
+                if self._should_stop(stop, None if finished else session_steps):
                     stopped, saved = True, f"saved {self.out}/last.*"
                     break
-            if stopped and info.is_main:
-                why = (
-                    f"signal {stop.signal}"
-                    if stop.signal
-                    else f"stop_after_steps={config.stop_after_steps}"
-                )
-                print(
-                    f"reparam train: stopped by {why} at step {self.state.global_step} (epoch "
-                    f"{self.state.epoch + 1}, batch {self.state.batch}); {saved}; continue "
-                    f"with --resume --out {self.out}",
-                    file=sys.stderr,
-                )
         if self.writer is not None:
             self.writer.close()
         if stopped:
+            why = (
+                signal.Signals(stop.signal).name
+                if stop.signal
+                else f"stop_after_steps={config.stop_after_steps}"
+            )
             return {
                 "interrupted": True,
                 "global_step": self.state.global_step,
                 "epoch": self.state.epoch,
                 "signal": stop.signal,
+                "resumable": self.saved is not None,
+                "stopped": f"stopped by {why} at step {self.state.global_step} "
+                f"({self._position()}); {saved}",
             }
         metrics = self._metrics()
         if info.is_main:
             write_json(metrics, self.out / "metrics.json")
         distributed.barrier(info)
         return metrics
+
+    def _position(self) -> str:
+        """Where the run stands, in words: ``after epoch 2`` or ``in epoch 3, batch 5``."""
+        if self.state.batch == 0 and self.state.epoch:
+            return f"after epoch {self.state.epoch}"
+        return f"in epoch {self.state.epoch + 1}, batch {self.state.batch}"
 
     def _save_stopped(self) -> str:
         """Save a run stopped mid-epoch and say what was kept. Loader workers draw augmentation
@@ -262,25 +273,18 @@ class _Trainer:
         if not self.config.workers:
             self._save_last()
             return f"saved {self.out}/last.*"
-        redo = f"with --workers > 0 a run resumes at an epoch boundary, so its {self.state.batch} "
-        redo += "steps in this epoch will be redone"
-        if (self.out / LAST_STATE).exists():
-            return f"kept the checkpoint of epoch {self.state.epoch} ({redo})"
-        return f"nothing saved: no epoch had finished ({redo})"
+        if self.saved is None:
+            return "nothing saved (with loader workers a run saves at epoch ends, none had ended)"
+        return (
+            f"kept the checkpoint of epoch {self.state.epoch} (with loader workers a run resumes "
+            f"at an epoch boundary, so its {self.state.batch} steps in this epoch will be redone)"
+        )
 
     def _start_folder(self) -> None:
-        """Refuse (on every rank) to start in a folder that holds files, unless ``force``: then
-        rank 0 removes the files a run writes. Rank 0 writes ``config.json``."""
-        if self.out.exists() and not self.out.is_dir():
-            raise TrainingError(f"{self.out}: is a file; --out must be a folder")
-        existing = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
-        if existing and not self.config.force:
-            is_run = "metrics.json" in existing or LAST_STATE in existing
-            raise TrainingError(
-                f"{self.out} already holds {'a run' if is_run else 'other files'} "
-                f"({', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}); pass "
-                "--resume to continue a run, --force to start afresh there, or choose another --out"
-            )
+        """Refuse (on every rank) to start in a folder that holds files (see
+        :func:`check_new_run_folder`); rank 0 removes the files a run writes and writes
+        ``config.json``."""
+        check_new_run_folder(self.out, self.config.force)
         distributed.barrier(self.info)  # every rank has looked before rank 0 writes
         if self.info.is_main:
             remove_run_files(self.out)
@@ -328,9 +332,10 @@ class _Trainer:
             )
 
     # ----------------------------------------------------------------------------- epoch
-    def _should_stop(self, stop: _StopFlag, session_steps: int) -> bool:
-        """A signal arrived (on any rank) or this session's step budget is spent."""
-        budget = self.config.stop_after_steps
+    def _should_stop(self, stop: _StopFlag, session_steps: int | None) -> bool:
+        """A signal arrived (on any rank) or this session's step budget is spent (not checked
+        when ``session_steps`` is ``None``: the run has finished its last epoch)."""
+        budget = None if session_steps is None else self.config.stop_after_steps
         local = stop.signal is not None or (budget is not None and session_steps >= budget)
         return distributed.reduce_sum(self.info, [float(local)])[0] > 0
 
@@ -418,9 +423,9 @@ class _Trainer:
             correct += int((logits.argmax(1) == y).sum())
         if not math.isfinite(loss_value):
             raise TrainingError(
-                f"loss is {loss_value} at step {self.state.global_step} (epoch {self.state.epoch + 1}, batch "
-                f"{self.state.batch + 1}); training stopped, the last good checkpoint in {self.out} is "
-                "intact (lower the lr, enable grad_clip, or check the data)"
+                f"loss is {loss_value} at step {self.state.global_step} (epoch "
+                f"{self.state.epoch + 1}, batch {self.state.batch + 1}); training stopped, "
+                f"{self._kept()} (lower the lr, enable grad_clip, or check the data)"
             )
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -435,11 +440,6 @@ class _Trainer:
         """Refuse to go on (and to save) once a weight or BN statistic is NaN or inf: the last
         checkpoint, written before the divergence, stays intact."""
         modules = {"model": self.model} | ({"EMA": self.ema.module} if self.ema else {})
-        kept = (
-            f"the last good checkpoint in {self.out} is intact"
-            if (self.out / "last.state.pt").is_file()
-            else "no checkpoint had been written yet"
-        )
         for what, module in modules.items():
             bad = non_finite_tensors(module.state_dict())
             if bad:
@@ -447,9 +447,19 @@ class _Trainer:
                 raise TrainingError(
                     f"training diverged by step {self.state.global_step} (epoch "
                     f"{self.state.epoch + 1}): {len(bad)} {what} tensor(s) hold NaN or inf "
-                    f"({shown}); nothing was saved, {kept} (lower the lr, enable grad_clip, "
-                    "or check the data)"
+                    f"({shown}); nothing was saved, {self._kept()} (lower the lr, enable "
+                    "grad_clip, or check the data)"
                 )
+
+    def _kept(self) -> str:
+        """What a run that must stop now leaves behind, in words."""
+        if self.saved is None:
+            return "no checkpoint had been written yet (nothing to resume)"
+        step, epoch = self.saved
+        return (
+            f"the last good checkpoint in {self.out} (step {step}, {epoch} epoch(s) finished) "
+            "is intact"
+        )
 
     def _end_epoch(self) -> None:
         self._check_finite()
@@ -542,6 +552,7 @@ class _Trainer:
                 "rng": rng,
             }
             save_training_state(self.out, self.model.state_dict(), checkpoint)
+        self.saved = (self.state.global_step, self.state.epoch)
         distributed.barrier(self.info)
 
     def _restore(self) -> None:
@@ -555,6 +566,7 @@ class _Trainer:
             if part is not None:
                 part.load_state_dict(checkpoint[name])
         self.state = TrainState.from_dict(checkpoint)
+        self.saved = (self.state.global_step, self.state.epoch)
         if checkpoint["world_size"] == self.info.world_size:
             set_rng_state(checkpoint["rng"][self.info.rank])
         else:
@@ -600,6 +612,38 @@ def _names_change(old: list[str], new: list[str]) -> str:
         if names:
             parts.append(f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}")
     return f"class names {len(old)} -> {len(new)} ({', '.join(parts) or 'reordered'})"
+
+
+def check_new_run_folder(out: Path, force: bool, flag: str = "--out") -> None:
+    """Raise :class:`TrainingError` unless a new run may start in ``out`` (named ``flag`` in
+    the message): a missing or empty folder, any folder with ``force``, or the leftovers of a
+    start that never saved a checkpoint (``config.json``, TensorBoard events: a failed or killed
+    start, even a native crash, is simply started again)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"{out}: is a file; {flag} must be a folder")
+    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if force or _unsaved_start(out, existing):
+        return
+    is_run = "metrics.json" in existing or LAST_STATE in existing
+    raise TrainingError(
+        f"{out} already holds {'a run' if is_run else 'other files'} "
+        f"({', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}); pass --resume to "
+        f"continue a run, --force to start afresh there, or choose another {flag}"
+    )
+
+
+def _unsaved_start(out: Path, names: list[str]) -> bool:
+    """``names`` are only what a run writes before its first checkpoint: TensorBoard events
+    and a ``config.json`` of this trainer (or nothing)."""
+    if any(n != "config.json" and not n.startswith("events.out.tfevents.") for n in names):
+        return False
+    if "config.json" not in names:
+        return True
+    with contextlib.suppress(CheckpointError, ValueError, OSError):
+        recorded = read_json(out / "config.json")
+        return isinstance(recorded, dict) and {"model", "preprocessing"} <= recorded.keys()
+    return False
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -8,7 +8,10 @@ the paper's ablation as training overrides.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,42 @@ from ..errors import RunInterrupted
 from ..models import list_models
 from ..models.scales import ScaleError, extract_scales, save_scale_file, target_model_name
 from .checkpointing import load_model
-from .engine import fit
+from .engine import check_new_run_folder, fit
 from .recipe import resolve_config, resume_config
 
-__all__ = ["ablation_overrides", "default_run_dir", "hyper_search"]
+__all__ = [
+    "ablation_overrides",
+    "data_name",
+    "default_run_dir",
+    "default_scale_file",
+    "hyper_search",
+]
 
 
 def default_run_dir(model: str, data: str) -> Path:
-    """``runs/hs-<target model>-<data kind>``, where a search keeps its run folder."""
-    return Path("runs") / f"hs-{target_model_name(model)}-{data.split(':')[0]}"
+    """``runs/hs-<target model>-<data name>`` (:func:`data_name`), where a search keeps its run
+    folder."""
+    return Path("runs") / f"hs-{target_model_name(model)}-{data_name(data)}"
+
+
+def default_scale_file(model: str, data: str) -> Path:
+    """``scales/<target model>-<data name>.safetensors`` (:func:`data_name`)."""
+    return Path("scales") / f"{target_model_name(model)}-{data_name(data)}.safetensors"
+
+
+def data_name(data: str) -> str:
+    """A file-name-safe name that tells data specs apart: ``digits``, ``synthetic-64``, or for a
+    spec with a path its kind, the folder's name and a short hash of its absolute path
+    (``folder-pets-1a2b3c4d``), so two folders of the same name never share a default output."""
+    kind, _, arg = data.partition(":")
+    if not arg:
+        return kind
+    if kind == "synthetic":
+        return f"{kind}-{arg}"
+    path = Path(arg).expanduser().resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name) or "root"
+    return f"{kind}-{name}-{digest}"
 
 
 def hyper_search(
@@ -66,6 +96,13 @@ def hyper_search(
     if out.exists() and not force:
         raise ScaleError(f"{out}: already exists; pass --force to replace it")
     check_writable(out)
+    if not resume:
+        check_new_run_folder(folder, force, flag="--run-dir")
+    elif not (folder / "config.json").is_file():
+        raise ScaleError(
+            f"{folder}: no Hyper-Search run to resume there; pass the search's --run-dir (its "
+            "default depends on --model and --data), or start it without --resume"
+        )
     with exclusive_lock(out):
         if resume:
             config = resume_config(folder)
@@ -83,10 +120,14 @@ def hyper_search(
             config = resolve_config(recipe, {**values, "out": str(folder), "force": force})
         metrics = fit(config, progress=progress)
         if metrics.get("interrupted"):
+            command = ["reparam", "hypersearch", "--model", target, "--data", config.data]
+            command = shlex.join([*command, "--run-dir", str(folder), "--out", str(out)])
+            if metrics["resumable"]:
+                hint = f"continue it with: {command} --resume"
+            else:
+                hint = "nothing to resume: run the same command again"
             raise RunInterrupted(
-                f"hyper-search interrupted; no scale file written. Continue it with: reparam "
-                f"hypersearch --model {target} --data {config.data} --run-dir {folder} --out {out} "
-                "--resume",
+                f"hyper-search {metrics['stopped']}; no scale file written; {hint}",
                 metrics.get("signal"),
             )
         trained, _ = load_model(folder, weights="last")

@@ -148,18 +148,32 @@ class TrainConfig:
         if self.crop_pct is None and self.train_crop == "random_resized":
             self.crop_pct = defaults["crop_pct"] or 0.875
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.channels_last is None and self.amp is not None:
+            self.channels_last = self.amp  # an explicit precision picks its measured layout
         for name, value in execution_defaults(self.device, self.image_size).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.amp and self.image_size < BF16_MIN_IMAGE_SIZE and "cuda" not in self.device:
-            log.warning(
-                "amp at %d px: below %d px, oneDNN's bf16 weight gradients of stride-2 "
-                "convolutions on 1x1 inputs hold garbage and runs can diverge (see "
-                "reparam.train.execution_defaults); --no-amp trains in FP32",
-                self.image_size,
-                BF16_MIN_IMAGE_SIZE,
-            )
         self.validate()
+
+    def execution_warnings(self) -> list[str]:
+        """What is known to go wrong on this config's execution path (logged once by ``fit``)."""
+        if "cuda" in self.device:
+            return []
+        warnings = []
+        if self.amp and self.image_size < BF16_MIN_IMAGE_SIZE:
+            warnings.append(
+                f"amp at {self.image_size} px: below {BF16_MIN_IMAGE_SIZE} px, oneDNN's bf16 "
+                "weight gradients of stride-2 convolutions on 1x1 inputs hold garbage and runs "
+                "can diverge (see reparam.train.execution_defaults); --no-amp trains in FP32"
+            )
+        if self.channels_last and not self.amp and self.image_size >= FP32_NHWC_CRASH_SIZE:
+            warnings.append(
+                f"FP32 channels-last at {self.image_size} px: oneDNN's FP32 NHWC weight gradient "
+                "of a 1x1 stride-2 convolution on 3 input channels corrupts the heap and kills "
+                f"RepVGG runs from {FP32_NHWC_CRASH_SIZE} px (uxlfoundation/oneDNN#6035); "
+                "--no-channels-last trains in FP32 NCHW"
+            )
+        return warnings
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -233,10 +247,13 @@ class TrainConfig:
 # below this input size a /32 network's last stride-2 convolution sees a 1x1 input, where
 # oneDNN's bf16 weight gradient of a strided k > 1 convolution returns garbage (see below)
 BF16_MIN_IMAGE_SIZE = 32
+# from this input size FP32 channels-last training of RepVGG crashes in oneDNN (see the warning)
+FP32_NHWC_CRASH_SIZE = 128
 
 
 def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
-    """``amp`` and ``channels_last`` for a recipe that leaves them unset: both on for a CPU with
+    """``amp`` and ``channels_last`` for a recipe that leaves both unset (an explicit ``amp``
+    sets ``channels_last`` with it, so FP32 never defaults to channels-last): both on for a CPU with
     native bf16 (AVX512-BF16 or AMX) and images of at least :data:`BF16_MIN_IMAGE_SIZE` pixels,
     off elsewhere (FP32, NCHW).
 
