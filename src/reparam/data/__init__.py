@@ -1,6 +1,6 @@
 """Data specs -> datasets (see :mod:`reparam.data.datasets`) and transforms."""
 
-from .datasets import DataBundle, DataError, TensorImageDataset, load_data
+from .datasets import DataBundle, DataError, TensorImageDataset, load_data, load_eval_data
 from .transforms import Preprocessing, data_defaults, eval_transform, read_image, train_transform
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "TensorImageDataset",
     "eval_transform",
     "load_data",
+    "load_eval_data",
     "data_defaults",
     "read_image",
     "train_transform",
