@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import read_json, write_json
-from ..data import load_eval_data
+from ..data import Preprocessing, load_eval_data
 from ..errors import DeployError
 from .pipeline import deploy
-from .predict import check_class_names, preprocessing_of
+from .predict import check_class_names
 from .quantize import QuantSettings
 
 __all__ = ["check_sources", "compare_ptq"]
@@ -33,7 +33,7 @@ def check_sources(sources: list[str], data: str) -> None:
         if not path.exists():
             raise DeployError(f"{path}: not found (expected a run folder or a .safetensors file)")
         config = read_json((path if path.is_dir() else path.parent) / "config.json")
-        bundle = bundle or load_eval_data(data, preprocessing_of(config))
+        bundle = bundle or load_eval_data(data, Preprocessing(32))  # only its names are read
         check_class_names(source, config.get("class_names"), bundle, config["num_classes"])
 
 

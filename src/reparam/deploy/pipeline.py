@@ -114,10 +114,7 @@ def deploy(
     image_size = image_size or config.get("image_size")
     if (onnx or int8) and not image_size:
         raise DeployError(f"{source}: config.json has no image_size; pass --image-size")
-    preprocessing = None
-    if image_size:  # the recorded preprocessing at the export size
-        recorded = preprocessing_of({**config, "image_size": image_size})
-        preprocessing = dataclasses.replace(recorded, image_size=image_size)
+    preprocessing = _preprocessing_at(config, image_size) if image_size else None
     bundle = _calibration_data(calib_data, preprocessing, config, source) if int8 else None
     checkpoint = checkpoint_of(source)
     if checkpoint and checkpoint["finished"] is False:
@@ -206,6 +203,13 @@ def check_deploy_target(out_dir: Path, force: bool) -> None:
         raise DeployError(f"{out_dir}: is a training run folder; deploy into another --out")
     if not force:
         raise DeployError(f"{out_dir}: already exists; pass --force to replace it")
+
+
+def _preprocessing_at(config: dict[str, Any], image_size: int) -> Preprocessing:
+    """The recorded preprocessing at the export size (the default one when none is recorded)."""
+    recorded = "preprocessing" in config or "image_size" in config
+    preprocessing = preprocessing_of(config) if recorded else Preprocessing(image_size)
+    return dataclasses.replace(preprocessing, image_size=image_size)
 
 
 def _calibration_data(

@@ -131,10 +131,16 @@ def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor
     if path.suffix == ".onnx":
         session = open_session(path, threads)
         recorded = session.get_modelmeta().custom_metadata_map
+        size = input_shape(session)[-1]
         if "preprocessing" in recorded:
             preprocessing = Preprocessing.from_dict(json.loads(recorded["preprocessing"]))
+            if preprocessing.image_size != size:
+                raise DeployError(
+                    f"{path}: metadata preprocessing has image_size {preprocessing.image_size}; "
+                    f"the input is {size} x {size}"
+                )
         else:
-            preprocessing = Preprocessing(input_shape(session)[-1])
+            preprocessing = Preprocessing(size)
             log.warning(
                 "%s: no 'preprocessing' in its ONNX metadata: images are resized to %d px and "
                 "normalised with ImageNet mean/std",
