@@ -149,7 +149,7 @@ def test_wrong_class_count_and_missing_run_are_clear_errors(tmp_path, capsys):
         DATA,
     ]
     assert main(argv) == 2
-    assert "has 10 classes" in capsys.readouterr().err
+    assert "predicts 7 classes; the data has 10" in capsys.readouterr().err
     assert main(["deploy", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "expected a run folder" in capsys.readouterr().err
     assert main(["deploy", str(tmp_path / "run"), str(tmp_path / "run"), "--out", "x"]) == 2

@@ -47,7 +47,7 @@ def test_run_fused_and_onnx_agree(folders, capsys):
 def test_wrong_input_size_for_onnx(folders, capsys):
     code = main(["eval", str(folders / "dep" / "model.onnx"), "--data", DATA, "--image-size", "24"])
     err = capsys.readouterr().err
-    assert code == 2 and "expects inputs [N, 3, 16, 16]" in err and "--image-size 16" in err
+    assert code == 2 and "exported at (16 px); drop --image-size 24" in err
 
 
 def test_corrupted_onnx(folders, tmp_path, capsys):

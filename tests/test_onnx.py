@@ -89,7 +89,7 @@ def test_dynamic_batch_and_metadata(vgg_onnx):
 
 def test_wrong_input_size_is_a_clear_error(vgg_onnx):
     session = open_session(vgg_onnx[1])
-    with pytest.raises(DeployError, match=r"expects inputs \[N, 3, 32, 32\].*--image-size 32"):
+    with pytest.raises(DeployError, match=r"expects inputs \[N, 3, 32, 32\].*prepared at 32 px"):
         run_session(session, np.zeros((2, 3, 48, 48), np.float32))
 
 

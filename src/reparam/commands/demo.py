@@ -31,9 +31,10 @@ from torch.utils.data import DataLoader
 
 from ..analysis.identity import identity_variance_ratios, plot_identity_variance
 from ..analysis.plots import pyplot
-from ..checkpoint import json_text, write_json
-from ..data import load_data
+from ..checkpoint import json_text, read_json, write_json
+from ..data import load_eval_data
 from ..deploy.pipeline import deploy
+from ..deploy.predict import preprocessing_of
 from ..deploy.quantize import QuantSettings
 from ..errors import RunInterrupted, Terminated
 from ..fuse import reparameterize
@@ -226,7 +227,8 @@ def _run(args: argparse.Namespace, stages: _Stages) -> int:
             )
 
     stages.start(5, "fusing, evaluating, plotting")
-    val = load_data(args.data, args.image_size).val
+    recorded = read_json(runs[repopt] / "config.json")  # the three runs share data and size
+    val = load_eval_data(args.data, preprocessing_of(recorded)).val
     rows, ratios = [], {}
     probe = torch.stack([val[i][0] for i in range(min(128, len(val)))])
     hs_model, _ = load_model(out / f"{repopt}_hs", weights="last")

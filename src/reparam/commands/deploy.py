@@ -30,6 +30,7 @@ from ..deploy.quantize import BACKENDS, CALIBRATIONS, GRANULARITIES, QuantSettin
 from ..errors import UserError
 from ..models import list_models
 from ..train import TrainConfig, fit
+from ..train.checkpointing import describe_checkpoint
 from .arguments import add_data, add_out, add_reporting, add_threads, positive_int
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _trained_sources(args: argparse.Namespace) -> list[str]:
     """``--compare`` sources as run folders: a registered model name that is not a path is
-    trained first into ``OUT/runs/NAME`` (same schedule for all; a finished run there is reused)."""
-    sources = []
+    trained first into ``OUT/runs/NAME`` (same schedule for all; a finished run there is reused).
+    Every source is checked (its name, its classes against ``--data``) before any training."""
+    from ..deploy.compare import check_sources
+
+    runs = Path(args.out) / "runs"
+    found = {  # a run, or one trained before
+        source: source if Path(source).exists() else str(runs / source)
+        for source in args.sources
+        if Path(source).exists() or (runs / source / "metrics.json").is_file()
+    }
     for source in args.sources:
-        out = Path(args.out) / "runs" / source
-        if (
-            Path(source).exists() or (out / "metrics.json").is_file()
-        ):  # a run, or one trained before
-            sources.append(source if Path(source).exists() else str(out))
-            continue
-        if source not in list_models():
+        if source not in found and source not in list_models():
             raise UserError(
                 f"{source!r} is neither a run folder/checkpoint nor a registered model "
                 f"({', '.join(list_models())})"
             )
+    check_sources(list(found.values()), args.data)
+    sources = []
+    for source in args.sources:
+        if source in found:
+            sources.append(found[source])
+            continue
         config = TrainConfig(
             model=source,
             data=args.data,
@@ -136,12 +145,14 @@ def _trained_sources(args: argparse.Namespace) -> list[str]:
             image_size=args.image_size or 32,
             batch_size=args.batch_size,
             seed=0,
-            out=str(out),
+            out=str(runs / source),
             device="cpu",
         )
-        log.info("training %s on %s for %d epochs -> %s", source, args.data, args.epochs, out)
+        log.info(
+            "training %s on %s for %d epochs -> %s", source, args.data, args.epochs, config.out
+        )
         fit(config, progress=not args.no_progress)
-        sources.append(str(out))
+        sources.append(config.out)
     return sources
 
 
@@ -201,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(summary, indent=2))
         return 0
-    print(f"fused model: {summary['fused']}")
+    print(f"fused model: {summary['fused']} ({describe_checkpoint(summary['checkpoint'])})")
     if "onnx" in summary:
         print(
             f"ONNX: {summary['onnx']['path']} "

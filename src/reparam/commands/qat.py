@@ -21,6 +21,7 @@ import torch
 
 from ..checkpoint import json_text
 from ..deploy.quantize import GRANULARITIES
+from ..train.checkpointing import describe_checkpoint
 from .arguments import add_data, add_out, add_reporting, add_threads, positive_int
 
 
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     q = summary["int8"]
     print(
-        f"QAT INT8 ({q['settings']['route']} route, {q['settings']['granularity']}): {q['path']}  "
+        f"QAT INT8 ({q['settings']['route']} route, {q['settings']['granularity']}) of "
+        f"{describe_checkpoint(summary['checkpoint'])}: {q['path']}  "
         f"top-1 FP32 {100 * q['top1_fp32']:.2f}% -> INT8 {100 * q['top1_int8']:.2f}% "
         f"(agreement {100 * q['top1_agreement']:.2f}%), latency {q['latency_fp32_ms']:.1f} -> "
         f"{q['latency_int8_ms']:.1f} ms"

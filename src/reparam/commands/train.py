@@ -158,11 +158,25 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(metrics, sort_keys=True))
     else:
-        ema = f" (EMA {100 * metrics['top1_ema']:.2f}%)" if metrics["top1_ema"] is not None else ""
         print(
-            f"{config.model} on {config.data}: top-1 {100 * metrics['top1']:.2f}%{ema} after "
-            f"{metrics['epochs']} epochs, {metrics['seconds']:.1f} s "
-            f"({metrics['train_images_per_s']:.0f} img/s); run folder {config.out}",
+            f"{config.model} on {config.data}: {_figures(metrics)}; {metrics['epochs']} epochs, "
+            f"{metrics['seconds']:.1f} s ({metrics['train_images_per_s']:.0f} img/s); run folder "
+            f"{config.out}",
             file=sys.stderr,
         )
     return 0
+
+
+def _figures(metrics: dict[str, Any]) -> str:
+    """The top-1 of the checkpoint that eval, deploy and load use (``best.safetensors``, its
+    epoch and weights), then the last epoch's when that is another epoch."""
+    ema = f", EMA {100 * metrics['top1_ema']:.2f}%" if metrics["top1_ema"] is not None else ""
+    last = f"last epoch {metrics['epochs']}: top-1 {100 * metrics['top1']:.2f}%{ema}"
+    if metrics["best_source"] is None:  # no checkpoint qualified (annealing unfinished)
+        return f"{last} (no best.safetensors: eval, deploy and load use last.safetensors)"
+    weights = "EMA" if metrics["best_source"] == "ema" else "raw"
+    best = (
+        f"top-1 {100 * metrics['best_top1']:.2f}% at epoch {metrics['best_epoch']} ({weights} "
+        "weights in best.safetensors, which eval, deploy and load use)"
+    )
+    return best if metrics["best_epoch"] == metrics["epochs"] else f"{best}; {last}"

@@ -7,6 +7,7 @@ from .datasets import (
     TensorImageDataset,
     absolute_spec,
     load_data,
+    load_eval_data,
 )
 from .transforms import Preprocessing, data_defaults, eval_transform, read_image, train_transform
 
@@ -19,6 +20,7 @@ __all__ = [
     "absolute_spec",
     "eval_transform",
     "load_data",
+    "load_eval_data",
     "data_defaults",
     "read_image",
     "train_transform",

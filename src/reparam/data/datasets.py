@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .transforms import read_image
+from .transforms import Preprocessing, read_image
 
 __all__ = [
     "DataBundle",
@@ -40,6 +40,7 @@ __all__ = [
     "TensorImageDataset",
     "absolute_spec",
     "load_data",
+    "load_eval_data",
 ]
 
 
@@ -402,3 +403,10 @@ def load_data(
         spec,
         class_names,
     )
+
+
+def load_eval_data(spec: str, preprocessing: Preprocessing) -> DataBundle:
+    """``spec``'s train and val splits, both prepared by ``preprocessing`` alone (no augmentation):
+    the data every evaluation, calibration and check of a trained model reads, so its images
+    are the ones the model was trained and is predicted with."""
+    return load_data(spec, preprocessing.image_size, eval_transform=preprocessing.transform())

@@ -15,11 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import read_json, write_json
+from ..data import Preprocessing, load_eval_data
 from ..errors import DeployError
 from .pipeline import deploy
+from .predict import check_class_names
 from .quantize import QuantSettings
 
-__all__ = ["compare_ptq"]
+__all__ = ["check_sources", "compare_ptq"]
+
+
+def check_sources(sources: list[str], data: str) -> None:
+    """Refuse, before any work, a source that is missing or whose classes (count, and names when
+    recorded) are not ``data``'s."""
+    bundle = None
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise DeployError(f"{path}: not found (expected a run folder or a .safetensors file)")
+        config = read_json((path if path.is_dir() else path.parent) / "config.json")
+        bundle = bundle or load_eval_data(data, Preprocessing(32))  # only its names are read
+        check_class_names(source, config.get("class_names"), bundle, config["num_classes"])
 
 
 def compare_ptq(
@@ -35,16 +50,16 @@ def compare_ptq(
     progress: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Deploy + quantize every source; returns (and writes ``compare.json``) settings and rows.
+    """Deploy + quantize every source (all checked first, :func:`check_sources`); returns (and
+    writes ``compare.json``) settings and rows.
 
     ``train`` (the schedule of sources trained for this comparison) is recorded as given.
     """
     out_dir = Path(out_dir)
+    check_sources(sources, data)
     rows = []
     for source in sources:
         path = Path(source)
-        if not path.exists():
-            raise DeployError(f"{path}: not found (expected a run folder or a .safetensors file)")
         name = path.name if path.is_dir() else path.parent.name
         summary = deploy(
             path,

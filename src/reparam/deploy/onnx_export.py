@@ -152,8 +152,8 @@ def run_session(session, images: np.ndarray | torch.Tensor) -> np.ndarray:
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise DeployError(
             f"ONNX model expects inputs [N, {', '.join(map(str, expected))}], "
-            f"got {list(images.shape)} "
-            f"(pass --image-size {expected[-1]})"
+            f"got {list(images.shape)}: it takes images prepared at {expected[-1]} px, the size "
+            "it was exported at"
         )
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(images, dtype=np.float32)})[0]

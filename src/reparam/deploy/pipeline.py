@@ -11,6 +11,7 @@ Deploy folder layout (**contract**)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -22,13 +23,15 @@ import torch
 
 from ..analysis.quant_stats import output_metrics, weight_stats
 from ..checkpoint import atomic_folder, exclusive_lock, json_text, write_json
-from ..data import load_data
+from ..data import Preprocessing, load_eval_data
 from ..errors import DeployError
-from ..train.checkpointing import load_model
+from ..train.checkpointing import describe_checkpoint, load_model
 from .export import fuse_for_deploy, fused_folder_of, load_fused, save_fused
 from .onnx_export import ONNX_TOLERANCE, check_onnx_vs_torch, export_onnx, open_session, run_session
 from .predict import (
     Predictor,
+    check_class_names,
+    checkpoint_of,
     class_names_of,
     predict_dataset,
     preprocessing_of,
@@ -66,9 +69,10 @@ def load_source(source: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, A
     return fuse_for_deploy(model), config
 
 
-def _onnx_predictor(path: Path, threads: int | None) -> tuple[Predictor, Any]:
+def _onnx_predictor(path: Path, threads: int | None, shown: Path) -> tuple[Predictor, Any]:
+    """A predictor of the ONNX file ``path`` that names itself ``shown`` (its final path)."""
     session = open_session(path, threads)
-    return Predictor(lambda images: run_session(session, images), "onnx", str(path), None), session
+    return Predictor(lambda images: run_session(session, images), "onnx", str(shown), None), session
 
 
 def deploy(
@@ -93,8 +97,11 @@ def deploy(
     (:func:`reparam.checkpoint.exclusive_lock`); an existing ``out_dir`` is replaced only with
     ``force`` and a run folder never (:func:`check_deploy_target`).
 
-    INT8 needs ``calib_data`` (a data spec): calibration uses ``settings.calib_images`` images of
-    its train split, the end-to-end figures its val split. ``model.int8.onnx`` comes from
+    INT8 needs ``calib_data`` (a data spec) with the model's classes: calibration uses
+    ``settings.calib_images`` images of its train split, the end-to-end figures its val split,
+    both prepared by the model's recorded preprocessing (no augmentation; ``image_size`` changes
+    only its size). ``deploy.json`` records which checkpoint was deployed (``checkpoint``); a run
+    that has not finished is deployed with a warning. ``model.int8.onnx`` comes from
     ``int8_writer`` when given (``reparam qat``), else from PTQ by ``settings.backend``. ONNX Runtime output differing from
     torch by more than ``ONNX_TOLERANCE`` (relative) raises :class:`DeployError`.
     """
@@ -107,10 +114,19 @@ def deploy(
     image_size = image_size or config.get("image_size")
     if (onnx or int8) and not image_size:
         raise DeployError(f"{source}: config.json has no image_size; pass --image-size")
-    bundle = _calibration_data(calib_data, image_size, config) if int8 else None
+    preprocessing = _preprocessing_at(config, image_size) if image_size else None
+    bundle = _calibration_data(calib_data, preprocessing, config, source) if int8 else None
+    checkpoint = checkpoint_of(source)
+    if checkpoint and checkpoint["finished"] is False:
+        log.warning(
+            "%s: the run has not finished: deploying its %s",
+            source,
+            describe_checkpoint(checkpoint),
+        )
     summary: dict[str, Any] = {
         "source": str(source),
         "model": config["model"],
+        "checkpoint": checkpoint,
         "out": str(out_dir),
         "fused": str(out_dir / "fused.safetensors"),
         "image_size": image_size,
@@ -118,7 +134,8 @@ def deploy(
     with exclusive_lock(out_dir), atomic_folder(out_dir) as work:
         save_fused(fused, config, work)
         if onnx or int8:
-            onnx_path = export_onnx(fused, work / ONNX_NAME, image_size, onnx_metadata(config))
+            metadata = onnx_metadata(config, preprocessing)
+            onnx_path = export_onnx(fused, work / ONNX_NAME, image_size, metadata)
             probe = torch.randn(
                 3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)
             )
@@ -128,6 +145,11 @@ def deploy(
                 **check.to_dict(),
                 "tolerance": ONNX_TOLERANCE,
             }
+            if not check.finite:
+                raise DeployError(
+                    f"{source}: the model produces NaN/inf outputs on random {image_size} px "
+                    "inputs; check its weights"
+                )
             if not check.passed:
                 raise DeployError(
                     f"{out_dir / ONNX_NAME}: ONNX Runtime differs from torch: "
@@ -140,10 +162,11 @@ def deploy(
                 config,
                 onnx_path,
                 work,
+                out_dir,
                 calib_data,
                 bundle,
                 settings.calib_images,
-                int8_writer or _ptq_writer(settings, image_size),
+                int8_writer or _ptq_writer(settings, image_size, metadata),
                 latency_batch,
                 latency_repeats,
                 threads,
@@ -155,12 +178,16 @@ def deploy(
     return summary
 
 
-def onnx_metadata(config: dict[str, Any]) -> dict[str, str]:
-    """What the ONNX file records (``metadata_props``): model, data, preprocessing, class names."""
+def onnx_metadata(
+    config: dict[str, Any], preprocessing: Preprocessing | None = None
+) -> dict[str, str]:
+    """What the ONNX file records (``metadata_props``): model, data, preprocessing (``config``'s
+    unless given: an export at another size), class names."""
+    preprocessing = preprocessing or preprocessing_of(config)
     return {
         "model": str(config["model"]),
         "data": str(config.get("data", "")),
-        "preprocessing": json_text(preprocessing_of(config).to_dict()),
+        "preprocessing": json_text(preprocessing.to_dict()),
         "class_names": json_text(class_names_of(config)),
     }
 
@@ -178,18 +205,24 @@ def check_deploy_target(out_dir: Path, force: bool) -> None:
         raise DeployError(f"{out_dir}: already exists; pass --force to replace it")
 
 
-def _calibration_data(calib_data: str | None, image_size: int, config: dict[str, Any]):
-    """The data bundle for INT8 (checked before any export work is done)."""
+def _preprocessing_at(config: dict[str, Any], image_size: int) -> Preprocessing:
+    """The recorded preprocessing at the export size (the default one when none is recorded)."""
+    recorded = "preprocessing" in config or "image_size" in config
+    preprocessing = preprocessing_of(config) if recorded else Preprocessing(image_size)
+    return dataclasses.replace(preprocessing, image_size=image_size)
+
+
+def _calibration_data(
+    calib_data: str | None, preprocessing: Preprocessing, config: dict[str, Any], source
+):
+    """The data bundle for INT8, both splits prepared by ``preprocessing``, its classes checked
+    against the model's (before any export work is done)."""
     if not calib_data:
         raise DeployError(
             "--int8 needs --calib-data SPEC (images to calibrate activation ranges on)"
         )
-    bundle = load_data(calib_data, image_size)
-    if bundle.num_classes != config["num_classes"]:
-        raise DeployError(
-            f"{calib_data} has {bundle.num_classes} classes; {config['model']} was "
-            f"trained for {config['num_classes']}"
-        )
+    bundle = load_eval_data(calib_data, preprocessing)
+    check_class_names(str(source), config.get("class_names"), bundle, config["num_classes"])
     return bundle
 
 
@@ -197,6 +230,7 @@ def _quantize_and_measure(
     fused,
     config,
     onnx_path: Path,
+    work: Path,
     out_dir: Path,
     calib_data: str,
     bundle,
@@ -208,12 +242,19 @@ def _quantize_and_measure(
     progress: bool,
 ) -> dict[str, Any]:
     images = calibration_images(bundle.train, calib_images)
-    int8_path = out_dir / INT8_NAME
+    if len(images) < calib_images:
+        log.warning(
+            "calibration: using %d images, all of %s's train split, of the %d asked",
+            len(images),
+            calib_data,
+            calib_images,
+        )
+    int8_path = work / INT8_NAME
     done = writer(fused, config, onnx_path, int8_path, images)
-    log.info("INT8 model written to %s (%s)", int8_path, done["settings"])
+    log.info("INT8 model written to %s (%s)", out_dir / INT8_NAME, done["settings"])
 
-    fp32, fp32_session = _onnx_predictor(onnx_path, threads)
-    int8, int8_session = _onnx_predictor(int8_path, threads)
+    fp32, fp32_session = _onnx_predictor(onnx_path, threads, out_dir / ONNX_NAME)
+    int8, int8_session = _onnx_predictor(int8_path, threads, out_dir / INT8_NAME)
     reference, labels, _ = predict_dataset(fp32, bundle.val, progress=progress)
     quantized, _, _ = predict_dataset(int8, bundle.val, progress=progress)
     end_to_end = output_metrics(reference, quantized, labels)
@@ -234,10 +275,12 @@ def _quantize_and_measure(
         "latency": latency,
         "layers": layers,
     }
-    write_json(_finite(report), out_dir / "quant.json")
+    write_json(_finite(report), work / "quant.json")
     return {
-        "path": str(int8_path),
+        "path": str(out_dir / INT8_NAME),
         "settings": done["settings"],
+        "calib_images_asked": calib_images,
+        "calib_images_used": done["calib_images_used"],
         **end_to_end,
         "latency_fp32_ms": latency["fp32"]["median_ms"],
         "latency_int8_ms": latency["int8"]["median_ms"],
@@ -246,7 +289,7 @@ def _quantize_and_measure(
     }
 
 
-def _ptq_writer(settings: QuantSettings, image_size: int) -> Int8Writer:
+def _ptq_writer(settings: QuantSettings, image_size: int, metadata: dict[str, str]) -> Int8Writer:
     """Post-training quantization by ``settings.backend`` (ORT ``quantize_static`` or PT2E)."""
 
     def write(fused, config, onnx_path: Path, int8_path: Path, images: np.ndarray) -> dict:
@@ -255,7 +298,7 @@ def _ptq_writer(settings: QuantSettings, image_size: int) -> Int8Writer:
         from .pt2e import ptq
 
         quantized = ptq(fused, images, settings.granularity, settings.calib_batch_size)
-        export_onnx(quantized, int8_path, image_size, onnx_metadata(config))
+        export_onnx(quantized, int8_path, image_size, metadata)
         return {
             "settings": settings.to_dict(),
             "calib_images_used": len(images),

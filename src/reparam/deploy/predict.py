@@ -4,16 +4,20 @@
 :func:`open_model` returns a :class:`Predictor` (numpy float32 ``[N, 3, S, S]`` -> logits);
 :func:`predict_images` gives the top classes of image files;
 :func:`evaluate` gives the metrics ``reparam eval`` reports: ``top1`` (fraction), ``n_images``,
-``seconds``, ``images_per_s``.
+``seconds``, ``images_per_s``; :func:`evaluate_data` loads the data for it, prepared by the
+model's recorded :class:`~reparam.data.Preprocessing` (as training evaluated and as
+:func:`predict_images` reads files), with its class names checked against the model's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,22 +27,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import Preprocessing
+from ..checkpoint import read_json
+from ..data import DataBundle, Preprocessing, load_eval_data
 from ..errors import DeployError
-from ..train.checkpointing import load_model
+from ..train.checkpointing import checkpoint_info, load_model
 from .export import fused_folder_of, load_fused
 from .onnx_export import input_shape, open_session, run_session
 
 __all__ = [
     "LoadedModel",
     "Predictor",
+    "check_class_names",
+    "checkpoint_of",
     "evaluate",
+    "evaluate_data",
     "load",
     "open_model",
     "predict_dataset",
     "predict_images",
     "session_latency_ms",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class LoadedModel(NamedTuple):
@@ -121,12 +131,26 @@ def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor
     if path.suffix == ".onnx":
         session = open_session(path, threads)
         recorded = session.get_modelmeta().custom_metadata_map
+        size = input_shape(session)[-1]
         if "preprocessing" in recorded:
             preprocessing = Preprocessing.from_dict(json.loads(recorded["preprocessing"]))
+            if preprocessing.image_size != size:
+                raise DeployError(
+                    f"{path}: metadata preprocessing has image_size {preprocessing.image_size}; "
+                    f"the input is {size} x {size}"
+                )
         else:
-            preprocessing = Preprocessing(input_shape(session)[-1])
+            preprocessing = Preprocessing(size)
+            log.warning(
+                "%s: no 'preprocessing' in its ONNX metadata: images are resized to %d px and "
+                "normalised with ImageNet mean/std",
+                path,
+                preprocessing.image_size,
+            )
         names = json.loads(recorded["class_names"]) if "class_names" in recorded else None
         data = {"data": recorded["data"]} if "data" in recorded else {}
+        if names is not None:
+            data["class_names"] = names
 
         def run(images: np.ndarray) -> np.ndarray:
             return run_session(session, images)
@@ -147,6 +171,7 @@ def predict_images(
         raise DeployError(f"{predictor.source}: no preprocessing recorded; cannot read images")
     images = np.stack([predictor.preprocessing.load_image(p).numpy() for p in paths])
     logits = torch.from_numpy(predictor.run(images)).double()
+    _check_finite(predictor, logits.numpy(), lambda i: str(paths[i]))
     probabilities = logits.softmax(1)
     names = predictor.class_names or [str(i) for i in range(logits.shape[1])]
     top = probabilities.topk(min(top_k, logits.shape[1]), dim=1)
@@ -179,7 +204,26 @@ def predict_dataset(
         labels.append(targets.numpy())
     if not logits:
         raise DeployError("evaluation data set is empty")
-    return np.concatenate(logits), np.concatenate(labels), seconds
+    logits = np.concatenate(logits)
+    _check_finite(predictor, logits, lambda i: _item_name(dataset, i))
+    return logits, np.concatenate(labels), seconds
+
+
+def _item_name(dataset: Dataset, index: int) -> str:
+    """An image file's path (ImageFolder) or its index in ``dataset``."""
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples else f"image {index} of the split"
+
+
+def _check_finite(predictor: Predictor, logits: np.ndarray, name: Callable[[int], str]) -> None:
+    """Refuse NaN/inf outputs (they have no top class), naming the first input that gives them."""
+    bad = np.flatnonzero(~np.isfinite(logits).all(axis=tuple(range(1, logits.ndim))))
+    if len(bad):
+        raise DeployError(
+            f"{predictor.source}: the model produces NaN/inf outputs for {len(bad)} of "
+            f"{len(logits)} images (first: {name(int(bad[0]))}); check its weights and the "
+            "recorded preprocessing (mean/std)"
+        )
 
 
 def evaluate(
@@ -202,6 +246,90 @@ def evaluate(
         "images_per_s": len(labels) / seconds if seconds > 0 else None,
         "kind": predictor.kind,
         "model": predictor.source,
+    }
+
+
+def checkpoint_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Which training checkpoint a model's weights are from
+    (:func:`reparam.train.checkpointing.checkpoint_info`): read from a run folder or a
+    ``.safetensors`` inside one, else from the ``deploy.json`` beside a fused folder's or an ONNX
+    file's files; ``None`` when not recorded."""
+    path = Path(path)
+    folder = fused_folder_of(path)
+    if folder is None and path.suffix != ".onnx":
+        return checkpoint_info(path)
+    recorded = (folder or path.parent) / "deploy.json"
+    return read_json(recorded).get("checkpoint") if recorded.is_file() else None
+
+
+def check_class_names(
+    source: str, class_names: Sequence[str] | None, bundle: DataBundle, num_classes: int
+) -> None:
+    """Refuse data whose classes are not the model's: another count, or (when the model records
+    its ``class_names``) other names, naming the first that differ."""
+    if bundle.num_classes != num_classes:
+        raise DeployError(
+            f"{source} predicts {num_classes} classes; the data has {bundle.num_classes} "
+            f"({bundle.name})"
+        )
+    if class_names is None or len(class_names) != num_classes:
+        return
+    if list(class_names) == list(bundle.class_names):
+        return
+    index = next(i for i, (a, b) in enumerate(zip(bundle.class_names, class_names)) if a != b)
+    raise DeployError(
+        f"{bundle.name} has other class names than {source}: class {index} is "
+        f"{bundle.class_names[index]!r} in the data but {class_names[index]!r} in the model "
+        f"(data {_head(bundle.class_names, index)}, model {_head(class_names, index)})"
+    )
+
+
+def _head(names: Sequence[str], index: int) -> str:
+    shown = list(names[: max(index + 1, 4)])
+    return f"{shown}{' ...' if len(names) > len(shown) else ''}"
+
+
+def evaluate_data(
+    predictor: Predictor,
+    data: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate` on the val split of ``data`` (default: the data the model records),
+    prepared by the model's recorded preprocessing (``image_size`` changes only its size); the
+    data's classes must be the model's (:func:`check_class_names`). Adds ``data``,
+    ``image_size``, ``preprocessing`` and ``checkpoint`` (:func:`checkpoint_of`) to the metrics."""
+    if image_size is not None and image_size < 1:
+        raise DeployError(f"image size must be a positive number of pixels, got {image_size}")
+    if predictor.preprocessing is None:
+        raise DeployError(
+            f"{predictor.source}: the model records no preprocessing; pass --image-size"
+        )
+    preprocessing = predictor.preprocessing
+    if predictor.kind == "onnx" and image_size not in (None, preprocessing.image_size):
+        raise DeployError(
+            f"{predictor.source}: an ONNX file takes images of the size it was exported at "
+            f"({preprocessing.image_size} px); drop --image-size {image_size}"
+        )
+    if image_size:
+        preprocessing = dataclasses.replace(preprocessing, image_size=image_size)
+    data = data or predictor.config.get("data")
+    if not data:
+        raise DeployError(f"{predictor.source}: the model does not record its data; pass --data")
+    bundle = load_eval_data(data, preprocessing)
+    num_classes = predictor.config.get("num_classes") or len(predictor.class_names or []) or None
+    if num_classes:
+        check_class_names(
+            predictor.source, predictor.config.get("class_names"), bundle, int(num_classes)
+        )
+    metrics = evaluate(predictor, bundle.val, bundle.num_classes, batch_size, progress)
+    return {
+        **metrics,
+        "data": data,
+        "image_size": preprocessing.image_size,
+        "preprocessing": preprocessing.to_dict(),
+        "checkpoint": checkpoint_of(predictor.source),
     }
 
 

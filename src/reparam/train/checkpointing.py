@@ -42,6 +42,8 @@ from ..models import create_model_from_config
 
 __all__ = [
     "TrainState",
+    "checkpoint_info",
+    "describe_checkpoint",
     "get_rng_state",
     "load_model",
     "load_training_state",
@@ -66,6 +68,7 @@ class TrainState:
     global_step: int = 0
     best_top1: float = -1.0
     best_source: str | None = None  # "raw" or "ema"
+    best_epoch: int = 0  # the epoch best.safetensors is from
     train_seconds: float = 0.0
     seconds: float = 0.0  # training + evaluation
     images: int = 0  # training images seen, all processes
@@ -77,8 +80,10 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, checkpoint: dict[str, Any]) -> TrainState:
-        """The state from a checkpoint's dict (other keys ignored)."""
-        return cls(**{f.name: copy.copy(checkpoint[f.name]) for f in fields(cls)})
+        """The state from a checkpoint's dict (other keys ignored; ``best_epoch``, absent from
+        checkpoints of earlier versions, defaults)."""
+        names = [f.name for f in fields(cls) if f.name in checkpoint or f.name != "best_epoch"]
+        return cls(**{name: copy.copy(checkpoint[name]) for name in names})
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -141,13 +146,18 @@ def _pending(out: Path, name: str, step: int) -> Path:
     return out / f".{name}.{step}.tmp"
 
 
-def _weights_step(path: Path) -> str | None:
-    """The ``global_step`` a weights file was saved at (``None`` when unreadable)."""
+def _weights_metadata(path: Path) -> dict[str, str]:
+    """A weights file's safetensors metadata (empty when unreadable)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("global_step")
+            return dict(handle.metadata() or {})
     except (SafetensorError, OSError):
-        return None
+        return {}
+
+
+def _weights_step(path: Path) -> str | None:
+    """The ``global_step`` a weights file was saved at (``None`` when unreadable)."""
+    return _weights_metadata(path).get("global_step")
 
 
 RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
@@ -227,15 +237,7 @@ def load_model(
     ``weights`` picks ``best`` or ``last`` when ``source`` is a folder (``best`` falls back to
     ``last``). Returns ``(model in eval mode, config)``.
     """
-    source = Path(source)
-    if source.is_dir():
-        run_dir = source
-        candidates = [run_dir / f"{weights}.safetensors", run_dir / "last.safetensors"]
-        weights_path = next((p for p in candidates if p.is_file()), candidates[0])
-    elif source.suffix == ".safetensors":
-        run_dir, weights_path = source.parent, source
-    else:
-        raise CheckpointError(f"{source}: expected a run folder or a .safetensors file")
+    run_dir, weights_path = _weights_path(Path(source), weights)
     config = read_json(run_dir / "config.json")
     model = create_model_from_config(config, str(run_dir / "config.json"))
     state = load_weights(weights_path)
@@ -247,3 +249,50 @@ def load_model(
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return model.eval(), config
+
+
+def _weights_path(source: Path, weights: str = "best") -> tuple[Path, Path]:
+    """``(run folder, weights file)`` that :func:`load_model` reads for ``source``."""
+    if source.is_dir():
+        candidates = [source / f"{weights}.safetensors", source / LAST_WEIGHTS]
+        return source, next((p for p in candidates if p.is_file()), candidates[0])
+    if source.suffix == ".safetensors":
+        return source.parent, source
+    raise CheckpointError(f"{source}: expected a run folder or a .safetensors file")
+
+
+def checkpoint_info(source: str | os.PathLike, weights: str = "best") -> dict[str, Any]:
+    """Which weights :func:`load_model` reads from ``source`` (**contract**, recorded in
+    ``deploy.json``): ``weights`` (file name), ``epoch`` (finished epochs they are from; ``None``
+    when not recorded, e.g. converted weights), ``source`` (``"raw"`` or ``"ema"`` for
+    ``best.safetensors``), ``epochs`` (the run's length) and ``finished`` (``False`` only for a
+    run still training or stopped early: a training state and no ``metrics.json``)."""
+    run_dir, weights_path = _weights_path(Path(source), weights)
+    metadata = _weights_metadata(weights_path)
+    epoch = metadata.get("epoch")
+    state_path = run_dir / LAST_STATE
+    if epoch is None and weights_path.name == LAST_WEIGHTS and state_path.is_file():
+        epoch = load_state(state_path).get("epoch")
+    config = read_json(run_dir / "config.json")
+    return {
+        "weights": weights_path.name,
+        "epoch": None if epoch is None else int(epoch),
+        "source": metadata.get("source"),
+        "epochs": config.get("epochs"),
+        "finished": (run_dir / "metrics.json").is_file() or not state_path.is_file(),
+    }
+
+
+def describe_checkpoint(info: dict[str, Any] | None) -> str:
+    """``"best.safetensors, epoch 3 of 4, EMA weights"`` for :func:`checkpoint_info`'s dict."""
+    if not info:
+        return "weights of unrecorded origin"
+    parts = [info["weights"]]
+    if info.get("epoch") is not None:
+        of = f" of {info['epochs']}" if info.get("epochs") else ""
+        parts.append(f"epoch {info['epoch']}{of}")
+    if info.get("source"):
+        parts.append(f"{'EMA' if info['source'] == 'ema' else 'raw'} weights")
+    if info.get("finished") is False:
+        parts.append("run not finished")
+    return ", ".join(parts)

@@ -495,6 +495,7 @@ class _Trainer:
             )
         if improved:
             self.state.best_top1, self.state.best_source = best, source
+            self.state.best_epoch = self.state.epoch
         # the resume point before the log: a failed write (full disk) leaves log.csv matching
         # the checkpoint that is still there
         self._save_last()
@@ -592,6 +593,7 @@ class _Trainer:
             "val_loss": last["val_loss"],
             "best_top1": self.state.best_top1,
             "best_source": self.state.best_source,
+            "best_epoch": self.state.best_epoch,  # the epoch of best.safetensors
             "train_loss": last["train_loss"],
             "train_top1": last["train_top1"],
             "train_images_per_s": last["train_images_per_s"],
