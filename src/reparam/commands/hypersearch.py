@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="RepOpt-VGG model (repopt_vgg_a0 ... repopt_vgg_l2) or its _hs model",
     )
-    add_data(parser, "data to search on (default digits)", default="digits")
+    add_data(parser, "data to search on (default digits; with --resume: the run's)")
     parser.add_argument("--epochs", type=int, default=None, help="HS training epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.hypersearch import hyper_search
 
     out = args.out or str(
-        Path("scales") / (f"{target_model_name(args.model)}-{args.data.split(':')[0]}.safetensors")
+        Path("scales")
+        / f"{target_model_name(args.model)}-{(args.data or 'digits').split(':')[0]}.safetensors"
     )
     summary = hyper_search(
         args.model,

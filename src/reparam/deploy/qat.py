@@ -80,8 +80,10 @@ class QATSettings:
             raise DeployError(f"granularity {self.granularity!r}: expected one of {GRANULARITIES}")
         if self.route not in ROUTES:
             raise DeployError(f"route {self.route!r}: expected one of {ROUTES}")
-        if self.lr is not None and self.lr <= 0:
-            raise DeployError(f"QAT lr must be > 0, got {self.lr}")
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise DeployError(f"QAT lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise DeployError(f"QAT seed must be in [0, {2**32 - 1}], got {self.seed}")
         if self.batch_size is not None and self.batch_size < 2:
             raise DeployError(f"QAT batch size must be >= 2, got {self.batch_size}")
 
@@ -143,7 +145,7 @@ def _run_config(config: dict[str, Any], data: str) -> TrainConfig:
     """The run's recipe (augmentation, label smoothing, optimizer settings) on ``data``."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in config.items() if k in known}
-    values.update(data=data, resume=False)
+    values.update(data=data, resume=False, device="auto")  # the run's device may be absent here
     return TrainConfig.from_dict(values)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
+from ..checkpoint import exclusive_lock, first_line, non_finite_tensors, save_weights, write_json
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
@@ -42,6 +42,7 @@ from .checkpointing import (
     BEST_WEIGHTS,
     LAST_STATE,
     TrainState,
+    check_training_state,
     get_rng_state,
     load_training_state,
     remove_run_files,
@@ -515,13 +516,20 @@ class _Trainer:
 
     def _restore(self) -> None:
         weights, checkpoint = load_training_state(self.out)
+        check_training_state(checkpoint, str(self.out / LAST_STATE))
         changed = self.config.changes_from(checkpoint["config"])
         if changed:
             raise CheckpointError(f"{self.out}: cannot resume with a different config ({changed})")
         self.model.load_state_dict(weights)
         for name, part in self._components().items():
             if part is not None:
-                part.load_state_dict(checkpoint[name])
+                try:
+                    part.load_state_dict(checkpoint[name])
+                except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                    raise CheckpointError(
+                        f"{self.out / LAST_STATE}: entry {name!r} does not fit this run's "
+                        f"{name} ({first_line(err)})"
+                    ) from None
         self.state = TrainState.from_dict(checkpoint)
         if checkpoint["world_size"] == self.info.world_size:
             set_rng_state(checkpoint["rng"][self.info.rank])
