@@ -21,6 +21,7 @@ from reparam.data import Preprocessing
 from reparam.deploy import open_model
 from reparam.deploy.export import fuse_for_deploy, load_fused, save_fused
 from reparam.deploy.qat import QATSettings
+from reparam.deploy.quantize import QuantSettings
 from reparam.errors import CheckpointError, DataError, DeployError, RecipeError, ScaleError
 from reparam.models.scales import extract_scales, save_scale_file
 from reparam.optim import RepOptAdamW, RepOptSGD
@@ -164,10 +165,13 @@ def trained_run(tmp_path_factory) -> Path:
 
 STATE_EDITS = {
     "a key missing": (lambda s: s.pop("optimizer"), "entry 'optimizer' is missing"),
-    "epoch a string": (lambda s: s.update(epoch="3"), "entry 'epoch' is a str; expected an int"),
-    "rows not a list": (lambda s: s.update(rows={"a": 1}), "entry 'rows' is a dict"),
+    "epoch a string": (lambda s: s.update(epoch="3"), "entry 'epoch' is '3'; expected an int"),
+    "rows not a list": (
+        lambda s: s.update(rows={"a": 1}),
+        "entry 'rows' is dict; expected a list of dicts",
+    ),
     "rng empty": (lambda s: s.update(rng=[]), "entry 'rng' holds 0 RNG states"),
-    "config a list": (lambda s: s.update(config=[1]), "entry 'config' is a list"),
+    "config a list": (lambda s: s.update(config=[1]), "entry 'config' is list; expected a dict"),
     "epoch_sums short": (lambda s: s.update(epoch_sums=[0.0]), "entry 'epoch_sums'"),
 }
 
@@ -382,6 +386,32 @@ def test_create_model_keeps_timms_headless_form():
 def test_qat_settings_refuse_a_bad_lr(lr):
     with pytest.raises(DeployError, match="QAT lr must be a finite number > 0"):
         QATSettings(lr=lr)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(seed=2**40), "QAT seed must be in"),
+        (dict(epochs=1.5), "QAT epochs must be an integer"),
+        (dict(batch_size=math.nan), "QAT batch_size must be an integer"),
+    ],
+)
+def test_qat_settings_refuse_bad_numbers(settings, message):
+    with pytest.raises(DeployError, match=message):
+        QATSettings(**settings)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(calib_images=math.nan), "calib_images must be an integer"),
+        (dict(calib_batch_size=2.5), "calib_batch_size must be an integer"),
+        (dict(percentile=math.nan), "percentile must be in"),
+    ],
+)
+def test_quant_settings_refuse_bad_numbers(settings, message):
+    with pytest.raises(DeployError, match=message):
+        QuantSettings(**settings)
 
 
 # --- scale files and Hyper-Search --------------------------------------------------------------

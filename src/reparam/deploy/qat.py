@@ -74,6 +74,10 @@ class QATSettings:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise DeployError(f"QAT {name} must be an integer, got {value!r}")
         if self.epochs < 1:
             raise DeployError(f"QAT epochs must be >= 1, got {self.epochs}")
         if self.granularity not in GRANULARITIES:

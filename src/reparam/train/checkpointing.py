@@ -235,9 +235,10 @@ def check_training_state(state: Any, source: str, keys: Iterable[str] = STATE_EN
             raise CheckpointError(
                 f"{source}: entry {key!r} is missing; not a reparam training state"
             )
-        if not ok(state[key]):
-            shown = type(state[key]).__name__
-            raise CheckpointError(f"{source}: entry {key!r} is a {shown}; expected {expected}")
+        value = state[key]
+        if not ok(value):
+            shown = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+            raise CheckpointError(f"{source}: entry {key!r} is {shown}; expected {expected}")
     if "rng" in keys and len(state["rng"]) != state["world_size"]:
         raise CheckpointError(
             f"{source}: entry 'rng' holds {len(state['rng'])} RNG states for world_size "
@@ -274,11 +275,12 @@ def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """A run or fused folder's ``config.json``, checked as a whole before use: ``model``,
     ``num_classes``, ``model_kwargs``, the preprocessing (``preprocessing`` or, in older runs,
-    ``image_size``) and ``class_names``; any problem is a :class:`CheckpointError` naming the
-    file and the field."""
+    ``image_size``; a config with neither loads, for the model alone) and ``class_names``; any
+    problem is a :class:`CheckpointError` naming the file and the field."""
     config = read_json(path)
     check_model_config(config, str(path))
-    preprocessing_of(config, str(path))
+    if "preprocessing" in config or "image_size" in config:
+        preprocessing_of(config, str(path))
     class_names_of(config, str(path))
     return config
 
@@ -288,15 +290,17 @@ def preprocessing_of(config: dict[str, Any], source: str = "config.json") -> Pre
     ``image_size``); :class:`CheckpointError` naming ``source`` and the field when it cannot
     work or when ``image_size`` and ``preprocessing`` disagree."""
     size = config.get("image_size")
+    if size is None and "preprocessing" not in config:
+        raise CheckpointError(f"{source}: records no preprocessing (nor image_size)")
     try:
         if "preprocessing" not in config:
             return Preprocessing(size)
         preprocessing = Preprocessing.from_dict(config["preprocessing"])
     except DataError as err:  # "preprocessing <field>: <what was expected>"
-        where = (
-            str(err) if "preprocessing" in config else str(err).replace("preprocessing", "field")
-        )
-        raise CheckpointError(f"{source}: {where}") from None
+        message = str(err)
+        if "preprocessing" not in config:  # about the top-level image_size
+            message = "field " + message.removeprefix("preprocessing ")
+        raise CheckpointError(f"{source}: {message}") from None
     if "image_size" in config and size != preprocessing.image_size:
         raise CheckpointError(
             f"{source}: field 'image_size' is {size!r}, preprocessing.image_size is "
@@ -363,6 +367,9 @@ def load_model(
     model = create_model_from_config(config, str(run_dir / "config.json"))
     state = load_weights(weights_path)
     check_finite(state, str(weights_path))
-    what = f"model {config['model']!r} with num_classes={config['num_classes']} ({run_dir / 'config.json'})"
+    what = (
+        f"model {config['model']!r} with num_classes={config['num_classes']} "
+        f"({run_dir / 'config.json'})"
+    )
     load_checked(model, state, str(weights_path), what)
     return model.eval(), config
