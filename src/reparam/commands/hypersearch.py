@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="RepOpt-VGG model (repopt_vgg_a0 ... repopt_vgg_l2) or its _hs model",
     )
-    add_data(parser, "data to search on (default digits)", default="digits")
+    add_data(parser, "data to search on (default digits; with --resume: the run's)")
     parser.add_argument("--epochs", type=int, default=None, help="HS training epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None)
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.hypersearch import default_scale_file, hyper_search
 
-    out = args.out or default_scale_file(args.model, args.data)
+    out = args.out or default_scale_file(args.model, args.data or "digits")
     summary = hyper_search(
         args.model,
         args.data,

@@ -141,6 +141,12 @@ class Preprocessing:
     std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
     crop_pct: float | None = None
 
+    def __post_init__(self) -> None:
+        """Raise :class:`DataError` naming the first field that cannot prepare an image."""
+        problem = _preprocessing_problem(self.image_size, self.mean, self.std, self.crop_pct)
+        if problem:
+            raise DataError(f"preprocessing {problem}")
+
     def transform(self) -> Transform:
         """uint8 ``[3, H, W]`` -> float32 ``[3, S, S]``."""
         if self.crop_pct is None:
@@ -158,13 +164,47 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return cls(
-            int(data["image_size"]),
-            tuple(data.get("mean", IMAGENET_DEFAULT_MEAN)),
-            tuple(data.get("std", IMAGENET_DEFAULT_STD)),
-            data.get("crop_pct"),
-        )
+    def from_dict(cls, data: Any) -> Preprocessing:
+        """The inverse of :meth:`to_dict`; :class:`DataError` names the field that is missing,
+        unknown or out of range (``image_size`` an integer in [1, 8192], ``mean`` / ``std`` 3
+        finite numbers with ``std > 0``, ``crop_pct`` in (0, 1] or null)."""
+        if not isinstance(data, dict):
+            raise DataError(f"preprocessing: expected a JSON object, got {data!r}")
+        unknown = sorted(set(data) - {"image_size", "mean", "std", "crop_pct"})
+        if unknown or "image_size" not in data:
+            raise DataError(
+                f"preprocessing: expected keys image_size, mean, std, crop_pct, got {sorted(data)}"
+            )
+        mean, std = data.get("mean", IMAGENET_DEFAULT_MEAN), data.get("std", IMAGENET_DEFAULT_STD)
+        problem = _preprocessing_problem(data["image_size"], mean, std, data.get("crop_pct"))
+        if problem:
+            raise DataError(f"preprocessing {problem}")
+        return cls(data["image_size"], tuple(mean), tuple(std), data.get("crop_pct"))
+
+
+MAX_IMAGE_SIZE = 8192
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _preprocessing_problem(image_size: Any, mean: Any, std: Any, crop_pct: Any) -> str | None:
+    """What is wrong with these preprocessing fields (``None`` when nothing)."""
+    if not isinstance(image_size, int) or isinstance(image_size, bool):
+        return f"image_size: expected an integer, got {image_size!r}"
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        return f"image_size: expected 1 to {MAX_IMAGE_SIZE} pixels, got {image_size}"
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, (list, tuple)) or len(values) != 3:
+            return f"{name}: expected 3 numbers (one per RGB channel), got {values!r}"
+        if not all(map(_is_number, values)):
+            return f"{name}: expected 3 finite numbers, got {list(values)!r}"
+    if not all(s > 0 for s in std):
+        return f"std: expected 3 numbers > 0 (it divides the image), got {list(std)!r}"
+    if crop_pct is not None and not (_is_number(crop_pct) and 0 < crop_pct <= 1):
+        return f"crop_pct: expected a number in (0, 1] or null, got {crop_pct!r}"
+    return None
 
 
 def data_defaults(spec: str) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import check_finite, load_weights, read_json, save_weights, write_json
+from ..checkpoint import check_finite, load_weights, save_weights, write_json
 from ..errors import CheckpointError
 from ..fuse import prepare_for_deploy, reparameterize, train_mode_batchnorms
 from ..models import create_model_from_config
+from ..train.checkpointing import load_checked, read_config
 
 __all__ = [
     "FUSED_CONFIG",
@@ -84,7 +85,7 @@ def fused_folder_of(path: str | os.PathLike) -> Path | None:
 def load_fused(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a fused model from its folder; returns ``(model in eval mode, config)``."""
     folder = Path(folder)
-    config = read_json(folder / FUSED_CONFIG)
+    config = read_config(folder / FUSED_CONFIG)
     if not config.get("fused"):
         raise CheckpointError(
             f'{folder / FUSED_CONFIG}: not a fused model config (no "fused": true)'
@@ -92,15 +93,9 @@ def load_fused(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     model = build_deploy_model(config, str(folder / FUSED_CONFIG))
     state = load_weights(folder / FUSED_WEIGHTS)
     check_finite(state, str(folder / FUSED_WEIGHTS))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatch
-        raise CheckpointError(
-            f"{folder / FUSED_WEIGHTS}: does not fit {config['model']!r}: {err}"
-        ) from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder / FUSED_WEIGHTS}: does not match the fused {config['model']!r}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    what = (
+        f"model {config['model']!r} (fused) with num_classes={config['num_classes']} "
+        f"({folder / FUSED_CONFIG})"
+    )
+    load_checked(model, state, str(folder / FUSED_WEIGHTS), what)
     return model.eval(), config

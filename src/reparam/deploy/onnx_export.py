@@ -26,6 +26,7 @@ __all__ = [
     "ONNX_TOLERANCE",
     "add_metadata",
     "check_onnx_vs_torch",
+    "classifier_signature",
     "export_onnx",
     "input_shape",
     "open_session",
@@ -141,6 +142,36 @@ def input_shape(session) -> tuple[int, int, int]:
             f"ONNX input has shape {shape}; expected [batch, C, H, W] with fixed C, H, W"
         )
     return tuple(shape[1:])
+
+
+def classifier_signature(session, source: str) -> tuple[int | None, int | None]:
+    """``(fixed batch size or None, class count or None)`` of an image classifier's session,
+    after checking it is one: exactly one float32 input ``[N, 3, S, S]`` with fixed ``S`` and one
+    output ``[N, classes]``. Anything else (a file from another tool) is a :class:`DeployError`
+    naming ``source`` and what was expected."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise DeployError(
+            f"{source}: has {len(inputs)} inputs {[i.name for i in inputs]}; expected one image "
+            "input [N, 3, S, S]"
+        )
+    shape, kind = inputs[0].shape, inputs[0].type
+    if kind != "tensor(float)":
+        raise DeployError(
+            f"{source}: input {inputs[0].name!r} is {kind}; expected tensor(float) (float32)"
+        )
+    fixed = [isinstance(d, int) and d > 0 for d in shape]
+    if len(shape) != 4 or shape[1] != 3 or not all(fixed[2:]) or shape[2] != shape[3]:
+        raise DeployError(
+            f"{source}: input {inputs[0].name!r} has shape {shape}; expected [N, 3, S, S] with "
+            "a fixed image size S"
+        )
+    out_shape = outputs[0].shape if len(outputs) == 1 else None
+    if not isinstance(out_shape, list) or len(out_shape) != 2:
+        found = [(o.name, o.shape) for o in outputs]
+        raise DeployError(f"{source}: outputs {found}; expected one output [N, classes]")
+    classes = out_shape[1] if isinstance(out_shape[1], int) else None
+    return (shape[0] if fixed[0] else None), classes
 
 
 def run_session(session, images: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import read_json
 from ..data import DataBundle, Preprocessing, load_eval_data
-from ..errors import DeployError
-from ..train.checkpointing import checkpoint_info, load_model
+from ..errors import DataError, DeployError
+from ..train.checkpointing import checkpoint_info, class_names_of, load_model, preprocessing_of
 from .export import fused_folder_of, load_fused
-from .onnx_export import input_shape, open_session, run_session
+from .onnx_export import classifier_signature, input_shape, open_session, run_session
 
 __all__ = [
     "LoadedModel",
@@ -57,18 +57,6 @@ class LoadedModel(NamedTuple):
     model: nn.Module
     preprocessing: Preprocessing
     class_names: list[str]
-
-
-def preprocessing_of(config: dict[str, Any]) -> Preprocessing:
-    """The recorded preprocessing (runs from before it was recorded: the default for their size)."""
-    if "preprocessing" in config:
-        return Preprocessing.from_dict(config["preprocessing"])
-    return Preprocessing(int(config["image_size"]))
-
-
-def class_names_of(config: dict[str, Any]) -> list[str]:
-    """The recorded class names, or the class indices as names."""
-    return list(config.get("class_names") or map(str, range(int(config["num_classes"]))))
 
 
 def load(path: str | os.PathLike) -> LoadedModel:
@@ -129,37 +117,77 @@ def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor
     if threads:
         torch.set_num_threads(threads)
     if path.suffix == ".onnx":
-        session = open_session(path, threads)
-        recorded = session.get_modelmeta().custom_metadata_map
-        size = input_shape(session)[-1]
-        if "preprocessing" in recorded:
-            preprocessing = Preprocessing.from_dict(json.loads(recorded["preprocessing"]))
-            if preprocessing.image_size != size:
-                raise DeployError(
-                    f"{path}: metadata preprocessing has image_size {preprocessing.image_size}; "
-                    f"the input is {size} x {size}"
-                )
-        else:
-            preprocessing = Preprocessing(size)
-            log.warning(
-                "%s: no 'preprocessing' in its ONNX metadata: images are resized to %d px and "
-                "normalised with ImageNet mean/std",
-                path,
-                preprocessing.image_size,
-            )
-        names = json.loads(recorded["class_names"]) if "class_names" in recorded else None
-        data = {"data": recorded["data"]} if "data" in recorded else {}
-        if names is not None:
-            data["class_names"] = names
-
-        def run(images: np.ndarray) -> np.ndarray:
-            return run_session(session, images)
-
-        return Predictor(run, "onnx", str(path), preprocessing, names, data)
+        return _onnx_predictor(path, threads)
     model, config = _load_with_config(path)
     kind = "fused" if fused_folder_of(path) is not None else "checkpoint"
     preprocessing, names = preprocessing_of(config), class_names_of(config)
     return Predictor(_torch_runner(model), kind, str(path), preprocessing, names, config)
+
+
+def _onnx_predictor(path: Path, threads: int | None) -> Predictor:
+    """An ONNX file checked before it runs (:func:`classifier_signature`, then its metadata:
+    ``preprocessing`` valid and matching the input size, ``class_names`` one per output). A
+    fixed batch size ``B`` runs the images ``B`` at a time, the last group padded with zeros."""
+    session = open_session(path, threads)
+    batch, classes = classifier_signature(session, str(path))
+    recorded = session.get_modelmeta().custom_metadata_map
+    size = input_shape(session)[-1]
+    preprocessing = Preprocessing(size)
+    if "preprocessing" not in recorded:
+        log.warning(
+            "%s: no 'preprocessing' in its ONNX metadata: images are resized to %d px and "
+            "normalised with ImageNet mean/std",
+            path,
+            size,
+        )
+    else:
+        try:
+            preprocessing = Preprocessing.from_dict(_metadata_json(recorded, "preprocessing", path))
+        except DataError as err:
+            raise DeployError(f"{path}: metadata {err}") from None
+        if preprocessing.image_size != size:
+            raise DeployError(
+                f"{path}: metadata preprocessing has image_size {preprocessing.image_size}; the "
+                f"input is {size} x {size}"
+            )
+    names = None
+    if "class_names" in recorded:
+        names = _metadata_json(recorded, "class_names", path)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DeployError(f"{path}: metadata 'class_names': expected a JSON list of strings")
+        if classes is not None and len(names) != classes:
+            raise DeployError(
+                f"{path}: metadata 'class_names' has {len(names)} names; the output has "
+                f"{classes} classes"
+            )
+    data = {"data": recorded["data"]} if "data" in recorded else {}
+    if names is not None:
+        data["class_names"] = names
+
+    def run(images: np.ndarray) -> np.ndarray:
+        if batch is None or len(images) == batch:
+            logits = run_session(session, images)
+        else:
+            groups = []
+            for start in range(0, len(images), batch):
+                group = images[start : start + batch]
+                padding = np.zeros((batch - len(group), *group.shape[1:]), group.dtype)
+                groups.append(run_session(session, np.concatenate([group, padding]))[: len(group)])
+            logits = np.concatenate(groups)
+        if names is not None and logits.shape[1] != len(names):
+            raise DeployError(
+                f"{path}: outputs {logits.shape[1]} classes; its metadata names {len(names)}"
+            )
+        return logits
+
+    return Predictor(run, "onnx", str(path), preprocessing, names, data)
+
+
+def _metadata_json(recorded: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(recorded[key])
+    except json.JSONDecodeError as err:
+        raise DeployError(f"{path}: metadata {key!r} is not valid JSON ({err})") from None
 
 
 def predict_images(

@@ -74,14 +74,20 @@ class QATSettings:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise DeployError(f"QAT {name} must be an integer, got {value!r}")
         if self.epochs < 1:
             raise DeployError(f"QAT epochs must be >= 1, got {self.epochs}")
         if self.granularity not in GRANULARITIES:
             raise DeployError(f"granularity {self.granularity!r}: expected one of {GRANULARITIES}")
         if self.route not in ROUTES:
             raise DeployError(f"route {self.route!r}: expected one of {ROUTES}")
-        if self.lr is not None and self.lr <= 0:
-            raise DeployError(f"QAT lr must be > 0, got {self.lr}")
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise DeployError(f"QAT lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise DeployError(f"QAT seed must be in [0, {2**32 - 1}], got {self.seed}")
         if self.batch_size is not None and self.batch_size < 2:
             raise DeployError(f"QAT batch size must be >= 2, got {self.batch_size}")
 
@@ -143,7 +149,7 @@ def _run_config(config: dict[str, Any], data: str) -> TrainConfig:
     """The run's recipe (augmentation, label smoothing, optimizer settings) on ``data``."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in config.items() if k in known}
-    values.update(data=data, resume=False)
+    values.update(data=data, resume=False, device="auto")  # the run's device may be absent here
     return TrainConfig.from_dict(values)
 
 

@@ -63,6 +63,10 @@ class QuantSettings:
     calib_batch_size: int = 32
 
     def __post_init__(self):
+        for name in ("calib_images", "num_bins", "calib_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise DeployError(f"{name} must be an integer, got {value!r}")
         if self.backend not in BACKENDS:
             raise DeployError(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.backend == "pt2e" and (self.calibration != "minmax" or self.keep_first_last_float):

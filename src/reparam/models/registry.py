@@ -17,6 +17,7 @@ attributes of this module (``registry.reparam_repvgg_a0``; timm lists them in it
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..errors import CheckpointError
 __all__ = [
     "DEFAULT_PRETRAINED_CFG",
     "TIMM_PREFIX",
+    "check_model_config",
     "create_model",
     "create_model_from_config",
     "list_models",
@@ -104,14 +106,8 @@ def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Modul
     ``model_kwargs`` is not read (the checkpoint holds the scale buffers), so a run folder needs
     nothing outside itself. Any mistake in the config is a :class:`CheckpointError` naming
     ``source``."""
-    if not isinstance(config, Mapping):
-        raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
-    missing = [key for key in ("model", "num_classes") if key not in config]
-    if missing:
-        raise CheckpointError(f"{source}: missing key {missing[0]!r} (has {sorted(config)})")
+    check_model_config(config, source)
     kwargs = config.get("model_kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise CheckpointError(f"{source}: model_kwargs must be a mapping, got {kwargs!r}")
     if "scales" in kwargs:  # the checkpoint brings the searched scales
         kwargs = {**kwargs, "scales": "hs_init"}
     try:
@@ -123,6 +119,33 @@ def create_model_from_config(config: Mapping[str, Any], source: str) -> nn.Modul
         ) from None
 
 
+def check_model_config(config: Any, source: str) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the field when ``config`` is not a
+    mapping with ``model`` (a registered name), ``num_classes`` (an integer >= 1) and an optional
+    ``model_kwargs`` mapping."""
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    missing = [key for key in ("model", "num_classes") if key not in config]
+    if missing:
+        raise CheckpointError(f"{source}: missing key {missing[0]!r} (has {sorted(config)})")
+    name, num_classes = config["model"], config["num_classes"]
+    if not isinstance(name, str) or _plain_name(name) not in _ENTRYPOINTS:
+        raise CheckpointError(
+            f"{source}: field 'model' is {name!r}; expected a registered model (reparam models)"
+        )
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise CheckpointError(
+            f"{source}: field 'num_classes' is {num_classes!r}; expected an integer >= 1"
+        )
+    kwargs = config.get("model_kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"{source}: model_kwargs must be a mapping, got {kwargs!r}")
+
+
+def _plain_name(name: str) -> str:
+    return name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else name
+
+
 def list_models() -> list[str]:
     """Plain names of every registered model, sorted."""
     return sorted(_ENTRYPOINTS)
@@ -130,9 +153,17 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int = 1000, **kwargs: Any) -> nn.Module:
     """Build a registered model by its plain name (``repvgg_a0``, ``vgg_a0``, ...), as
-    ``timm.create_model("reparam_<name>", ...)`` does (``features_only=True`` included)."""
-    if name.startswith(TIMM_PREFIX):
-        name = name[len(TIMM_PREFIX) :]
+    ``timm.create_model("reparam_<name>", ...)`` does (``features_only=True`` included).
+    ``num_classes``: an integer >= 0 (0: no classifier, timm's convention for a feature model)."""
+    name = _plain_name(name)
+    if (
+        not isinstance(num_classes, numbers.Integral)
+        or isinstance(num_classes, bool)
+        or num_classes < 0
+    ):
+        raise ValueError(
+            f"{name}: num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}"
+        )
     if name not in _ENTRYPOINTS:
         known = ", ".join(list_models())
         raise ValueError(f"unknown model {name!r}; registered models: {known}")

@@ -159,7 +159,8 @@ def read_scales(
 
 def apply_scales(model: nn.Module, scales: Mapping[str, Tensor], source: str = "scales") -> None:
     """Copy ``scales`` into the model's scale tensors; every key must match (no ``strict=False``):
-    missing, unexpected, wrongly shaped and non-finite entries are all reported at once."""
+    missing, unexpected, wrongly shaped and non-finite entries are all reported at once; scales
+    that are all zero are refused."""
     live = model_scales(model)
     missing = sorted(set(live) - set(scales))
     unexpected = sorted(set(scales) - set(live))
@@ -169,6 +170,11 @@ def apply_scales(model: nn.Module, scales: Mapping[str, Tensor], source: str = "
         if scales[k].shape != live[k].shape
     )
     bad = sorted(k for k in set(live) & set(scales) if not torch.isfinite(scales[k]).all())
+    if scales and not any(bool(v.any()) for v in scales.values()):
+        raise ScaleError(
+            f"{source}: every scale is zero (a blank file); it would zero every branch's gradient "
+            "mask. Use the scale file reparam hypersearch writes"
+        )
     if missing or unexpected or shapes or bad:
         parts = [
             f"{label} ({len(keys)}): {keys[:6]}{' ...' if len(keys) > 6 else ''}"

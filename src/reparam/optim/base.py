@@ -14,6 +14,7 @@ adopts one for a parameter this optimizer has none for.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,6 +88,17 @@ class MaskedOptimizer(Optimizer):
             if not torch.isfinite(mask).all():
                 raise ValueError(f"{name}: grad mult of a {tuple(param.shape)} param has NaN/inf")
             self._mults[param] = self._stored(mask.detach().to(param.device, param.dtype))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, then every number of the group (``lr``, ``momentum``, ``betas``, ...) checked
+        finite: a NaN or infinite setting raises ``ValueError`` before it reaches a weight."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key in ("lr", "momentum", "dampening", "weight_decay", "eps", "betas"):
+            value = group.get(key)
+            values = value if isinstance(value, (tuple, list)) else [value]
+            if value is not None and not all(math.isfinite(float(v)) for v in values):
+                raise ValueError(f"{type(self).__name__}: {key}={value} must be finite")
 
     def _stored(self, mask: Tensor) -> Tensor | FactoredMask:
         factored = factor_mask(mask) if self.factor_masks else None

@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,16 +37,23 @@ from ..checkpoint import (
     non_finite_tensors,
     read_json,
 )
-from ..errors import CheckpointError
+from ..data import Preprocessing
+from ..errors import CheckpointError, DataError
 from ..models import create_model_from_config
+from ..models.registry import check_model_config
 
 __all__ = [
     "TrainState",
+    "check_training_state",
     "checkpoint_info",
+    "class_names_of",
     "describe_checkpoint",
     "get_rng_state",
+    "load_checked",
     "load_model",
     "load_training_state",
+    "preprocessing_of",
+    "read_config",
     "remove_run_files",
     "save_training_state",
     "set_rng_state",
@@ -184,15 +191,84 @@ def write_log_csv(rows: list[dict[str, Any]], fields: list[str], path: Path) -> 
         tmp.write_text(buffer.getvalue())
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _rng_states(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v) for v in value
+    )
+
+
+# what each entry of ``last.state.pt`` must be, and how to say so
+STATE_ENTRIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (_count, "an integer >= 0"),
+    "batch": (_count, "an integer >= 0"),
+    "global_step": (_count, "an integer >= 0"),
+    "images": (_count, "an integer >= 0"),
+    "best_top1": (_number, "a number"),
+    "best_source": (lambda v: v is None or isinstance(v, str), "a string or None"),
+    "train_seconds": (_number, "a number"),
+    "seconds": (_number, "a number"),
+    "epoch_sums": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(map(_number, v)),
+        "a list of 3 numbers",
+    ),
+    "rows": (
+        lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "a list of dicts",
+    ),
+    "optimizer": (lambda v: isinstance(v, dict), "a state dict"),
+    "scheduler": (lambda v: isinstance(v, dict), "a state dict"),
+    "ema": (lambda v: v is None or isinstance(v, dict), "a state dict or None"),
+    "world_size": (lambda v: _count(v) and v >= 1, "an integer >= 1"),
+    "config": (lambda v: isinstance(v, dict), "a dict"),
+    "rng": (_rng_states, "a list of RNG state dicts (python, numpy, torch)"),
+}
+
+
+def check_training_state(state: Any, source: str, keys: Iterable[str] = STATE_ENTRIES) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the first entry of a training state
+    (of ``keys``, default all) that is missing or of the wrong type (:data:`STATE_ENTRIES`),
+    before any of it is used."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{source}: expected a dict of training state, got {type(state).__name__}"
+        )
+    for key in keys:
+        ok, expected = STATE_ENTRIES[key]
+        if key not in state:
+            raise CheckpointError(
+                f"{source}: entry {key!r} is missing; not a reparam training state"
+            )
+        value = state[key]
+        if not ok(value):
+            shown = repr(value) if isinstance(value, (int, float, str)) else type(value).__name__
+            raise CheckpointError(f"{source}: entry {key!r} is {shown}; expected {expected}")
+    if "rng" in keys and len(state["rng"]) != state["world_size"]:
+        raise CheckpointError(
+            f"{source}: entry 'rng' holds {len(state['rng'])} RNG states for world_size "
+            f"{state['world_size']}"
+        )
+
+
 def load_training_state(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(weights, state)`` of ``out``'s last checkpoint; :class:`CheckpointError` when absent
-    or when a weight or a tensor of the state (optimizer, EMA) holds NaN or inf."""
+    or when a weight or a tensor of the state (optimizer, EMA) holds NaN or inf. Only the
+    state's ``global_step`` is type-checked here: a resume checks the rest
+    (:func:`check_training_state`)."""
     if not (out / LAST_STATE).is_file():
         raise CheckpointError(
             f"{out}: no {LAST_STATE} to resume from (no checkpoint was saved); start the run "
             "again without --resume"
         )
     state = load_state(out / LAST_STATE)
+    check_training_state(state, str(out / LAST_STATE), keys=["global_step"])
     step = state.get("global_step")
     pending = _pending(out, LAST_WEIGHTS, step)
     if _weights_step(out / LAST_WEIGHTS) != str(step) and pending.is_file():
@@ -229,25 +305,98 @@ def _tensors(value: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
             yield from _tensors(item, f"{name}.{key}" if name else str(key))
 
 
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run or fused folder's ``config.json``, checked as a whole before use: ``model``,
+    ``num_classes``, ``model_kwargs``, the preprocessing (``preprocessing`` or, in older runs,
+    ``image_size``; a config with neither loads, for the model alone) and ``class_names``; any
+    problem is a :class:`CheckpointError` naming the file and the field."""
+    config = read_json(path)
+    check_model_config(config, str(path))
+    if "preprocessing" in config or "image_size" in config:
+        preprocessing_of(config, str(path))
+    class_names_of(config, str(path))
+    return config
+
+
+def preprocessing_of(config: dict[str, Any], source: str = "config.json") -> Preprocessing:
+    """The recorded preprocessing (runs from before it was recorded: the default for their
+    ``image_size``); :class:`CheckpointError` naming ``source`` and the field when it cannot
+    work or when ``image_size`` and ``preprocessing`` disagree."""
+    size = config.get("image_size")
+    if size is None and "preprocessing" not in config:
+        raise CheckpointError(f"{source}: records no preprocessing (nor image_size)")
+    try:
+        if "preprocessing" not in config:
+            return Preprocessing(size)
+        preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    except DataError as err:  # "preprocessing <field>: <what was expected>"
+        message = str(err)
+        if "preprocessing" not in config:  # about the top-level image_size
+            message = "field " + message.removeprefix("preprocessing ")
+        raise CheckpointError(f"{source}: {message}") from None
+    if "image_size" in config and size != preprocessing.image_size:
+        raise CheckpointError(
+            f"{source}: field 'image_size' is {size!r}, preprocessing.image_size is "
+            f"{preprocessing.image_size}; expected the same size"
+        )
+    return preprocessing
+
+
+def class_names_of(config: dict[str, Any], source: str = "config.json") -> list[str]:
+    """The recorded class names (one string per class), or the class indices as names;
+    :class:`CheckpointError` naming ``source`` when they do not fit ``num_classes``."""
+    names, num_classes = config.get("class_names"), config["num_classes"]
+    if names is None:
+        return [str(i) for i in range(num_classes)]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{source}: field 'class_names': expected a list of strings")
+    if len(names) != num_classes:
+        raise CheckpointError(
+            f"{source}: field 'class_names' has {len(names)} names; expected num_classes = "
+            f"{num_classes}"
+        )
+    return list(names)
+
+
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """``model.load_state_dict(state)`` after checking every key and shape: a mismatch is one
+    :class:`CheckpointError` naming ``source`` (the weights file), ``what`` (the model its config
+    describes) and the first differing key with both shapes."""
+    own = model.state_dict()
+    for key, tensor in own.items():  # in the model's order
+        if key in state and state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"{source}: does not fit {what}: {key} is {list(state[key].shape)} in the file, "
+                f"{list(tensor.shape)} in the model (config.json edited, or weights of another "
+                "model?)"
+            )
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: does not match {what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(state)
+
+
 def load_model(
     source: str | os.PathLike, weights: str = "best"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a run folder (or a ``.safetensors`` file inside one).
 
     ``weights`` picks ``best`` or ``last`` when ``source`` is a folder (``best`` falls back to
-    ``last``). Returns ``(model in eval mode, config)``.
+    ``last``). Returns ``(model in eval mode, config)``; the config is checked as a whole
+    (:func:`read_config`) and the weights against the model it describes (:func:`load_checked`).
     """
     run_dir, weights_path = _weights_path(Path(source), weights)
-    config = read_json(run_dir / "config.json")
+    config = read_config(run_dir / "config.json")
     model = create_model_from_config(config, str(run_dir / "config.json"))
     state = load_weights(weights_path)
     check_finite(state, str(weights_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights_path}: does not match model {config['model']!r}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    what = (
+        f"model {config['model']!r} with num_classes={config['num_classes']} "
+        f"({run_dir / 'config.json'})"
+    )
+    load_checked(model, state, str(weights_path), what)
     return model.eval(), config
 
 

@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import exclusive_lock, non_finite_tensors, read_json, save_weights, write_json
+from ..checkpoint import (
+    exclusive_lock,
+    first_line,
+    non_finite_tensors,
+    read_json,
+    save_weights,
+    write_json,
+)
 from ..data import absolute_spec
 from ..errors import CheckpointError, Terminated, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
@@ -43,6 +50,7 @@ from .checkpointing import (
     BEST_WEIGHTS,
     LAST_STATE,
     TrainState,
+    check_training_state,
     get_rng_state,
     load_training_state,
     remove_run_files,
@@ -558,6 +566,7 @@ class _Trainer:
 
     def _restore(self) -> None:
         weights, checkpoint = load_training_state(self.out)
+        check_training_state(checkpoint, str(self.out / LAST_STATE))
         saved = checkpoint["config"]  # runs may have recorded a relative data path
         changed = self.config.changes_from({**saved, "data": absolute_spec(str(saved.get("data")))})
         if changed:
@@ -565,7 +574,13 @@ class _Trainer:
         self.model.load_state_dict(weights)
         for name, part in self._components().items():
             if part is not None:
-                part.load_state_dict(checkpoint[name])
+                try:
+                    part.load_state_dict(checkpoint[name])
+                except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                    raise CheckpointError(
+                        f"{self.out / LAST_STATE}: entry {name!r} does not fit this run's "
+                        f"{name} ({first_line(err)})"
+                    ) from None
         self.state = TrainState.from_dict(checkpoint)
         self.saved = (self.state.global_step, self.state.epoch)
         if checkpoint["world_size"] == self.info.world_size:

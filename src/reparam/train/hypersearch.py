@@ -61,7 +61,7 @@ def data_name(data: str) -> str:
 
 def hyper_search(
     model: str,
-    data: str,
+    data: str | None,
     out: str | os.PathLike,
     *,
     epochs: int | None = None,
@@ -82,7 +82,9 @@ def hyper_search(
 
     ``out`` is checked before training: an existing file is replaced only with ``force``, and
     its folder must be writable. ``resume`` continues an interrupted search from ``run_dir``
-    (the training settings come from the run's own ``config.json``). Returns a summary:
+    (the training settings come from the run's own ``config.json``; a search of another model,
+    or on other ``data`` when given, is refused). ``data=None``: the run's when resuming, else
+    ``"digits"``. Returns a summary:
     ``scales``, ``model``, ``hs_model``, ``top1``, ``epochs``, ``seconds``, ``seed``, ``data``,
     ``run_dir``.
     """
@@ -92,7 +94,7 @@ def hyper_search(
         known = sorted(m[: -len("_hs")] for m in list_models() if m.endswith("_hs"))
         raise ScaleError(f"no Hyper-Search model for {model!r}; searchable models: {known}")
     out = Path(out)
-    folder = Path(run_dir) if run_dir is not None else default_run_dir(target, data)
+    folder = Path(run_dir) if run_dir is not None else default_run_dir(target, data or "digits")
     if out.exists() and not force:
         raise ScaleError(f"{out}: already exists; pass --force to replace it")
     check_writable(out)
@@ -106,8 +108,9 @@ def hyper_search(
     with exclusive_lock(out):
         if resume:
             config = resume_config(folder)
+            _check_same_search(folder, config.model, config.data, hs_model, data)
         else:
-            values: dict[str, Any] = {"model": hs_model, "data": data, "seed": seed}
+            values: dict[str, Any] = {"model": hs_model, "data": data or "digits", "seed": seed}
             for key, value in (
                 ("epochs", epochs),
                 ("batch_size", batch_size),
@@ -151,6 +154,33 @@ def hyper_search(
         "seed": config.seed,
         "run_dir": str(folder),
     }
+
+
+def _check_same_search(
+    folder: Path, model: str, data: str, hs_model: str, asked: str | None
+) -> None:
+    """Refuse to resume the search in ``folder`` (of ``model`` on ``data``) as another one."""
+    if model != hs_model:
+        raise ScaleError(
+            f"{folder}: is a search of {target_model_name(model)!r}, not "
+            f"{target_model_name(hs_model)!r}; resume it with --model "
+            f"{target_model_name(model)}, or give another --run-dir"
+        )
+    if asked is not None and not _same_data(data, asked):
+        raise ScaleError(
+            f"{folder}: searched on --data {data}, not {asked}; resume it with --data {data}, or "
+            "give another --run-dir"
+        )
+
+
+def _same_data(recorded: str, asked: str) -> bool:
+    """Whether two data specs name the same data (paths compared resolved)."""
+    (kind, _, where), (kind2, _, where2) = recorded.partition(":"), asked.partition(":")
+    if kind != kind2 or bool(where) != bool(where2):
+        return False
+    if kind == "synthetic" or not where:
+        return where == where2
+    return Path(where).expanduser().resolve() == Path(where2).expanduser().resolve()
 
 
 def ablation_overrides(scales: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,11 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from timm.data import rand_augment_transform
 
-from ..checkpoint import read_json
+from ..checkpoint import first_line, read_json
 from ..data import Preprocessing, data_defaults
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..models.resnet_rs import RESNET_RS_IMAGE_SIZES
 
 log = logging.getLogger(__name__)
@@ -214,6 +217,44 @@ class TrainConfig:
                 raise RecipeError(
                     f"config field {name!r} has an invalid value {getattr(self, name)!r}{extra}"
                 )
+        self._validate_ranges()
+
+    def _validate_ranges(self) -> None:
+        """Numbers finite and in range, the device known and present, RandAugment parseable:
+        :class:`RecipeError` naming the field, what was expected and an example."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise RecipeError(f"config field {f.name!r} is {value!r}; expected a finite number")
+        ranges = {
+            "min_lr": (self.min_lr >= 0, "a number >= 0"),
+            "warmup_lr_init": (self.warmup_lr_init >= 0, "a number >= 0"),
+            "momentum": (0 <= self.momentum < 1, "a number in [0, 1), e.g. 0.9"),
+            "betas": (all(0 <= b < 1 for b in self.betas), "2 numbers in [0, 1), e.g. 0.9,0.999"),
+            "eps": (self.eps > 0, "a number > 0, e.g. 1e-8"),
+            "drop_rate": (self.drop_rate is None or 0 <= self.drop_rate < 1, "a number in [0, 1)"),
+            "drop_path_rate": (
+                self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
+                "a number in [0, 1)",
+            ),
+            "seed": (0 <= self.seed < 2**32, f"an integer in [0, {2**32 - 1}]"),
+            "num_classes": (self.num_classes is None or self.num_classes >= 1, "an integer >= 1"),
+            "device": (DEVICE.fullmatch(self.device) is not None, "auto, cpu, cuda or cuda:N"),
+        }
+        for name, (ok, expected) in ranges.items():
+            if not ok:
+                raise RecipeError(
+                    f"config field {name!r} is {getattr(self, name)!r}; expected {expected}"
+                )
+        try:
+            Preprocessing(self.image_size, self.mean, self.std, self.crop_pct)
+        except DataError as err:  # "preprocessing <field>: <what was expected>"
+            name, _, expected = str(err).removeprefix("preprocessing ").partition(": ")
+            raise RecipeError(f"config field {name!r}: {expected}") from None
+        _check_device_present(self.device)
+        if self.randaugment:
+            _check_randaugment(self.randaugment)
 
     @property
     def resolved_lr(self) -> float:
@@ -242,6 +283,33 @@ class TrainConfig:
         if unknown:
             raise RecipeError(f"unknown config keys {unknown}; known keys: {sorted(fields)}")
         return cls(**{k: _coerce(k, v, fields[k]) for k, v in data.items()})
+
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _check_device_present(device: str) -> None:
+    """:class:`RecipeError` when ``device`` names a CUDA device this machine does not have."""
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise RecipeError(
+            f"config field 'device' is {device!r}, but this machine has {count} CUDA device(s); "
+            "use --set device=cpu (or auto)"
+        )
+
+
+def _check_randaugment(config: str) -> None:
+    """:class:`RecipeError` unless timm parses ``config`` as a RandAugment string."""
+    try:
+        rand_augment_transform(config, {})  # parsing only: the image hparams do not matter
+    except Exception as err:  # timm asserts, or fails to parse a number, on a malformed string
+        raise RecipeError(
+            f"config field 'randaugment' is {config!r}; expected a timm RandAugment string such "
+            f"as 'rand-m9-n2-mstd0.5' ({first_line(err)})"
+        ) from None
 
 
 # below this input size a /32 network's last stride-2 convolution sees a 1x1 input, where
