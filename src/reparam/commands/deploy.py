@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..analysis.report import ptq_table
-    from ..deploy.compare import compare_ptq
+    from ..deploy.compare import compare_ptq, start_compare_folder
     from ..deploy.pipeline import deploy
 
     settings = QuantSettings(
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
+        start_compare_folder(args.out)  # before training into it
         result = compare_ptq(
             _trained_sources(args),
             args.data,

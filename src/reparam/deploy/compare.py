@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_json, write_json
+from ..checkpoint import describe_folder, read_json, read_marker, write_json, write_marker
 from ..errors import DeployError
 from .pipeline import deploy
 from .quantize import QuantSettings
 
-__all__ = ["compare_ptq"]
+__all__ = ["compare_ptq", "start_compare_folder"]
 
 
 def compare_ptq(
@@ -38,8 +38,9 @@ def compare_ptq(
     """Deploy + quantize every source; returns (and writes ``compare.json``) settings and rows.
 
     ``train`` (the schedule of sources trained for this comparison) is recorded as given.
+    ``out_dir`` must be absent, empty or a comparison folder (:func:`start_compare_folder`).
     """
-    out_dir = Path(out_dir)
+    out_dir = start_compare_folder(out_dir)
     rows = []
     for source in sources:
         path = Path(source)
@@ -68,6 +69,29 @@ def compare_ptq(
     }
     write_json(result, out_dir / "compare.json")
     return result
+
+
+def start_compare_folder(out_dir: str | os.PathLike) -> Path:
+    """Create or reuse the comparison folder ``out_dir`` (marked ``compare``, not listing its
+    files: it is written into, never replaced whole). Refused: a file, another reparam output,
+    or a folder holding anything (a run, data, other files) that is not a comparison folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployError(f"{out_dir}: is a file; --out must be a folder")
+    marker = read_marker(out_dir) if out_dir.is_dir() else None
+    if marker is not None and marker["kind"] == "compare":
+        return out_dir
+    if marker is None and (out_dir / "compare.json").is_file():  # written before markers
+        write_marker(out_dir, "compare", list_files=False)
+        return out_dir
+    found = describe_folder(out_dir)
+    if found:
+        raise DeployError(
+            f"{out_dir}: {found}, not a comparison folder; choose another --out for --compare"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "compare", list_files=False)
+    return out_dir
 
 
 def _row(summary: dict[str, Any], deploy_dir: Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from ..checkpoint import (
     load_state,
     load_weights,
     read_json,
+    write_error,
 )
 from ..errors import CheckpointError
 from ..models import create_model_from_config
@@ -41,6 +42,7 @@ from ..models import create_model_from_config
 __all__ = [
     "TrainState",
     "get_rng_state",
+    "is_run_folder",
     "load_model",
     "load_training_state",
     "remove_run_files",
@@ -124,12 +126,18 @@ def save_training_state(
         stale.unlink()
     weights_tmp, state_tmp = _pending(out, LAST_WEIGHTS, step), _pending(out, LAST_STATE, step)
     tensors = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
-    save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
-    torch.save(state, state_tmp)
-    for path in (weights_tmp, state_tmp):
-        os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600
-        fsync_path(path)
-    fsync_path(out)
+    try:
+        save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
+        torch.save(state, state_tmp)
+        for path in (weights_tmp, state_tmp):
+            os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600
+            fsync_path(path)
+        fsync_path(out)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        weights_tmp.unlink(missing_ok=True)
+        state_tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if (out / LAST_STATE).is_file() else "none saved"
+        raise CheckpointError(f"{write_error(out / LAST_WEIGHTS, err)}; {kept}") from None
     os.replace(state_tmp, out / LAST_STATE)
     os.replace(weights_tmp, out / LAST_WEIGHTS)
     fsync_path(out)
@@ -151,11 +159,30 @@ def _weights_step(path: Path) -> str | None:
 RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
 
 
+def is_run_folder(folder: Path) -> bool:
+    """``folder`` holds a training run: a checkpoint or metrics, or the ``config.json`` of a run
+    (``epochs`` recorded, not a fused or converted model's)."""
+    if any((folder / name).is_file() for name in (LAST_STATE, "metrics.json", LAST_WEIGHTS)):
+        return True
+    try:
+        config = read_json(folder / "config.json")
+    except CheckpointError:
+        return False
+    return (
+        isinstance(config, dict)
+        and "epochs" in config
+        and not config.get("fused")
+        and "converted_from" not in config
+    )
+
+
 def remove_run_files(out: Path) -> None:
-    """Delete what a run writes in ``out`` (:data:`RUN_FILES`, TensorBoard events); other files
-    stay."""
+    """Delete what a run writes in the run folder ``out`` (:data:`RUN_FILES`, TensorBoard events);
+    other files stay. A folder that is not a run folder is refused (:class:`CheckpointError`)."""
     if not out.is_dir():
         return
+    if not is_run_folder(out):
+        raise CheckpointError(f"{out}: not a run folder; its files are not removed")
     for path in out.iterdir():
         if path.name in RUN_FILES or path.name.startswith("events.out.tfevents."):
             path.unlink()

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import exclusive_lock, non_finite_tensors, save_weights, write_json
+from ..checkpoint import (
+    describe_folder,
+    exclusive_lock,
+    non_finite_tensors,
+    save_weights,
+    write_json,
+)
 from ..errors import CheckpointError, TrainingError
 from ..models.annealed import annealing_finished, set_lambda
 from . import distributed
@@ -43,6 +49,7 @@ from .checkpointing import (
     LAST_STATE,
     TrainState,
     get_rng_state,
+    is_run_folder,
     load_training_state,
     remove_run_files,
     save_training_state,
@@ -264,17 +271,24 @@ class _Trainer:
         return f"nothing saved: no epoch had finished ({redo})"
 
     def _start_folder(self) -> None:
-        """Refuse (on every rank) to start in a folder that holds files, unless ``force``: then
-        rank 0 removes the files a run writes. Rank 0 writes ``config.json``."""
+        """Refuse (on every rank) to start in a folder that holds files, unless ``force`` and it
+        is a run folder: then rank 0 removes the files a run writes (other files stay). Rank 0
+        writes ``config.json``."""
         if self.out.exists() and not self.out.is_dir():
             raise TrainingError(f"{self.out}: is a file; --out must be a folder")
         existing = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
+        is_run = bool(existing) and is_run_folder(self.out)
         if existing and not self.config.force:
-            is_run = "metrics.json" in existing or LAST_STATE in existing
             raise TrainingError(
                 f"{self.out} already holds {'a run' if is_run else 'other files'} "
                 f"({', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}); pass "
                 "--resume to continue a run, --force to start afresh there, or choose another --out"
+            )
+        if existing and not is_run:
+            found = describe_folder(self.out) or f"holds {', '.join(existing[:4])}"
+            raise TrainingError(
+                f"{self.out}: {found}, not a run folder; --force starts afresh only in a run "
+                "folder: choose another --out"
             )
         distributed.barrier(self.info)  # every rank has looked before rank 0 writes
         if self.info.is_main:
