@@ -465,9 +465,10 @@ def test_a_full_disk_during_convert_is_one_line_and_writes_neither_file(
     assert code == 2 and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("error", ["ENOSPC", "torch"])
 @pytest.mark.parametrize("command", ["deploy", "report"])
 def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
-    command, run, tmp_path, monkeypatch, capsys
+    command, error, run, tmp_path, monkeypatch, capsys
 ):
     from reparam.analysis import report
     from reparam.deploy import pipeline
@@ -476,7 +477,8 @@ def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
     out = tmp_path / "out"
     assert main([command, str(run), "--out", str(out)]) == 0
     before = snapshot(out)
-    full = _raise(OSError(errno.ENOSPC, "No space left on device", "x"))
+    full = _raise(FULL_DISK_ERRORS[error][0])
+    monkeypatch.setattr(checkpoint.os, "statvfs", _full_statvfs(os.statvfs))
     if command == "deploy":
         monkeypatch.setattr(pipeline, "export_onnx", full)
     else:
@@ -534,3 +536,13 @@ def test_a_deploy_that_fails_inside_its_lock_leaves_no_lock_file_or_folder(
     code, err = cli(["deploy", str(run), "--out", str(out), "--onnx"], capsys)
     assert code == 2 and "export failed" in one_line(err)
     assert not (tmp_path / "new").exists()
+
+
+def test_hypersearch_force_replaces_only_a_scale_file(run, tmp_path, capsys):
+    before = snapshot(run)
+    search = ["hypersearch", "--model", "repopt_vgg_a0", "--data", "synthetic:32", "--epochs"]
+    search += ["1", "--batch-size", "16", "--image-size", "8", "--no-progress"]
+    search += ["--run-dir", str(tmp_path / "hs"), "--force", "--out"]
+    code, err = cli([*search, str(run / "config.json")], capsys)
+    assert code == 2 and "not a reparam scale file" in one_line(err) and "--out" in err
+    assert snapshot(run) == before and not (tmp_path / "hs").exists()

@@ -76,6 +76,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 CIFAR_FILE = re.compile(r"data_batch_\d+|test_batch|batches\.meta")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE = re.compile(r"No space left|os error 28|code: 28")  # torch's and safetensors' texts
 
 
 def current_umask() -> int:
@@ -100,11 +101,19 @@ def write_error(path: str | os.PathLike, err: BaseException) -> CheckpointError:
     the message or the file system says so."""
     if isinstance(err, OSError) and err.errno is not None:
         reason = os.strerror(err.errno)
-    elif re.search(r"No space left|os error 28|code: 28", str(err)) or _disk_full(path):
+    elif NO_SPACE.search(str(err)) or _disk_full(path):
         reason = os.strerror(errno.ENOSPC)
     else:
         reason = first_line(err)
     return CheckpointError(f"{path}: cannot write ({reason})")
+
+
+def _failed_write(err: BaseException, path: str | os.PathLike) -> bool:
+    """Whether ``err``, raised while writing a folder's files, is a failed write: a full disk,
+    an I/O error, or any error raised while the file system is full."""
+    if isinstance(err, OSError) and err.errno in (*FULL_DISK, errno.EIO):
+        return True
+    return bool(NO_SPACE.search(str(err))) or _disk_full(path)
 
 
 def _disk_full(path: str | os.PathLike) -> bool:
@@ -354,8 +363,9 @@ def atomic_folder(
     new ones. ``path`` is checked by :func:`check_replaceable` (``kind``, ``legacy``) at the swap.
 
     On failure the temp folder (and any folder created for it) is deleted, ``path`` untouched,
-    and a full disk or an I/O error is one :func:`write_error`. Hold :func:`exclusive_lock` on
-    ``path``: the temp folders of earlier writers that were killed are removed first."""
+    and a failed write (a full disk, an I/O error, torch's write errors) is one
+    :func:`write_error`. Hold :func:`exclusive_lock` on ``path``: the temp folders of earlier
+    writers that were killed are removed first."""
     path = Path(path)
     made = _make_parents(path.parent)
     work = None
@@ -374,8 +384,8 @@ def atomic_folder(
         shutil.rmtree(old, ignore_errors=True)
     except ReparamError:
         raise
-    except OSError as err:
-        if err.errno in (*FULL_DISK, errno.EIO):
+    except (OSError, RuntimeError, SafetensorError) as err:
+        if _failed_write(err, path):
             raise write_error(path, err) from None
         raise
     finally:

@@ -108,7 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, default=64, help="--compare: training batch size"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing --out (never a run folder)"
+        "--force",
+        action="store_true",
+        help="replace an existing --out (only a deploy folder reparam wrote)",
     )
     add_reporting(parser)
 
