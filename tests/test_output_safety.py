@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,15 +172,15 @@ def test_deploy_into_the_folder_holding_its_source_run_keeps_the_run(command, ru
     assert snapshot(run) == before
 
 
-def test_a_deploy_folder_is_marked_and_replaced_whole_by_the_next_deploy(run, tmp_path):
+def test_a_deploy_folder_is_marked_with_its_files_and_replaced_by_the_next_deploy(run, tmp_path):
     out = tmp_path / "deployed"
-    assert main(["deploy", str(run), "--out", str(out), "--onnx"]) == 0
-    marker = read_marker(out)
-    files = ["config.json", "deploy.json", "fused.safetensors", "model.onnx"]
-    assert marker == {"kind": "deploy", "files": files}
+    assert main(["deploy", str(run), "--out", str(out)]) == 0
+    files = ["config.json", "deploy.json", "fused.safetensors"]
+    assert read_marker(out) == {"kind": "deploy", "files": files}
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, *files])
+    (out / "fused.safetensors").unlink()  # a file the user removed: still a deploy folder
     assert main(["deploy", str(run), "--out", str(out), "--force"]) == 0
-    assert read_marker(out)["files"] == ["config.json", "deploy.json", "fused.safetensors"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, *read_marker(out)["files"]])
+    assert read_marker(out)["files"] == files and (out / "fused.safetensors").is_file()
 
 
 def test_a_deploy_folder_written_before_markers_is_recognised_by_its_files(run, tmp_path):
@@ -446,7 +448,7 @@ def test_a_full_disk_during_a_training_checkpoint_is_one_line(error, tmp_path, m
     code, err_text = cli([*TRAIN[:6], "2", *TRAIN[7:], "--out", str(out)], capsys)
     line = one_line(err_text)
     assert code == 2 and f"{out / 'last.safetensors'}: cannot write ({reason})" in line
-    assert "previous checkpoint is kept" in line
+    assert "checkpoint: the previous one is kept" in line
     assert not leftovers(out)
     assert (out / "log.csv").read_text().count("\n") == 2  # header + epoch 1
 
@@ -496,18 +498,32 @@ def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
 # --- kills and logs ------------------------------------------------------------------------
 
 
+KILLED_DEPLOY = """
+import os, sys
+from reparam.deploy import pipeline
+from reparam.cli import main
+
+real = pipeline.save_fused
+def dying(*args, **kwargs):
+    real(*args, **kwargs)
+    os._exit(137)  # kill -9: no finally blocks, no cleanup
+pipeline.save_fused = dying
+main(["deploy", sys.argv[1], "--out", sys.argv[2]])
+"""
+
+
 def test_a_killed_deploys_temp_folder_is_removed_by_the_next_deploy(run, tmp_path, caplog):
     out = tmp_path / "deployed"
-    killed = tmp_path / ".deployed.k1ll3d_x.tmp"  # what kill -9 leaves (mkdtemp's name)
-    killed.mkdir()
-    (killed / "model.onnx").write_bytes(bytes(1024))
+    killed = subprocess.run([sys.executable, "-c", KILLED_DEPLOY, str(run), str(out)])
+    assert killed.returncode == 137 and not out.exists()
+    (left,) = leftovers(tmp_path)  # the temp folder, holding the fused model
     other = tmp_path / ".deployed.v2.abcdefgh.tmp"  # another output's ("deployed.v2")
     other.mkdir()
     with caplog.at_level("INFO"):
         assert main(["deploy", str(run), "--out", str(out), "--onnx"]) == 0
-    assert not killed.exists() and other.is_dir()
+    assert leftovers(tmp_path) == [other.name]
     logs = [r.getMessage() for r in caplog.records if r.name.startswith("reparam")]
-    assert f"removing {killed}, left by an interrupted write of {out}" in logs
+    assert f"removing {tmp_path / left}, left by an interrupted write of {out}" in logs
     assert any(str(out / "model.onnx") in line for line in logs)
     records = [p.read_text() for p in out.glob("*.json")]
     others = [line for line in logs if not line.startswith("removing")]

@@ -76,6 +76,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 CIFAR_FILE = re.compile(r"data_batch_\d+|test_batch|batches\.meta")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+WALK_LIMIT = 10_000
 NO_SPACE = re.compile(r"No space left|os error 28|code: 28")  # torch's and safetensors' texts
 
 
@@ -267,10 +268,15 @@ def find_data(folder: str | os.PathLike, depth: int = 3) -> str | None:
 def describe_foreign(folder: str | os.PathLike, listed: Collection[str] = ()) -> str | None:
     """What ``folder`` holds besides ``listed`` (paths relative to it) and its marker, the most
     serious first: a training run, image or CIFAR data, another reparam output, other files;
-    None when nothing (empty folders do not count)."""
+    None when nothing (empty folders do not count). Past :data:`WALK_LIMIT` files the walk
+    stops at the first thing found."""
     folder = Path(folder)
     found: dict[str, str] = {}
+    seen = 0
     for root, dirs, files in os.walk(folder):
+        seen += len(files)
+        if found and seen > WALK_LIMIT:  # a large tree: what was found so far is enough
+            break
         dirs.sort()
         here = Path(root)
         if any(name in files for name in RUN_SIGNS):

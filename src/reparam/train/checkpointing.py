@@ -119,6 +119,7 @@ def save_training_state(
     weights are renamed into place. A kill before the first rename leaves the previous pair; a
     kill between the two leaves the new state beside the complete new weights' temp file, which
     :func:`load_training_state` renames in (roll forward). Either way a complete pair remains.
+    A failed write (a full disk) removes both temp files and raises one :class:`CheckpointError`.
     """
     check_finite(model_state, f"refusing to write {out / LAST_WEIGHTS}")
     step = state["global_step"]
@@ -136,8 +137,10 @@ def save_training_state(
     except (OSError, RuntimeError, SafetensorError) as err:
         weights_tmp.unlink(missing_ok=True)
         state_tmp.unlink(missing_ok=True)
-        kept = "the previous checkpoint is kept" if (out / LAST_STATE).is_file() else "none saved"
-        raise CheckpointError(f"{write_error(out / LAST_WEIGHTS, err)}; {kept}") from None
+        kept = "the previous one is kept" if (out / LAST_STATE).is_file() else "none was saved"
+        raise CheckpointError(
+            f"{write_error(out / LAST_WEIGHTS, err)}; checkpoint: {kept}"
+        ) from None
     os.replace(state_tmp, out / LAST_STATE)
     os.replace(weights_tmp, out / LAST_WEIGHTS)
     fsync_path(out)

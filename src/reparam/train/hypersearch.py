@@ -57,8 +57,9 @@ def hyper_search(
     final scales to the scale file ``out``.
 
     ``out`` is checked before training: an existing file is replaced only with ``force`` and
-    only when it is a scale file, and its folder must be writable. ``resume`` continues an interrupted search from ``run_dir``
-    (the training settings come from the run's own ``config.json``). Returns a summary:
+    only when it is a scale file, and its folder must be writable. ``resume`` continues an
+    interrupted search from ``run_dir`` (the training settings come from the run's own
+    ``config.json``). Returns a summary:
     ``scales``, ``model``, ``hs_model``, ``top1``, ``epochs``, ``seconds``, ``seed``, ``data``,
     ``run_dir``.
     """
