@@ -448,7 +448,7 @@ def test_a_full_disk_during_a_training_checkpoint_is_one_line(error, tmp_path, m
     code, err_text = cli([*TRAIN[:6], "2", *TRAIN[7:], "--out", str(out)], capsys)
     line = one_line(err_text)
     assert code == 2 and f"{out / 'last.safetensors'}: cannot write ({reason})" in line
-    assert "checkpoint: the previous one is kept" in line
+    assert line.endswith("; the previous checkpoint is kept")
     assert not leftovers(out)
     assert (out / "log.csv").read_text().count("\n") == 2  # header + epoch 1
 
@@ -562,3 +562,10 @@ def test_hypersearch_force_replaces_only_a_scale_file(run, tmp_path, capsys):
     code, err = cli([*search, str(run / "config.json")], capsys)
     assert code == 2 and "not a reparam scale file" in one_line(err) and "--out" in err
     assert snapshot(run) == before and not (tmp_path / "hs").exists()
+
+
+def test_an_error_that_is_not_a_failed_write_keeps_its_own_message(tmp_path):
+    with pytest.raises(RuntimeError, match="^not a write$"):
+        with atomic_folder(tmp_path / "new" / "out", "deploy"):
+            raise RuntimeError("not a write")
+    assert not (tmp_path / "new").exists() and not leftovers(tmp_path)

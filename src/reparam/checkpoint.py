@@ -77,6 +77,7 @@ IMAGE_SUFFIXES = frozenset(
 CIFAR_FILE = re.compile(r"data_batch_\d+|test_batch|batches\.meta")
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 WALK_LIMIT = 10_000
+NEARLY_FULL = 1 << 20  # bytes free below which a failed write is taken for a full disk
 NO_SPACE = re.compile(r"No space left|os error 28|code: 28")  # torch's and safetensors' texts
 
 
@@ -125,7 +126,7 @@ def _disk_full(path: str | os.PathLike) -> bool:
         stats = os.statvfs(folder)
     except OSError:
         return False
-    return stats.f_bavail == 0
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL
 
 
 def _make_parents(folder: Path) -> list[Path]:

@@ -135,12 +135,15 @@ def save_training_state(
             fsync_path(path)
         fsync_path(out)
     except (OSError, RuntimeError, SafetensorError) as err:
+        failed = write_error(out / LAST_WEIGHTS, err)  # while the temp files still fill the disk
         weights_tmp.unlink(missing_ok=True)
         state_tmp.unlink(missing_ok=True)
-        kept = "the previous one is kept" if (out / LAST_STATE).is_file() else "none was saved"
-        raise CheckpointError(
-            f"{write_error(out / LAST_WEIGHTS, err)}; checkpoint: {kept}"
-        ) from None
+        kept = (
+            "the previous checkpoint is kept"
+            if (out / LAST_STATE).is_file()
+            else "no checkpoint to resume from yet"
+        )
+        raise CheckpointError(f"{failed}; {kept}") from None
     os.replace(state_tmp, out / LAST_STATE)
     os.replace(weights_tmp, out / LAST_WEIGHTS)
     fsync_path(out)
