@@ -129,15 +129,19 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_holder(tmp_pat
     assert main([*TRAIN, "--out", str(out)]) == 0  # released: the lock never goes stale
 
 
-def test_train_refuses_a_folder_with_other_files_unless_forced(tmp_path, capsys):
+def test_train_refuses_a_folder_with_other_files_and_forces_only_a_run_folder(tmp_path, capsys):
     out = tmp_path / "deployed"
     out.mkdir()
     write_json({"model": "repvgg_a0", "fused": True}, out / "config.json")
     assert main([*TRAIN, "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(out), "--force"]) == 2  # not a run: nothing removed
+    assert "not a run folder" in capsys.readouterr().err
     assert read_json(out / "config.json")["model"] == "repvgg_a0"
-    assert main([*TRAIN, "--out", str(out), "--force"]) == 0
-    assert read_json(out / "config.json")["model"] == "vgg_a0"
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(run)]) == 0
+    assert main([*TRAIN, "--out", str(run), "--force", "--model", "repvgg_a0"]) == 0
+    assert read_json(run / "config.json")["model"] == "repvgg_a0"
 
 
 def test_deploy_never_replaces_a_run_and_replaces_a_deploy_folder_whole(tmp_path, capsys):

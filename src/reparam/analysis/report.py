@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import load_weights, read_json
+from ..checkpoint import (
+    atomic_folder,
+    check_replaceable,
+    exclusive_lock,
+    load_weights,
+    read_json,
+)
 from ..errors import DeployError
 from .identity import plot_identity_variance, run_identity_variance
 from .plots import pyplot
@@ -208,14 +214,35 @@ def ptq_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
-    """Write ``report.md`` and its PNGs into ``out_dir`` for run, deploy and comparison folders."""
+def write_report(
+    sources: list[str | os.PathLike], out_dir: str | os.PathLike, force: bool = False
+) -> Path:
+    """Write ``report.md`` and its PNGs into ``out_dir`` for run, deploy and comparison folders.
+
+    The folder is written whole and swapped in when complete (nothing is left when a source
+    fails); an existing ``out_dir`` is replaced only with ``force`` and only when it is a report
+    folder (:func:`reparam.checkpoint.check_replaceable`)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out_dir, "report", legacy_report_files)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise DeployError(f"{out_dir}: already exists; pass --force to replace it")
+    with exclusive_lock(out_dir), atomic_folder(out_dir, "report", legacy_report_files) as work:
+        _write_report(list(map(Path, sources)), work)
+    return out_dir / "report.md"
+
+
+def legacy_report_files(folder: Path) -> set[str]:
+    """The names a report folder written before markers holds: ``report.md`` and its PNGs."""
+    if not (folder / "report.md").is_file():
+        return set()
+    return {"report.md", *(p.name for p in folder.glob("*.png"))}
+
+
+def _write_report(sources: list[Path], out_dir: Path) -> None:
     lines = ["# reparam report", ""]
     quants: dict[str, dict[str, Any]] = {}
     identity_ratios: dict[str, dict[str, float]] = {}
-    for index, source in enumerate(map(Path, sources)):
+    for index, source in enumerate(sources):
         tag = f"{index:02d}_{source.name}"
         if (source / "compare.json").is_file():
             result = read_json(source / "compare.json")
@@ -258,6 +285,4 @@ def write_report(sources: list[str | os.PathLike], out_dir: str | os.PathLike) -
                 f"{values[len(values) // 2]:.3g} | {values[-1]:.3g} |"
             )
         lines += ["", f"![identity variance]({plot.name})", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+    (out_dir / "report.md").write_text("\n".join(lines))

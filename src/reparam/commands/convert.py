@@ -4,26 +4,51 @@
   reparam convert RepVGG-A0-deploy.pth --model vgg_a0 --out a0-fused/fused.safetensors
   reparam convert vanillanet_5.pth --model vanillanet_5 --out v5/v5.safetensors --ema
   reparam convert RepOpt-VGG-B1-target.pth --model repopt_vgg_b1 --scales RepOpt-VGG-B1-scales.pth --out b1/b1.safetensors
+  reparam convert RepVGG-B1-train.pth --model repvgg_b1 --class-names imagenet.txt --out b1/b1.safetensors
 
 The source layout (train or deploy form, official or timm) is detected from the keys; --layout
 names it instead. Writes the weights and a config.json beside them, so the output folder opens
 with reparam eval / reparam.load (a deploy-form checkpoint becomes a fused folder: name the
-output fused.safetensors). Files are read with torch.load(weights_only=True): a checkpoint that
-needs pickled code to load is refused.
+output fused.safetensors). The output folder must not be a run, fused, deploy or data folder.
+Files are read with torch.load(weights_only=True): a checkpoint that needs pickled code to load
+is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from ..checkpoint import check_writable, json_text
-from ..errors import UserError
-from ..models.convert import LAYOUTS, convert_checkpoint, save_converted
+from ..checkpoint import json_text
+from ..models.convert import (
+    LAYOUTS,
+    check_convert_target,
+    convert_checkpoint,
+    read_class_names,
+    save_converted,
+)
 from .arguments import add_out, add_reporting
 
 
+def layouts_help() -> str:
+    """The key layouts convert reads, one line each with an example key (the ``--help`` epilog)."""
+    lines = ["key layouts read (detected from the keys; --layout names one):"]
+    for layout in LAYOUTS.values():
+        models = re.sub(r"\\w\+(\(\?<!_hs\))?", "*", layout.models).replace("(rep)?", "[rep]")
+        lines.append(
+            f"  {layout.name:<19} {layout.origin:<33} e.g. {layout.example:<32} -> {models}"
+        )
+    lines.append(
+        "  weights may sit under 'state_dict' or 'model' (EMA: 'state_dict_ema', 'model_ema', "
+        "'ema'),\n  with or without a DDP 'module.' prefix; reparam's own run and fused folders "
+        "need no conversion"
+    )
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = layouts_help()
     parser.add_argument("source", metavar="SRC", help="official checkpoint (.pth or .safetensors)")
     parser.add_argument("--model", required=True, help="the reparam model, e.g. repvgg_a0")
     add_out(
@@ -47,17 +72,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scales", metavar="FILE", help="RepOpt-VGG target: its scale file (official .pth)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing output and its config.json"
+        "--class-names",
+        metavar="FILE",
+        help="class names, one per line in class order (e.g. ImageNet's 1000); recorded in "
+        "config.json (default: 0, 1, ...)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing output and its config.json (only converted weights)",
     )
     add_reporting(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    taken = [p for p in (out, out.parent / "config.json") if p.exists()]
-    if taken and not args.force:
-        raise UserError(f"{taken[0]} exists; pass --force to replace it")
-    check_writable(out)
+    check_convert_target(out, args.force)
+    class_names = read_class_names(args.class_names) if args.class_names else None
     converted = convert_checkpoint(
         args.source,
         args.model,
@@ -65,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
         ema=args.ema,
         act_learn=args.act_learn,
         scales=args.scales,
+        class_names=class_names,
     )
-    config_path = save_converted(converted, out)
+    config_path = save_converted(converted, out, args.force)
     summary = {
         "out": str(out),
         "config": str(config_path),

@@ -109,7 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, default=64, help="--compare: training batch size"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing --out (never a run folder)"
+        "--force",
+        action="store_true",
+        help="replace an existing --out (only a deploy folder reparam wrote)",
     )
     add_reporting(parser)
 
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..analysis.report import ptq_table
-    from ..deploy.compare import compare_ptq
+    from ..deploy.compare import compare_ptq, start_compare_folder
     from ..deploy.pipeline import deploy
 
     settings = QuantSettings(
@@ -177,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
+        start_compare_folder(args.out)  # before training into it
         result = compare_ptq(
             _trained_sources(args),
             args.data,

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the interrupted search in --run-dir"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing scale file and run folder"
+        "--force",
+        action="store_true",
+        help="replace an existing scale file and Hyper-Search run folder (never other files)",
     )
     add_reporting(parser, "the summary as one JSON object")
 

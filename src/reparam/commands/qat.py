@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency-repeats", type=positive_int, default=30, help="timed ORT runs (median)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="replace an existing --out (never a run folder)"
+        "--force",
+        action="store_true",
+        help="replace an existing --out (only a deploy folder reparam wrote)",
     )
     add_reporting(parser)
 

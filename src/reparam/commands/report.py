@@ -23,10 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print {report, plots} as JSON on stdout"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing --out (only a report folder)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = write_report(args.sources, args.out)
+    report = write_report(args.sources, args.out, force=args.force)
     plots = sorted(str(p) for p in report.parent.glob("*.png"))
     if args.json:
         print(json_text({"report": str(report), "plots": plots}, indent=2))

@@ -58,7 +58,10 @@ _SWITCHES = [
     ("compile", "torch.compile the model"),
     ("nesterov", "Nesterov momentum for sgd"),
     ("grad_mult", "RepOpt gradient multipliers when the model has them"),
-    ("force", "start afresh in an --out that holds files (a previous run's files are replaced)"),
+    (
+        "force",
+        "start afresh in an --out that holds a run (its run files are replaced; never other folders)",
+    ),
 ]
 
 

@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_json, write_json
+from ..checkpoint import describe_folder, read_json, read_marker, write_json, write_marker
 from ..data import Preprocessing, load_eval_data
 from ..errors import DeployError
 from .pipeline import deploy
 from .predict import check_class_names
 from .quantize import QuantSettings
 
-__all__ = ["check_sources", "compare_ptq"]
+__all__ = ["check_sources", "compare_ptq", "start_compare_folder"]
 
 
 def check_sources(sources: list[str], data: str) -> None:
@@ -54,8 +54,9 @@ def compare_ptq(
     writes ``compare.json``) settings and rows.
 
     ``train`` (the schedule of sources trained for this comparison) is recorded as given.
+    ``out_dir`` must be absent, empty or a comparison folder (:func:`start_compare_folder`).
     """
-    out_dir = Path(out_dir)
+    out_dir = start_compare_folder(out_dir)
     check_sources(sources, data)
     rows = []
     for source in sources:
@@ -83,6 +84,29 @@ def compare_ptq(
     }
     write_json(result, out_dir / "compare.json")
     return result
+
+
+def start_compare_folder(out_dir: str | os.PathLike) -> Path:
+    """Create or reuse the comparison folder ``out_dir`` (marked ``compare``, not listing its
+    files: it is written into, never replaced whole). Refused: a file, another reparam output,
+    or a folder holding anything (a run, data, other files) that is not a comparison folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployError(f"{out_dir}: is a file; --out must be a folder")
+    marker = read_marker(out_dir) if out_dir.is_dir() else None
+    if marker is not None and marker["kind"] == "compare":
+        return out_dir
+    if marker is None and (out_dir / "compare.json").is_file():  # written before markers
+        write_marker(out_dir, "compare", list_files=False)
+        return out_dir
+    found = describe_folder(out_dir)
+    if found:
+        raise DeployError(
+            f"{out_dir}: {found}, not a comparison folder; choose another --out for --compare"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "compare", list_files=False)
+    return out_dir
 
 
 def _row(summary: dict[str, Any], deploy_dir: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Deploy folder layout (**contract**)::
     model.int8.onnx                  QDQ INT8                                      (--int8)
     deploy.json                      what was done: ONNX check, INT8 settings, summary figures
     quant.json                       per-layer weight statistics + end-to-end INT8 figures (--int8)
+    .reparam.json                    marker: a deploy folder and its files (see reparam.checkpoint)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ..analysis.quant_stats import output_metrics, weight_stats
-from ..checkpoint import atomic_folder, exclusive_lock, json_text, write_json
+from ..checkpoint import atomic_folder, check_replaceable, exclusive_lock, json_text, write_json
 from ..data import Preprocessing, load_eval_data
 from ..errors import DeployError
 from ..train.checkpointing import describe_checkpoint, load_model
@@ -52,6 +53,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
+#: what a deploy folder holds; a folder of these alone is taken for a deploy folder written
+#: before folders carried a marker
+DEPLOY_FILES = frozenset(
+    ("fused.safetensors", "config.json", ONNX_NAME, INT8_NAME, "deploy.json", "quant.json")
+)
 
 # (fused model, config, FP32 ONNX path, INT8 path to write, calibration images) -> what was done:
 # {"settings": {...}, "calib_images_used": n, "float_nodes": [...], ...} (quant.json's header)
@@ -95,7 +101,7 @@ def deploy(
 
     The folder is written beside ``out_dir`` and swapped in whole when complete, under a lock
     (:func:`reparam.checkpoint.exclusive_lock`); an existing ``out_dir`` is replaced only with
-    ``force`` and a run folder never (:func:`check_deploy_target`).
+    ``force`` and only when it is a deploy folder (:func:`check_deploy_target`).
 
     INT8 needs ``calib_data`` (a data spec) with the model's classes: calibration uses
     ``settings.calib_images`` images of its train split, the end-to-end figures its val split,
@@ -131,7 +137,7 @@ def deploy(
         "fused": str(out_dir / "fused.safetensors"),
         "image_size": image_size,
     }
-    with exclusive_lock(out_dir), atomic_folder(out_dir) as work:
+    with exclusive_lock(out_dir), atomic_folder(out_dir, "deploy", legacy_deploy_files) as work:
         save_fused(fused, config, work)
         if onnx or int8:
             metadata = onnx_metadata(config, preprocessing)
@@ -155,7 +161,11 @@ def deploy(
                     f"{out_dir / ONNX_NAME}: ONNX Runtime differs from torch: "
                     f"{check.describe()} (tolerance {ONNX_TOLERANCE} relative); nothing written"
                 )
-            log.info("ONNX written to %s; max abs error vs torch %.2e", out_dir, check.max_abs_err)
+            log.info(
+                "%s: ONNX Runtime matches torch (max abs error %.2e)",
+                out_dir / ONNX_NAME,
+                check.max_abs_err,
+            )
         if int8:
             summary["int8"] = _quantize_and_measure(
                 fused,
@@ -193,16 +203,17 @@ def onnx_metadata(
 
 
 def check_deploy_target(out_dir: Path, force: bool) -> None:
-    """Refuse, before any work, an output that would destroy something: a run folder (always),
-    or any other non-empty path unless ``force`` (a deploy folder is then replaced whole)."""
-    if out_dir.is_file():
-        raise DeployError(f"{out_dir}: is a file; --out must be a folder")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
-    if (out_dir / "last.state.pt").exists() or (out_dir / "metrics.json").exists():
-        raise DeployError(f"{out_dir}: is a training run folder; deploy into another --out")
-    if not force:
+    """Refuse, before any work, an output that would destroy something: anything but an empty
+    folder or a deploy folder (:func:`reparam.checkpoint.check_replaceable`: never a run, data or
+    other files, nested anywhere inside), and a deploy folder unless ``force``."""
+    check_replaceable(out_dir, "deploy", legacy_deploy_files)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise DeployError(f"{out_dir}: already exists; pass --force to replace it")
+
+
+def legacy_deploy_files(folder: Path) -> frozenset[str]:
+    """The names a deploy folder written before markers holds: :data:`DEPLOY_FILES`."""
+    return DEPLOY_FILES
 
 
 def _preprocessing_at(config: dict[str, Any], image_size: int) -> Preprocessing:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import first_line, load_weights, save_weights, write_json
+from ..checkpoint import (
+    RUN_SIGNS,
+    atomic_path,
+    check_writable,
+    find_data,
+    first_line,
+    json_text,
+    load_weights,
+    read_json,
+    read_marker,
+    save_weights,
+)
 from ..data import Preprocessing
 from ..data.transforms import CIFAR_MEAN_STD
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, DataError, UserError
 from ..fuse import prepare_for_deploy, reparameterize
 from .annealed import has_annealing, set_lambda
 from .registry import create_model
@@ -62,11 +73,13 @@ __all__ = [
     "LAYOUTS",
     "Converted",
     "Layout",
+    "check_convert_target",
     "convert_checkpoint",
     "convert_state_dict",
     "detect_layout",
     "load_timm_repvgg_state",
     "read_checkpoint",
+    "read_class_names",
     "save_converted",
     "target_model",
 ]
@@ -89,13 +102,15 @@ class Layout:
     ``signature`` (a regex that some key of such a checkpoint matches), ``classifier`` (the source
     key whose first dimension is the class count), the ordered ``renames`` and the
     ``fillable`` target keys (regex) the source may lack. ``fused``: converts to the deploy form.
-    ``before``: a renamer applied to the whole state dict first."""
+    ``before``: a renamer applied to the whole state dict first; ``example``: one source key."""
 
     name: str
     models: str
     signature: str
     classifier: str
     renames: tuple[Rename, ...]
+    example: str = ""  # a key of such a checkpoint (shown by ``reparam convert --help``)
+    origin: str = ""  # where such checkpoints come from
     fused: bool = False
     fillable: str = r"\.num_batches_tracked$"
     before: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
@@ -127,6 +142,8 @@ LAYOUTS: dict[str, Layout] = {
     for layout in (
         Layout(
             "repvgg",
+            origin="official RepVGG",
+            example="stage1.0.rbr_dense.conv.weight",
             models=r"repvgg_\w+",
             signature=r"\.rbr_dense\.",
             classifier="linear.weight",
@@ -139,6 +156,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "repvgg-deploy",
+            origin="official RepVGG, deploy form",
+            example="stage1.0.rbr_reparam.weight",
             models=r"(rep)?vgg_\w+",
             signature=r"\.rbr_reparam\.",
             classifier="linear.weight",
@@ -147,6 +166,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "repopt-vgg",
+            origin="official RepOpt-VGG target",
+            example="stage0.conv.weight",
             models=r"repopt_vgg_\w+(?<!_hs)",
             signature=r"^stage0\.conv\.weight$",
             classifier="linear.weight",
@@ -159,6 +180,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "repopt-vgg-hs",
+            origin="official RepOpt-VGG Hyper-Search",
+            example="stage0.scale_conv.weight",
             models=r"repopt_vgg_\w+_hs",
             signature=r"^stage0\.scale_conv\.weight$",
             classifier="linear.weight",
@@ -172,6 +195,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "vanillanet",
+            origin="official VanillaNet",
+            example="stem1.0.weight",
             models=r"vanillanet_\w+",
             signature=r"^stem1\.",
             classifier="cls2.0.weight",
@@ -195,6 +220,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "vanillanet-deploy",
+            origin="official VanillaNet, deploy form",
+            example="stem.0.weight",
             models=r"vanillanet_\w+",
             signature=r"^stem\.0\.",
             classifier="cls.2.weight",
@@ -208,6 +235,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "timm-repvgg",
+            origin="timm repvgg_*",
+            example="stages.0.0.conv_kxk.conv.weight",
             models=r"repvgg_\w+",
             signature=r"\.conv_kxk\.",
             classifier="head.fc.weight",
@@ -220,6 +249,8 @@ LAYOUTS: dict[str, Layout] = {
         ),
         Layout(
             "timm-repvgg-deploy",
+            origin="timm repvgg_*, deploy form",
+            example="stages.0.0.reparam_conv.weight",
             models=r"(rep)?vgg_\w+",
             signature=r"\.reparam_conv\.",
             classifier="head.fc.weight",
@@ -241,10 +272,15 @@ def _unwrap(loaded: Any, ema: bool, source: str) -> dict[str, Tensor]:
         if found is None and ema:
             raise CheckpointError(f"{source}: no EMA weights (looked for {list(EMA_WRAPPERS)})")
         loaded = loaded if found is None else found
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+    if isinstance(loaded, Mapping):
+        bad = next(((k, v) for k, v in loaded.items() if not isinstance(v, Tensor)), None)
+        found = f"its key {bad[0]!r} holds {type(bad[1]).__name__}, not a tensor" if bad else None
+    else:
+        found = f"got a {type(loaded).__name__}"
+    if found:
         raise CheckpointError(
             f"{source}: expected a state dict of tensors, or one under "
-            f"{list(WRAPPERS + EMA_WRAPPERS)}; got a {type(loaded).__name__}"
+            f"{list(WRAPPERS + EMA_WRAPPERS)}; {found}"
         )
     state = {str(k): v for k, v in loaded.items()}
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
@@ -361,11 +397,13 @@ class Converted:
     layout: Layout
     model_kwargs: dict[str, Any]
     source: str
+    class_names: list[str] | None = None
 
     def config(self) -> dict[str, Any]:
-        """The ``config.json`` that lets ``reparam.load`` rebuild the model."""
+        """The ``config.json`` that lets ``reparam.load`` rebuild the model (class names
+        ``"0"`` .. when none were given)."""
         preprocessing = MODEL_PREPROCESSING.get(self.model, self.layout.preprocessing)
-        return {
+        config = {
             "model": self.model,
             "num_classes": self.num_classes,
             "model_kwargs": self.model_kwargs,
@@ -374,6 +412,9 @@ class Converted:
             "fused": self.layout.fused,
             "converted_from": {"source": self.source, "layout": self.layout.name},
         }
+        if self.class_names is not None:
+            config["class_names"] = list(self.class_names)
+        return config
 
 
 def target_model(
@@ -408,10 +449,12 @@ def convert_checkpoint(
     act_learn: float | None = None,
     scales: str | os.PathLike | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Converted:
     """An official checkpoint file as ``model_name``'s state dict (layout detected unless
     given). ``act_learn``: a VanillaNet's lambda (default 1.0, the end of training);
-    ``scales``: a RepOpt-VGG target's scale file; ``model_kwargs`` go to ``create_model``."""
+    ``scales``: a RepOpt-VGG target's scale file; ``model_kwargs`` go to ``create_model``;
+    ``class_names``: one per class of the checkpoint (e.g. :func:`read_class_names`)."""
     state = read_checkpoint(path, ema)
     if layout is None:
         chosen = detect_layout(state, model_name, str(path))
@@ -428,25 +471,90 @@ def convert_checkpoint(
         kwargs["scales"] = os.fspath(scales)
     classifier = state.get(chosen.classifier)  # absent: the conversion reports it missing
     num_classes = 1000 if classifier is None else int(classifier.shape[0])
+    if class_names is not None and len(class_names) != num_classes:
+        raise UserError(
+            f"{len(class_names)} class names given (--class-names), but {path} has "
+            f"{num_classes} classes"
+        )
     model = target_model(model_name, chosen, num_classes, act_learn, **kwargs)
     converted = convert_state_dict(state, model, chosen, str(path))
-    return Converted(converted, model_name, num_classes, chosen, kwargs, os.fspath(path))
+    names = None if class_names is None else list(class_names)
+    return Converted(converted, model_name, num_classes, chosen, kwargs, os.fspath(path), names)
 
 
-def save_converted(converted: Converted, out: str | os.PathLike) -> Path:
-    """Write ``out`` (safetensors) and ``config.json`` beside it; a deploy-form checkpoint must be
-    written as ``fused.safetensors`` (a fused folder). Returns the config path."""
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line in class-index order (e.g. ImageNet's 1000);
+    a final newline is allowed, an empty line is refused (:class:`DataError`)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read class names ({err})") from None
+    names = [line.strip() for line in lines]
+    empty = [i + 1 for i, name in enumerate(names) if not name]
+    if not names or empty:
+        where = f"line {empty[0]} is empty" if empty else "it is empty"
+        raise DataError(f"{path}: expected one class name per line; {where}")
+    return names
+
+
+def check_convert_target(out: str | os.PathLike, force: bool = False) -> None:
+    """Refuse, before converting, an ``out`` that would overwrite or join something: a name that
+    is not ``.safetensors``; a folder that is a run, a fused or deploy folder, another reparam
+    output or data (convert writes ``config.json`` beside ``out``); an existing ``out`` or
+    ``config.json`` unless ``force``."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: the converted weights are written as .safetensors")
+    check_writable(out)
+    folder = out.parent
+    if folder.is_dir():
+        found = _not_ours(folder)
+        if found:
+            raise CheckpointError(
+                f"{folder}: {found}; convert writes its weights and a config.json there, so "
+                "nothing was written: choose an --out in another folder"
+            )
+    taken = [p for p in (out, folder / "config.json") if p.exists()]
+    if taken and not force:
+        raise UserError(f"{taken[0]} exists; pass --force to replace it")
+
+
+def _not_ours(folder: Path) -> str | None:
+    """What makes ``folder`` no place for converted weights (None when it is fine)."""
+    marker = read_marker(folder)
+    if marker is not None:
+        return f"is a reparam {marker['kind']} folder"
+    if any((folder / name).is_file() for name in RUN_SIGNS):
+        return "is a training run folder"
+    if (folder / "config.json").exists():
+        try:
+            config = read_json(folder / "config.json")
+        except CheckpointError:
+            config = None
+        if not isinstance(config, dict) or "converted_from" not in config:
+            what = "a fused model" if isinstance(config, dict) and config.get("fused") else "a run"
+            return f"holds the config.json of {what}, not of converted weights"
+    if (folder / FUSED_NAME).is_file() and not (folder / "config.json").exists():
+        return f"holds a fused model ({FUSED_NAME})"
+    return find_data(folder)
+
+
+def save_converted(converted: Converted, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``out`` (safetensors) and ``config.json`` beside it, both or neither; a deploy-form
+    checkpoint must be written as ``fused.safetensors`` (a fused folder). ``out`` is checked by
+    :func:`check_convert_target`. Returns the config path."""
+    out = Path(out)
+    check_convert_target(out, force)
     if converted.layout.fused and out.name != FUSED_NAME:
         raise UserError(
             f"{converted.source} is a deploy-form ({converted.layout.name}) checkpoint: write it "
             f"as a fused folder, --out {out.parent / FUSED_NAME}"
         )
-    save_weights(converted.state_dict, out, metadata={"model": converted.model})
     config_path = out.parent / "config.json"
-    write_json(converted.config(), config_path)
+    with atomic_path(config_path) as config_tmp:  # renamed in after the weights
+        config_tmp.write_text(json_text(converted.config(), indent=2, sort_keys=True) + "\n")
+        save_weights(converted.state_dict, out, metadata={"model": converted.model})
     return config_path
 
 

@@ -36,6 +36,7 @@ from ..checkpoint import (
     load_weights,
     non_finite_tensors,
     read_json,
+    write_error,
 )
 from ..data import Preprocessing
 from ..errors import CheckpointError, DataError
@@ -49,6 +50,7 @@ __all__ = [
     "class_names_of",
     "describe_checkpoint",
     "get_rng_state",
+    "is_run_folder",
     "load_checked",
     "load_model",
     "load_training_state",
@@ -131,6 +133,7 @@ def save_training_state(
     weights are renamed into place. A kill before the first rename leaves the previous pair; a
     kill between the two leaves the new state beside the complete new weights' temp file, which
     :func:`load_training_state` renames in (roll forward). Either way a complete pair remains.
+    A failed write (a full disk) removes both temp files and raises one :class:`CheckpointError`.
     """
     check_finite(model_state, f"refusing to write {out / LAST_WEIGHTS}")
     step = state["global_step"]
@@ -138,12 +141,23 @@ def save_training_state(
         stale.unlink()
     weights_tmp, state_tmp = _pending(out, LAST_WEIGHTS, step), _pending(out, LAST_STATE, step)
     tensors = {k: v.detach().contiguous().clone() for k, v in model_state.items()}
-    save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
-    torch.save(state, state_tmp)
-    for path in (weights_tmp, state_tmp):
-        os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600
-        fsync_path(path)
-    fsync_path(out)
+    try:
+        save_file(tensors, str(weights_tmp), metadata={"global_step": str(step)})
+        torch.save(state, state_tmp)
+        for path in (weights_tmp, state_tmp):
+            os.chmod(path, 0o666 & ~current_umask())  # safetensors writes 0600
+            fsync_path(path)
+        fsync_path(out)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        failed = write_error(out / LAST_WEIGHTS, err)  # while the temp files still fill the disk
+        weights_tmp.unlink(missing_ok=True)
+        state_tmp.unlink(missing_ok=True)
+        kept = (
+            "the previous checkpoint is kept"
+            if (out / LAST_STATE).is_file()
+            else "no checkpoint to resume from yet"
+        )
+        raise CheckpointError(f"{failed}; {kept}") from None
     os.replace(state_tmp, out / LAST_STATE)
     os.replace(weights_tmp, out / LAST_WEIGHTS)
     fsync_path(out)
@@ -170,11 +184,30 @@ def _weights_step(path: Path) -> str | None:
 RUN_FILES = ("config.json", "metrics.json", "log.csv", LAST_WEIGHTS, LAST_STATE, BEST_WEIGHTS)
 
 
+def is_run_folder(folder: Path) -> bool:
+    """``folder`` holds a training run: a checkpoint or metrics, or the ``config.json`` of a run
+    (``epochs`` recorded, not a fused or converted model's)."""
+    if any((folder / name).is_file() for name in (LAST_STATE, "metrics.json", LAST_WEIGHTS)):
+        return True
+    try:
+        config = read_json(folder / "config.json")
+    except CheckpointError:
+        return False
+    return (
+        isinstance(config, dict)
+        and "epochs" in config
+        and not config.get("fused")
+        and "converted_from" not in config
+    )
+
+
 def remove_run_files(out: Path) -> None:
-    """Delete what a run writes in ``out`` (:data:`RUN_FILES`, TensorBoard events); other files
-    stay."""
+    """Delete what a run writes in the run folder ``out`` (:data:`RUN_FILES`, TensorBoard events);
+    other files stay. A folder that is not a run folder is refused (:class:`CheckpointError`)."""
     if not out.is_dir():
         return
+    if not is_run_folder(out):
+        raise CheckpointError(f"{out}: not a run folder; its files are not removed")
     for path in out.iterdir():
         if path.name in RUN_FILES or path.name.startswith("events.out.tfevents."):
             path.unlink()

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import (
+    describe_folder,
     exclusive_lock,
     first_line,
     non_finite_tensors,
@@ -52,6 +53,7 @@ from .checkpointing import (
     TrainState,
     check_training_state,
     get_rng_state,
+    is_run_folder,
     load_training_state,
     remove_run_files,
     save_training_state,
@@ -290,8 +292,8 @@ class _Trainer:
 
     def _start_folder(self) -> None:
         """Refuse (on every rank) to start in a folder that holds files (see
-        :func:`check_new_run_folder`); rank 0 removes the files a run writes and writes
-        ``config.json``."""
+        :func:`check_new_run_folder`); rank 0 removes the files a run writes (other files stay)
+        and writes ``config.json``."""
         check_new_run_folder(self.out, self.config.force)
         distributed.barrier(self.info)  # every rank has looked before rank 0 writes
         if self.info.is_main:
@@ -633,21 +635,28 @@ def _names_change(old: list[str], new: list[str]) -> str:
 
 def check_new_run_folder(out: Path, force: bool, flag: str = "--out") -> None:
     """Raise :class:`TrainingError` unless a new run may start in ``out`` (named ``flag`` in
-    the message): a missing or empty folder, any folder with ``force``, or the leftovers of a
-    start that never saved a checkpoint (``config.json``, TensorBoard events: a failed or killed
-    start, even a native crash, is simply started again)."""
+    the message): a missing or empty folder, a run folder with ``force`` (its run files are
+    replaced, other files stay), or the leftovers of a start that never saved a checkpoint
+    (``config.json``, TensorBoard events: a failed or killed start, even a native crash, is
+    simply started again). A folder that is not a run's is never started in, ``force`` or not."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainingError(f"{out}: is a file; {flag} must be a folder")
     existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if force or _unsaved_start(out, existing):
+    if not existing or _unsaved_start(out, existing):
         return
-    is_run = "metrics.json" in existing or LAST_STATE in existing
-    raise TrainingError(
-        f"{out} already holds {'a run' if is_run else 'other files'} "
-        f"({', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}); pass --resume to "
-        f"continue a run, --force to start afresh there, or choose another {flag}"
-    )
+    shown = f"{', '.join(existing[:4])}{' ...' if len(existing) > 4 else ''}"
+    if not is_run_folder(out):
+        found = describe_folder(out) or f"holds {shown}"
+        raise TrainingError(
+            f"{out}: {found}, not a run folder; a run starts only in a new, empty or run folder: "
+            f"choose another {flag}"
+        )
+    if not force:
+        raise TrainingError(
+            f"{out} already holds a run ({shown}); pass --resume to continue it, --force to start "
+            f"afresh there, or choose another {flag}"
+        )
 
 
 def _unsaved_start(out: Path, names: list[str]) -> bool:

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import check_writable, exclusive_lock
-from ..errors import RunInterrupted
+from ..errors import CheckpointError, RunInterrupted
 from ..models import list_models
-from ..models.scales import ScaleError, extract_scales, save_scale_file, target_model_name
+from ..models.scales import (
+    ScaleError,
+    extract_scales,
+    read_scale_file,
+    save_scale_file,
+    target_model_name,
+)
 from .checkpointing import load_model
 from .engine import check_new_run_folder, fit
 from .recipe import resolve_config, resume_config
@@ -80,11 +86,11 @@ def hyper_search(
     with ``reparam.train.fit`` in ``run_dir`` (default :func:`default_run_dir`), then write its
     final scales to the scale file ``out``.
 
-    ``out`` is checked before training: an existing file is replaced only with ``force``, and
-    its folder must be writable. ``resume`` continues an interrupted search from ``run_dir``
-    (the training settings come from the run's own ``config.json``; a search of another model,
-    or on other ``data`` when given, is refused). ``data=None``: the run's when resuming, else
-    ``"digits"``. Returns a summary:
+    ``out`` is checked before training: an existing file is replaced only with ``force`` and
+    only when it is a scale file, and its folder must be writable. ``resume`` continues an
+    interrupted search from ``run_dir`` (the training settings come from the run's own
+    ``config.json``; a search of another model, or on other ``data`` when given, is refused).
+    ``data=None``: the run's when resuming, else ``"digits"``. Returns a summary:
     ``scales``, ``model``, ``hs_model``, ``top1``, ``epochs``, ``seconds``, ``seed``, ``data``,
     ``run_dir``.
     """
@@ -97,6 +103,14 @@ def hyper_search(
     folder = Path(run_dir) if run_dir is not None else default_run_dir(target, data or "digits")
     if out.exists() and not force:
         raise ScaleError(f"{out}: already exists; pass --force to replace it")
+    if out.is_file():
+        try:
+            read_scale_file(out)
+        except CheckpointError:  # ScaleError too
+            raise ScaleError(
+                f"{out}: not a reparam scale file; --force replaces only a scale file: choose "
+                "another --out"
+            ) from None
     check_writable(out)
     if not resume:
         check_new_run_folder(folder, force, flag="--run-dir")

@@ -123,7 +123,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads per process (torch's default when None)
     out: str = "runs/train"
     resume: bool = False
-    force: bool = False  # start afresh in an ``out`` that holds other files (they are replaced)
+    force: bool = False  # start afresh in a run folder ``out`` (its run files are replaced)
     log_every: int = 10  # TensorBoard scalars every N steps
     stop_after_steps: int | None = None  # stop (resumably) after N optimizer steps of this session
 
