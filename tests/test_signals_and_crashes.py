@@ -115,7 +115,8 @@ def test_a_folder_with_a_foreign_config_json_is_not_taken_for_a_failed_start(tmp
     out.mkdir()
     write_json({"architectures": ["Bert"]}, out / "config.json")
     assert main([*TRAIN, "--out", str(out)]) == 2
-    assert "already holds other files (config.json)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config.json" in err and "not a run folder" in err
 
 
 # --- signals: at any point, evaluation included ------------------------------------------------

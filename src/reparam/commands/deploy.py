@@ -119,8 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _trained_sources(args: argparse.Namespace) -> list[str]:
     """``--compare`` sources as run folders: a registered model name that is not a path is
     trained first into ``OUT/runs/NAME`` (same schedule for all; a finished run there is reused).
-    Every source is checked (its name, its classes against ``--data``) before any training."""
-    from ..deploy.compare import check_sources
+    Every source is checked (its name, its classes against ``--data``), then the comparison
+    folder, before any training."""
+    from ..deploy.compare import check_sources, start_compare_folder
 
     runs = Path(args.out) / "runs"
     found = {  # a run, or one trained before
@@ -135,6 +136,7 @@ def _trained_sources(args: argparse.Namespace) -> list[str]:
                 f"({', '.join(list_models())})"
             )
     check_sources(list(found.values()), args.data)
+    start_compare_folder(args.out)  # marked before runs are trained into it
     sources = []
     for source in args.sources:
         if source in found:
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..analysis.report import ptq_table
-    from ..deploy.compare import compare_ptq, start_compare_folder
+    from ..deploy.compare import compare_ptq
     from ..deploy.pipeline import deploy
 
     settings = QuantSettings(
@@ -179,7 +181,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
-        start_compare_folder(args.out)  # before training into it
         result = compare_ptq(
             _trained_sources(args),
             args.data,
