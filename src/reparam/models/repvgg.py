@@ -4,6 +4,14 @@
 ``reparam.reparameterize`` into ``conv3x3 + ReLU``. ``vgg_*``: the same network trained directly
 as ``conv3x3-BN-ReLU`` (what RepOpt-VGG also trains), for side-by-side comparisons.
 
+Plain VGG's conv init (model kwarg ``init``, **contract**): ``"repvgg"`` (default) starts each
+conv at the kernel a freshly built RepVGG block fuses to, ``W3 + pad(W1) + I`` (``W3``, ``W1``
+drawn as their ``nn.Conv2d`` would be, BNs at their init, the Dirac identity ``I`` where the block
+has one: stride 1, ``in == out``), so the plain network starts as the RepVGG network does;
+``"kaiming"``: Kaiming-normal, fan-out (timm's RepVGG, torchvision's VGG); ``"torch"``: torch's
+default (Kaiming-uniform, ``a = sqrt 5``). With ``"torch"`` the 22 conv-BN-ReLU layers of VGG-A0
+do not train with the ``basic`` recipe on CIFAR-10 (``benchmarks/plain_vgg.py``).
+
 Architectures (paper Table 2): A depths ``(2, 4, 14, 1)``, B depths ``(4, 6, 16, 1)``, widths
 ``(64a, 128a, 256a, 512b)`` for multipliers ``(a, b)``; ``gN`` puts ``N`` groups on every other
 layer.
@@ -13,13 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
+from ..csla import Branch, CSLASpec, init_weight
 from .layers import RepVGGBlock, VGGBlock
 from .registry import register_model
 from .vggnet import VGGArch, VGGNet, repvgg_widths
 
-__all__ = ["REPVGG_ARCHS", "repvgg", "vgg"]
+__all__ = ["PLAIN_INITS", "REPVGG_ARCHS", "init_plain_conv", "repvgg", "vgg"]
 
 _A, _B = (2, 4, 14, 1), (4, 6, 16, 1)
 
@@ -60,9 +70,39 @@ def repvgg(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
     return _create(arch, RepVGGBlock, num_classes, **kwargs)
 
 
-def vgg(arch: str, num_classes: int = 1000, **kwargs: Any) -> VGGNet:
-    """Plain VGG with RepVGG-``arch``'s deploy structure, trained as ``conv3x3-BN-ReLU``."""
-    return _create(arch, VGGBlock, num_classes, **kwargs)
+PLAIN_INITS = ("repvgg", "kaiming", "torch")
+
+
+@torch.no_grad()
+def init_plain_conv(conv: nn.Conv2d, init: str) -> None:
+    """Initialise a plain VGG block's 3x3 ``conv`` by ``init`` (one of :data:`PLAIN_INITS`, see
+    module docstring)."""
+    if init == "repvgg":
+        identity = 1.0 if conv.stride == (1, 1) and conv.in_channels == conv.out_channels else None
+        spec = CSLASpec(
+            conv.in_channels,
+            conv.out_channels,
+            (Branch(1.0, 3), Branch(1.0, 1)),
+            groups=conv.groups,
+            identity=identity,
+        )
+        conv.weight.copy_(init_weight(spec, dtype=conv.weight.dtype, device=conv.weight.device))
+    elif init == "kaiming":
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    elif init != "torch":
+        raise ValueError(f"init must be one of {list(PLAIN_INITS)}, got {init!r}")
+
+
+def vgg(arch: str, num_classes: int = 1000, init: str = "repvgg", **kwargs: Any) -> VGGNet:
+    """Plain VGG with RepVGG-``arch``'s deploy structure, trained as ``conv3x3-BN-ReLU``;
+    ``init``: its conv init (see module docstring)."""
+    if init not in PLAIN_INITS:
+        raise ValueError(f"init must be one of {list(PLAIN_INITS)}, got {init!r}")
+    model = _create(arch, VGGBlock, num_classes, **kwargs)
+    for block in model.modules():
+        if isinstance(block, VGGBlock):
+            init_plain_conv(block.conv.conv, init)
+    return model
 
 
 @register_repvgg
