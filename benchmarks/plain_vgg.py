@@ -7,7 +7,7 @@ recipe and its execution default, the budget of `benchmarks/cifar_dev.py`):
 - ``after``: the default, each conv starting at the kernel a fresh RepVGG block fuses to
   (``init="repvgg"``);
 - diagnostics: ``init="kaiming"`` (normal, fan-out, as timm's RepVGG and torchvision's VGG),
-  and ``before`` with a quarter of the learning rate. (FP32 against bf16 for ``before``:
+  and ``before`` at a quarter of the learning rate. (FP32 against bf16 for ``before``:
   ``benchmarks/cpu_paths.py accuracy``, no difference beyond the seed noise.)
 
 The record also holds, per conv init (and RepVGG-A0's 3x3 branches), the relative step plain
@@ -95,6 +95,8 @@ def train_row(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
     config = resolve_config("basic", values)
     metrics = fit(config, progress=False)
+    if metrics.get("interrupted"):
+        raise SystemExit(f"{row} seed {seed} interrupted; rerun to train it again")
     log = read_json(Path(config.out) / "config.json")
     return {
         "top1": metrics["top1"],
@@ -128,14 +130,11 @@ def table(record: dict[str, Any]) -> str:
 
 
 def steps_table(record: dict[str, Any]) -> str:
-    """Markdown: the relative steps at init, largest and smallest over the 3x3 convs."""
-    lines = [
-        "| at init | largest lr \\|g\\|/\\|w\\| | smallest | largest / smallest |",
-        "|---|---|---|---|",
-    ]
+    """Markdown: the relative steps at init of the stem, the largest and the median conv."""
+    lines = ["| at init: lr \\|g\\|/\\|w\\| | stem | largest | median |", "|---|---|---|---|"]
     for label, steps in record.get("relative_steps_at_init", {}).items():
-        largest, smallest = max(steps), min(steps)
-        lines.append(f"| {label} | {largest:.4f} | {smallest:.4f} | {largest / smallest:.1f} |")
+        median = statistics.median(steps)
+        lines.append(f"| {label} | {steps[0]:.4f} | {max(steps):.4f} | {median:.4f} |")
     return "\n".join(lines)
 
 
