@@ -19,7 +19,7 @@ rerun skips what is recorded:
 
     .venv/bin/python benchmarks/plain_vgg.py \\
         --data cifar10:../shared/data/cifar10-dev/cifar-10-batches-py \\
-        --out runs/plain-vgg --record benchmarks/results/plain_vgg_cifar10_dev.json
+        --out runs/plain-vgg --record benchmarks/results/plain_vgg_cifar10_dev.json --threads 1
 
 The data is the project's shared 4000 + 660 image CIFAR-10 subset (outside the repository; a
 fresh clone does not have it, and no test needs it).
@@ -144,7 +144,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1", help="seeds of the before and after rows")
-    parser.add_argument("--diagnostic-seeds", default="0", help="seeds of the other rows")
+    parser.add_argument("--diagnostic-seeds", default="0,1", help="seeds of the other rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/plain-vgg", help="folder: the work folder")
     parser.add_argument(
