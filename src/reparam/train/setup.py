@@ -15,6 +15,7 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from ..data import load_data, train_transform
+from ..errors import RecipeError, ReparamError
 from ..models import create_model
 from ..models.annealed import LambdaSchedule, has_annealing
 from .recipe import TrainConfig
@@ -66,7 +67,13 @@ def build_model(config: TrainConfig, device: torch.device, distributed: bool = F
         hint = ""
         if "drop_path_rate" in kwargs and "drop_path_rate" in str(err):
             hint = "; stochastic depth (drop_path_rate) needs a residual model"
-        raise ValueError(f"model {config.model!r} does not accept {kwargs} ({err}){hint}") from None
+        raise RecipeError(
+            f"model {config.model!r} does not accept {kwargs} ({err}){hint}"
+        ) from None
+    except ValueError as err:
+        if isinstance(err, ReparamError):
+            raise
+        raise RecipeError(f"model {config.model!r} with model_kwargs {kwargs}: {err}") from None
     if config.sync_bn and distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
