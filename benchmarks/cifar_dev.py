@@ -38,6 +38,7 @@ from reparam.deploy import QuantSettings, deploy
 from reparam.train import ablation_overrides, fit, hyper_search, resolve_config
 
 MAIN = ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
+PLAIN_KWARGS = {"vgg_a0": {"init": "torch"}}
 ABLATIONS = (
     "no_reinit",
     "no_grad_mult",
@@ -91,7 +92,8 @@ def train_row(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         )
         return {"top1": summary["top1"], "seconds": summary["seconds"]}
     if row in MAIN:
-        kwargs = {"scales": str(scales)} if row == "repopt_vgg_a0" else {}
+        # the recorded plain row is torch's default conv init (benchmarks/plain_vgg.py has both)
+        kwargs = {"scales": str(scales)} if row == "repopt_vgg_a0" else PLAIN_KWARGS.get(row, {})
         values = {**common, "model": row, "model_kwargs": kwargs}
     elif row in DEPTH:
         values = {**common, "model": "reducenet20", "model_kwargs": DEPTH[row]}

@@ -26,7 +26,7 @@ from reparam.data import load_data
 from reparam.errors import CheckpointError, DataError, RunInterrupted, TrainingError
 from reparam.models import create_model
 from reparam.train import TrainConfig, fit, hyper_search, load_model
-from reparam.train.checkpointing import load_training_state
+from reparam.train.checkpointing import load_training_state, save_training_state
 from reparam.verify import compare
 
 
@@ -173,48 +173,55 @@ def test_hypersearch_checks_its_output_before_training(tmp_path, monkeypatch, ca
     assert not (tmp_path / "runs").exists()  # refused before any training
 
 
-KILL_DURING_SAVE = """
-import os, sys
-from pathlib import Path
-import torch
-from reparam.train.checkpointing import save_training_state
+def _second_save_in_a_child(out: Path, kill_at: int) -> tuple[int, int]:
+    """Save step 1, then step 2 in a forked child that dies by ``os._exit(137)`` (a kill: no
+    finally blocks, no cleanup) at its ``kill_at``-th flush or rename (0: never). Returns the
+    child's exit status and how many flushes and renames the second save made."""
+    out.mkdir()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read)
 
-out, kill_at = Path(sys.argv[1]), int(sys.argv[2])
-weights = lambda step: {"w": torch.full((3,), float(step))}
-save_training_state(out, weights(1), {"global_step": 1})
-calls = {"n": 0}
-def dying(real):
-    def call(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == kill_at:
-            os._exit(137)  # a kill: no finally blocks, no cleanup
-        return real(*args, **kwargs)
-    return call
-os.replace, os.fsync = dying(os.replace), dying(os.fsync)
-save_training_state(out, weights(2), {"global_step": 2})
-print(calls["n"])
-"""
+            def weights(step):
+                return {"w": torch.full((3,), float(step))}
+
+            save_training_state(out, weights(1), {"global_step": 1})
+            calls = [0]
+
+            def dying(real):
+                def call(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == kill_at:
+                        os._exit(137)
+                    return real(*args, **kwargs)
+
+                return call
+
+            os.replace, os.fsync = dying(os.replace), dying(os.fsync)
+            save_training_state(out, weights(2), {"global_step": 2})
+            os.write(write, str(calls[0]).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        calls = int(pipe.read() or 0)
+    return os.waitstatus_to_exitcode(status), calls
 
 
 def test_a_kill_at_any_step_of_a_checkpoint_save_leaves_a_complete_pair(tmp_path):
     """Kill the second save before each of its renames and flushes (and let it finish once):
     the run folder always loads as one consistent pair, the old one or the new one."""
-
-    def save(kill_at: int, out) -> subprocess.CompletedProcess:
-        out.mkdir()
-        return subprocess.run(
-            [sys.executable, "-c", KILL_DURING_SAVE, str(out), str(kill_at)],
-            capture_output=True,
-            text=True,
-        )
-
-    finished = save(0, tmp_path / "whole")
-    steps = int(finished.stdout)
-    assert finished.returncode == 0 and steps >= 5  # 3+ flushes, 2 renames
+    status, steps = _second_save_in_a_child(tmp_path / "whole", 0)
+    assert status == 0 and steps >= 5  # 3+ flushes, 2 renames
     outcomes = []
     for kill_at in range(1, steps + 1):
         out = tmp_path / f"kill{kill_at}"
-        assert save(kill_at, out).returncode == 137
+        assert _second_save_in_a_child(out, kill_at)[0] == 137
         weights, state = load_training_state(out)
         assert weights["w"][0].item() == state["global_step"], kill_at
         outcomes.append(state["global_step"])

@@ -330,11 +330,13 @@ def evaluate_data(
     ``image_size``, ``preprocessing`` and ``checkpoint`` (:func:`checkpoint_of`) to the metrics."""
     if image_size is not None and image_size < 1:
         raise DeployError(f"image size must be a positive number of pixels, got {image_size}")
-    if predictor.preprocessing is None:
-        raise DeployError(
-            f"{predictor.source}: the model records no preprocessing; pass --image-size"
-        )
     preprocessing = predictor.preprocessing
+    if preprocessing is None:  # files that predate recorded preprocessing: the default one
+        if image_size is None:
+            raise DeployError(
+                f"{predictor.source}: the model records no preprocessing; pass --image-size"
+            )
+        preprocessing = Preprocessing(image_size)
     if predictor.kind == "onnx" and image_size not in (None, preprocessing.image_size):
         raise DeployError(
             f"{predictor.source}: an ONNX file takes images of the size it was exported at "
