@@ -31,6 +31,20 @@ from reparam.verify import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 
+# --- the command line ------------------------------------------------------------------------
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and stderr of ``reparam ARGV``, whether it returns or the parser exits."""
+    from reparam.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
 # --- run folders and training configs ---------------------------------------------------------
 
 

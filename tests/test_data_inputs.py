@@ -18,21 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
-from helpers import make_run, write_cifar, write_folder
+from helpers import cli, make_run, write_cifar, write_folder
 from reparam.cli import main
 from reparam.data import DataError, ImageFiles, absolute_spec, datasets, load_data, read_image
 
 QUICK = ["--model", "vgg_a0", "--epochs", "2", "--batch-size", "4", "--image-size", "8"]
 QUICK += ["--warmup-epochs", "0", "--no-amp", "--no-progress"]
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit status and stderr of ``reparam ARGV``."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def one_error_line(err: str, command: str) -> str:

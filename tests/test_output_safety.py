@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from helpers import make_run, write_cifar, write_folder
+from helpers import cli, make_run, write_cifar, write_folder
 from reparam import checkpoint
 from reparam.checkpoint import (
     MARKER,
@@ -53,15 +53,6 @@ SAFETENSORS_FULL = (
     'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
     'left on device" })'
 )
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit status and stderr of ``reparam ARGV``."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def one_line(err: str) -> str:

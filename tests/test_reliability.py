@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from helpers import cli
 from reparam import reparameterize
 from reparam.checkpoint import exclusive_lock, json_text, read_json, save_weights, write_json
 from reparam.cli import main
@@ -243,15 +244,6 @@ def test_sigterm_ends_the_whole_demo(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
     assert "--resume" in err and not (out / "repvgg_a0").exists()
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit status and stderr of ``reparam ARGV``, whether it returns or the parser exits."""
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
