@@ -119,7 +119,8 @@ def plot_training_curves(log_csv: Path, path: Path) -> Path | None:
     for ax, label in zip(axes, ("loss", "top-1 (%)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        if ax.lines:  # a log without that kind of column draws nothing to name
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
