@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..data import load_data
-from ..train.checkpointing import load_model
+from ..data import load_eval_data
+from ..train.checkpointing import load_model, preprocessing_of
 from .plots import pyplot
 
 __all__ = ["identity_variance_ratios", "plot_identity_variance", "run_identity_variance"]
@@ -71,8 +71,9 @@ def plot_identity_variance(
 
 def run_identity_variance(run_dir: str | os.PathLike, images: int = 128) -> dict[str, float]:
     """:func:`identity_variance_ratios` of a run's last weights, measured on the first ``images``
-    validation images of its data (empty for models without identity paths)."""
+    validation images of its data, prepared as the model's inputs (empty for models without
+    identity paths)."""
     model, config = load_model(run_dir, weights="last")
-    val = load_data(config["data"], config["image_size"]).val
+    val = load_eval_data(config["data"], preprocessing_of(config)).val
     probe = torch.stack([val[i][0] for i in range(min(images, len(val)))])
     return identity_variance_ratios(model, probe)
