@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
-from reparam.bench.machine import machine_info
-from reparam.checkpoint import read_json, write_json
-from reparam.deploy import QuantSettings, deploy
-from reparam.train import ablation_overrides, fit, hyper_search, resolve_config
+from reparam.app.bench.machine import machine_info
+from reparam.app.deploy import QuantSettings, deploy
+from reparam.app.train import ablation_overrides, fit, hyper_search, resolve_config
+from reparam.files import read_json, write_json
 
 MAIN = ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
 PLAIN_KWARGS = {"vgg_a0": {"init": "torch"}}

@@ -1,15 +1,15 @@
 """The CPU training paths side by side: speed against the measured peak, and the accuracy check.
 
-Paths (``reparam.train`` runs each with ``TrainConfig.amp`` / ``channels_last``):
+Paths (``reparam.app.train`` runs each with ``TrainConfig.amp`` / ``channels_last``):
 
 - ``fp32``: FP32, NCHW, eager (the reference; the default on CPUs without native bf16);
 - ``bf16``: bf16 autocast of the forward and the loss (``torch.autocast("cpu", torch.bfloat16)``);
 - ``channels_last``: FP32 with the model and the batch in NHWC memory format;
 - ``bf16_channels_last``: both (the default on CPUs with native bf16 from 32 px,
-  ``reparam.train.execution_defaults``).
+  ``reparam.app.train.execution_defaults``).
 
 ``speed`` times one training step of RepOpt-VGG-A0 (RepOptSGD), RepVGG-A0 and plain VGG-A0 on
-every path, all interleaved (``reparam.bench.timing``), and reports the FLOP/s each reaches as a
+every path, all interleaved (``reparam.app.bench.timing``), and reports the FLOP/s each reaches as a
 fraction of the machine's peak. Training FLOPs per image = 3 x forward MACs x 2 (backward costs two
 forwards; convolutions and linear layers only, ``reparam.models.summary.count_macs``). The peak is
 the **measured matmul peak**, the best ``torch.mm`` of two square matrices (4096 by default) in
@@ -44,13 +44,13 @@ import torch
 from scipy import stats
 
 from reparam import create_model
-from reparam.bench.machine import machine_info
-from reparam.bench.subjects import ModelSpec, TrainSubject
-from reparam.bench.timing import interleaved_windows, paired_ratio
-from reparam.bench.train import in_fresh_process
-from reparam.checkpoint import read_json, write_json
+from reparam.app.bench.machine import machine_info
+from reparam.app.bench.subjects import ModelSpec, TrainSubject
+from reparam.app.bench.timing import interleaved_windows, paired_ratio
+from reparam.app.bench.train import in_fresh_process
+from reparam.app.train import fit, resolve_config
+from reparam.files import read_json, write_json
 from reparam.models.summary import count_macs
-from reparam.train import fit, resolve_config
 
 MODELS = ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
 PATHS = {  # name -> TrainSubject / TrainConfig options
@@ -266,7 +266,7 @@ def _scales_file(pattern: str, seed: int) -> str | None:
 
 
 def train_run(model: str, path: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One CIFAR-10 run (``reparam.train.fit``) of ``model`` on ``path``."""
+    """One CIFAR-10 run (``reparam.app.train.fit``) of ``model`` on ``path``."""
     scales = _scales_file(args.scales, seed)
     kwargs = {"scales": scales} if model == "repopt_vgg_a0" and scales else {}
     values = {

@@ -1,6 +1,6 @@
 """Depth re-parameterization on real data: ReduceNet vs the same deployed net trained directly.
 
-Three runs through the training engine (``reparam.train.fit``, same recipe and seed):
+Three runs through the training engine (``reparam.app.train.fit``, same recipe and seed):
 
 - ``reducenet``: ReduceNet-20 (conv3x3-BN -> A_lambda -> conv1x1-BN + shortcut, kept ReLU),
   lambda annealed 0 -> 1 (cosine, per iteration) over ``--anneal-fraction`` of training;
@@ -35,13 +35,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from reparam import reparameterize
-from reparam.bench.machine import machine_info
-from reparam.checkpoint import load_weights, write_json
-from reparam.data import DataBundle, load_data
+from reparam.app.bench.machine import machine_info
+from reparam.app.dataspec import load_data
+from reparam.app.train import TrainConfig, fit
+from reparam.data import DataBundle
+from reparam.files import load_weights, write_json
 from reparam.models import create_model
 from reparam.models.annealed import AnnealedActivation, fusion_macs
 from reparam.models.summary import count_params
-from reparam.train import TrainConfig, fit
 
 VARIANTS = {
     "reducenet": {},

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from reparam.bench.machine import machine_info
-from reparam.checkpoint import write_json
+from reparam.app.bench.machine import machine_info
+from reparam.files import write_json
 
 BIN = Path(sys.executable).parent
 COMMANDS = {

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 import reparam
-from reparam.bench.machine import machine_info
-from reparam.deploy.export import build_deploy_model
-from reparam.deploy.onnx_export import export_onnx, open_session
-from reparam.deploy.predict import session_latency_ms
-from reparam.deploy.quantize import QuantSettings, quantize_onnx
+from reparam.app.bench.machine import machine_info
+from reparam.app.deploy.predict import session_latency_ms
+from reparam.quant.onnx import export_onnx, open_session
+from reparam.quant.ort import QuantSettings, quantize_onnx
+from reparam.saved import build_deploy_model
 
 
 def measure(name: str, args: argparse.Namespace, folder: Path) -> dict:

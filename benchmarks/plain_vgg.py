@@ -39,11 +39,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import reparam
-from reparam.bench.machine import machine_info
-from reparam.checkpoint import read_json, write_json
-from reparam.data import load_data
+from reparam.app.bench.machine import machine_info
+from reparam.app.dataspec import load_data
+from reparam.app.train import fit, resolve_config
+from reparam.files import read_json, write_json
 from reparam.models.repvgg import PLAIN_INITS
-from reparam.train import fit, resolve_config
 
 # row -> overrides of the `basic` recipe (on top of vgg_a0 and the shared budget)
 ROWS: dict[str, dict[str, Any]] = {

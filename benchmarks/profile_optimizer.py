@@ -34,11 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from reparam import create_model
-from reparam.bench.machine import machine_info
-from reparam.bench.memory import MIB, StorageCounter, optimizer_tensors
-from reparam.bench.subjects import LR, MOMENTUM, WEIGHT_DECAY
-from reparam.bench.timing import interleaved_windows
-from reparam.checkpoint import write_json
+from reparam.app.bench.machine import machine_info
+from reparam.app.bench.memory import MIB, StorageCounter, optimizer_tensors
+from reparam.app.bench.subjects import LR, MOMENTUM, WEIGHT_DECAY
+from reparam.app.bench.timing import interleaved_windows
+from reparam.files import write_json
 from reparam.optim import RepOptAdamW, RepOptSGD, param_grad_mults
 
 ADAMW_LR, ADAMW_WEIGHT_DECAY = 1e-3, 0.05

@@ -1,8 +1,8 @@
 """PTQ drop of RepVGG vs RepOpt-VGG vs plain VGG (same deploy structure), identical INT8 settings.
 
-Trains each model on the data spec (reparam.train.fit, one shared short schedule; an existing
+Trains each model on the data spec (reparam.app.train.fit, one shared short schedule; an existing
 run folder under OUT/runs/<model> is reused), then quantizes every model with each settings
-preset through reparam.deploy.compare_ptq and records the tables:
+preset through reparam.app.deploy.compare_ptq and records the tables:
 
     .venv/bin/python benchmarks/quant_compare.py --data digits --epochs 5 \
         --out runs/quant_compare --record benchmarks/results/quant_compare.json
@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 import reparam
-from reparam.analysis.report import ptq_table
-from reparam.bench.machine import machine_info
-from reparam.checkpoint import write_json
-from reparam.deploy.compare import compare_ptq
-from reparam.deploy.quantize import QuantSettings
+from reparam.app.bench.machine import machine_info
+from reparam.app.deploy.compare import compare_ptq
+from reparam.app.report import ptq_table
+from reparam.files import write_json
+from reparam.quant.ort import QuantSettings
 
 PRESETS = {
     "per-tensor-minmax": dict(granularity="per-tensor", calibration="minmax"),
@@ -38,7 +38,7 @@ PRESETS = {
 def train_if_missing(
     name: str, data: str, out: Path, epochs: int, image_size: int, lr: float | None
 ) -> Path:
-    from reparam.train import TrainConfig, fit
+    from reparam.app.train import TrainConfig, fit
 
     if not (out / "metrics.json").is_file():
         fit(

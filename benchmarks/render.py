@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from reparam.bench.timing import paired_ratio  # noqa: E402
+from reparam.app.bench.timing import paired_ratio  # noqa: E402
 
 HEADLINE_BATCH = 32
 CURVE_MODELS = ("vgg_a0", "repopt_vgg_a0", "repvgg_a0", "timm:repvgg_a0")
@@ -787,7 +787,7 @@ def render(results: Path, docs: Path, batch: int = HEADLINE_BATCH) -> dict[str, 
             "default only where it matches fp32 within the noise bound, the 95% interval of "
             "Welch's t-test). bf16 autocast with channels-last is the fastest path above and "
             "matches fp32 for all three models, so it is the training default on CPUs with "
-            "native bf16 from 32 px (`reparam.train.execution_defaults`):",
+            "native bf16 from 32 px (`reparam.app.train.execution_defaults`):",
             "",
             cpu_accuracy["table"],
             "",

@@ -1,7 +1,7 @@
 """Shared test helpers (``from helpers import ...``; pytest puts ``tests/`` on ``sys.path``).
 
 - :func:`make_run`: a run folder as ``reparam train`` writes it;
-- :func:`tiny_config`: a seconds-long :class:`~reparam.train.TrainConfig`;
+- :func:`tiny_config`: a seconds-long :class:`~reparam.app.train.TrainConfig`;
 - :func:`train_together` / :func:`twin_train`: nets trained side by side on the same batches
   (an imaginary CSLA network against its RepOpt target);
 - :func:`tiny_target` / :func:`imaginary_twin`: a 6-block RepOpt-VGG and its CSLA model;
@@ -22,12 +22,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 import reparam
-from reparam.checkpoint import save_weights, write_json
+from reparam.app.train import TrainConfig
 from reparam.csla import CSLABlock
+from reparam.files import save_weights, write_json
 from reparam.models.repopt_vgg import RepOptVGGBlock, repopt_vgg
 from reparam.models.vggnet import VGGArch, VGGNet
-from reparam.train import TrainConfig
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 
@@ -36,7 +36,7 @@ DT = torch.float64
 
 def cli(argv: list[str], capsys) -> tuple[int, str]:
     """Exit status and stderr of ``reparam ARGV``, whether it returns or the parser exits."""
-    from reparam.cli import main
+    from reparam.app.cli import main
 
     try:
         code = main(argv)
@@ -140,7 +140,7 @@ def twin_train(
     ``rel_err(target output, imaginary output)`` with both in eval mode on a held-out input drawn
     after training: ``held_out(gen)``, by default the input of one more ``batch(gen)``.
 
-    Like :func:`reparam.verify.gradient.train_pair`, which is fixed to its own networks'
+    Like :func:`reparam.app.verify.gradient.train_pair`, which is fixed to its own networks'
     regression batches (3-channel images, 5 outputs, MSE); this one takes any batch and loss."""
     gen = train_together(
         [(imaginary, reference_opt), (target, repopt)], steps, batch, loss, generator, seed

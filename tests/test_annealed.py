@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from reparam import FusionError, reparameterize
-from reparam.checkpoint import load_weights, save_weights
+from reparam.files import load_weights, save_weights
 from reparam.models import create_model
 from reparam.models.annealed import (
     AnnealedActivation,

@@ -17,19 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from reparam.bench.infer import InferBenchConfig, run_infer_bench
-from reparam.bench.maxbatch import largest_fitting_batch, predict_max_batch
-from reparam.bench.memory import (
+from reparam.app.bench.infer import InferBenchConfig, run_infer_bench
+from reparam.app.bench.maxbatch import largest_fitting_batch, predict_max_batch
+from reparam.app.bench.memory import (
     MIB,
     StorageCounter,
     activation_memory_mb,
     measure_training_memory,
     optimizer_tensors,
 )
-from reparam.bench.subjects import ModelSpec, TrainSubject, check_spec, parse_spec
-from reparam.bench.timing import interleaved_windows, paired_ratio
-from reparam.bench.train import TrainBenchConfig, run_train_bench
-from reparam.cli import main
+from reparam.app.bench.subjects import ModelSpec, TrainSubject, check_spec, parse_spec
+from reparam.app.bench.timing import interleaved_windows, paired_ratio
+from reparam.app.bench.train import TrainBenchConfig, run_train_bench
+from reparam.app.cli import main
 from reparam.errors import UserError
 
 CONTRACT_KEYS = {

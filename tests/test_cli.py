@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from reparam.cli import COMMANDS, build_parser, main
+from reparam.app.cli import COMMANDS, build_parser, main
 
 
 def test_every_command_has_help(capsys):

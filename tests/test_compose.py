@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reparam.kernels import ConvSpec, Kernel, compose, identity_kernel
-from reparam.verify import rel_err
+from reparam.testing import rel_err
 
 DT = torch.float64
 TOL = 1e-10

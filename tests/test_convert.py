@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import reparam
-from reparam.cli import main
+from reparam.app.cli import main
 from reparam.errors import CheckpointError, UserError
 from reparam.models.annealed import set_lambda
 from reparam.models.convert import (
@@ -30,7 +30,7 @@ from reparam.models.repopt_vgg import repopt_vgg, repopt_vgg_hs
 from reparam.models.repvgg import REPVGG_ARCHS, repvgg
 from reparam.models.scales import model_scales
 from reparam.models.vggnet import VGGArch
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 TOLERANCE = 1e-5  # float32, relative
 A, B, L = (2, 4, 14, 1), (4, 6, 16, 1), (8, 14, 24, 1)

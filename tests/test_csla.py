@@ -9,7 +9,7 @@ from torch import nn
 from helpers import twin_train
 from reparam.csla import Branch, CSLABlock, CSLASpec, attach, grad_mult, init_weight, specs_of
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
-from reparam.verify import rel_err
+from reparam.testing import rel_err
 
 DT = torch.float64
 

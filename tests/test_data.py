@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from helpers import write_cifar, write_folder
-from reparam.cli import main
-from reparam.data import DataError, Preprocessing, load_data, train_transform
+from reparam.app.cli import main
+from reparam.app.dataspec import load_data
+from reparam.app.train import TrainConfig
+from reparam.data import DataError, Preprocessing, train_transform
 from reparam.data.transforms import CIFAR_MEAN_STD
-from reparam.train import TrainConfig
 
 
 def test_digits_split_is_fixed_stratified_and_upsampled():

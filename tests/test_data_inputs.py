@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from helpers import cli, make_run, write_cifar, write_folder
-from reparam.cli import main
-from reparam.data import DataError, ImageFiles, absolute_spec, datasets, load_data, read_image
+from reparam.app.cli import main
+from reparam.app.dataspec import absolute_spec, load_data
+from reparam.data import DataError, ImageFiles, datasets, read_image
 
 QUICK = ["--model", "vgg_a0", "--epochs", "2", "--batch-size", "4", "--image-size", "8"]
 QUICK += ["--warmup-epochs", "0", "--no-amp", "--no-progress"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from helpers import make_run
-from reparam.checkpoint import read_json
-from reparam.cli import main
+from reparam.app.cli import main
+from reparam.files import read_json
 
 
 def test_compare_run_folders_prints_the_table(tmp_path, capsys):

@@ -10,10 +10,10 @@ import torch
 
 import reparam
 from helpers import make_run
-from reparam.checkpoint import read_json
-from reparam.cli import main
-from reparam.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
-from reparam.verify import randomize_batchnorm_
+from reparam.app.cli import main
+from reparam.app.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
+from reparam.files import read_json
+from reparam.testing import randomize_batchnorm_
 
 DATA = "synthetic:60"  # 48 train / 12 val images, 10 classes
 

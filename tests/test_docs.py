@@ -17,7 +17,7 @@ Code blocks are fenced (```` ``` ````) or indented by 4 spaces after a blank lin
 What happens to a command
 -------------------------
 Every ``reparam`` command (for ``torchrun``, the part after ``-m reparam``) is parsed by the
-real parser, :func:`reparam.cli.build_parser`, so a renamed subcommand or flag or a refused
+real parser, :func:`reparam.app.cli.build_parser`, so a renamed subcommand or flag or a refused
 choice fails here. It is then run end to end, exactly as written, with the ``reparam`` console
 script beside ``sys.executable``, unless a rule of :data:`NOT_PARSED` or :data:`PARSE_ONLY`
 says otherwise (first match wins; the test id names the rule: ``README.md:57-run``,
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-from reparam.cli import build_parser
+from reparam.app.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import make_run
-from reparam.cli import main
+from reparam.app.cli import main
 
 DATA = "synthetic:60"  # 12 val images, 10 classes
 

@@ -18,8 +18,10 @@ from helpers import (
     tiny_target,
     twin_train,
 )
-from reparam.analysis.identity import identity_variance_ratios, plot_identity_variance
-from reparam.cli import main as cli_main
+from reparam.analysis.identity import identity_variance_ratios
+from reparam.app.cli import main as cli_main
+from reparam.app.report import plot_identity_variance
+from reparam.app.train.hypersearch import ablation_overrides
 from reparam.errors import ScaleError
 from reparam.models.layers import RepVGGBlock
 from reparam.models.repopt_vgg import HSBlock, hs_init_scale
@@ -32,7 +34,6 @@ from reparam.models.scales import (
 )
 from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
-from reparam.train.hypersearch import ablation_overrides
 
 DT = torch.float64
 
@@ -245,7 +246,7 @@ def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, ca
 
 
 def test_ablation_overrides_build_valid_configs_and_models(tmp_path):
-    from reparam.train import TrainConfig
+    from reparam.app.train import TrainConfig
 
     path = tmp_path / "s.safetensors"
     save_scale_file(path, searched_scales(), model="tiny")

@@ -15,18 +15,18 @@ from PIL import Image
 
 import reparam
 from helpers import make_run, tiny_config
-from reparam.checkpoint import load_state, read_json, save_state, save_weights, write_json
-from reparam.cli import main
+from reparam.app.cli import main
+from reparam.app.deploy import open_model
+from reparam.app.deploy.qat import QATSettings
+from reparam.app.train import TrainConfig, fit, load_model
+from reparam.app.train.state import check_training_state
 from reparam.data import Preprocessing
-from reparam.deploy import open_model
-from reparam.deploy.export import fuse_for_deploy, load_fused, save_fused
-from reparam.deploy.qat import QATSettings
-from reparam.deploy.quantize import QuantSettings
 from reparam.errors import CheckpointError, DataError, DeployError, RecipeError, ScaleError
+from reparam.files import load_state, read_json, save_state, save_weights, write_json
 from reparam.models.scales import extract_scales, save_scale_file
 from reparam.optim import RepOptAdamW, RepOptSGD
-from reparam.train import TrainConfig, fit, load_model
-from reparam.train.checkpointing import check_training_state
+from reparam.quant.ort import QuantSettings
+from reparam.saved import fuse_for_deploy, load_fused, save_fused
 
 
 def one_line_error(capsys, argv: list[str], *expected: str) -> str:

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from reparam.kernels import Kernel, add_branches, conv_macs, fold_bn, identity_kernel, pad_kernel
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10

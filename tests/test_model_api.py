@@ -23,7 +23,7 @@ from timm.models import group_parameters
 import reparam
 import reparam.models
 from reparam.models import TIMM_PREFIX
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 NUM_CLASSES = 3
 BATCH = 2

@@ -11,7 +11,7 @@ from reparam.errors import FusionError
 from reparam.models.repopt_vgg import REPOPT_ARCHS
 from reparam.models.repvgg import REPVGG_ARCHS
 from reparam.models.vggnet import VGGArch
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 NUM_CLASSES = 7

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import reparam
-from reparam.deploy.onnx_export import (
+from reparam.app.verify.checks import CHECKS
+from reparam.app.verify.deployment import verify_onnx_vs_torch
+from reparam.errors import DeployError
+from reparam.quant.onnx import (
     ONNX_TOLERANCE,
     check_onnx_vs_torch,
     export_onnx,
@@ -17,10 +20,7 @@ from reparam.deploy.onnx_export import (
     open_session,
     run_session,
 )
-from reparam.errors import DeployError
-from reparam.verify import randomize_batchnorm_
-from reparam.verify.checks import CHECKS
-from reparam.verify.deployment import verify_onnx_vs_torch
+from reparam.testing import randomize_batchnorm_
 
 # one small model per family (a new family makes test_every_family_is_covered fail)
 FAMILY_MODELS = {

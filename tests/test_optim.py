@@ -5,18 +5,18 @@ import torch
 from torch import nn
 
 from helpers import train_together
-from reparam.bench.memory import MIB, StorageCounter, optimizer_tensors
-from reparam.csla import Branch, CSLASpec, attach
-from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
-from reparam.optim.blocks import cache_blocks
-from reparam.optim.masks import FactoredMask, factor_mask
-from reparam.verify import rel_err
-from reparam.verify.gradient import (
+from reparam.app.bench.memory import MIB, StorageCounter, optimizer_tensors
+from reparam.app.verify.gradient import (
     csla_pair,
     train_pair,
     verify_csla_vs_repopt_adamw,
     verify_csla_vs_repopt_sgd,
 )
+from reparam.csla import Branch, CSLASpec, attach
+from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
+from reparam.optim.blocks import cache_blocks
+from reparam.optim.masks import FactoredMask, factor_mask
+from reparam.testing import rel_err
 
 DT = torch.float64
 

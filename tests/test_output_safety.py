@@ -23,25 +23,22 @@ import torch
 from safetensors import SafetensorError
 
 from helpers import cli, make_run, write_cifar, write_folder
-from reparam import checkpoint
-from reparam.checkpoint import (
+from reparam import files
+from reparam.app.cli import main
+from reparam.app.commands.convert import layouts_help
+from reparam.app.deploy.pipeline import check_deploy_target
+from reparam.app.folders import (
     MARKER,
     atomic_folder,
     check_replaceable,
     exclusive_lock,
-    read_json,
     read_marker,
-    save_state,
-    save_weights,
-    write_json,
     write_marker,
 )
-from reparam.cli import main
-from reparam.commands.convert import layouts_help
-from reparam.deploy.pipeline import check_deploy_target
+from reparam.app.train.state import remove_run_files, write_log_csv
 from reparam.errors import CheckpointError
+from reparam.files import read_json, save_state, save_weights, write_json
 from reparam.models.convert import LAYOUTS, detect_layout
-from reparam.train.checkpointing import remove_run_files, write_log_csv
 
 TRAIN = ["train", "--model", "vgg_a0", "--data", "synthetic:32", "--epochs", "1"]
 TRAIN += ["--batch-size", "16", "--image-size", "8", "--no-progress"]
@@ -404,12 +401,12 @@ def test_every_file_writer_turns_a_failed_write_into_one_line_and_leaves_nothing
     existing.parent.mkdir()
     existing.write_bytes(b"previous")
     if target == "save_file":
-        monkeypatch.setattr(checkpoint, "save_file", _raise(err))
+        monkeypatch.setattr(files, "save_file", _raise(err))
     elif target == "torch.save":
-        monkeypatch.setattr(checkpoint.torch, "save", _raise(err))
+        monkeypatch.setattr(files.torch, "save", _raise(err))
     else:
         monkeypatch.setattr(Path, "write_text", _raise(err))
-    monkeypatch.setattr(checkpoint.os, "statvfs", _full_statvfs(os.statvfs))
+    monkeypatch.setattr(files.os, "statvfs", _full_statvfs(os.statvfs))
     for path in (existing, new):
         with pytest.raises(CheckpointError) as caught:
             write(path)
@@ -420,11 +417,11 @@ def test_every_file_writer_turns_a_failed_write_into_one_line_and_leaves_nothing
 
 @pytest.mark.parametrize("error", ["ENOSPC", "torch", "safetensors"])
 def test_a_full_disk_during_a_training_checkpoint_is_one_line(error, tmp_path, monkeypatch, capsys):
-    from reparam.train import checkpointing
+    from reparam.app.train import state
 
     err, reason = FULL_DISK_ERRORS[error]
     target = "save_file" if error == "safetensors" else "save"
-    module = checkpointing if target == "save_file" else checkpointing.torch
+    module = state if target == "save_file" else state.torch
     real, calls = getattr(module, target), {"n": 0}
 
     def second_fails(*args, **kwargs):
@@ -434,7 +431,7 @@ def test_a_full_disk_during_a_training_checkpoint_is_one_line(error, tmp_path, m
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, target, second_fails)
-    monkeypatch.setattr(checkpoint.os, "statvfs", _full_statvfs(os.statvfs))
+    monkeypatch.setattr(files.os, "statvfs", _full_statvfs(os.statvfs))
     out = tmp_path / "run"
     code, err_text = cli([*TRAIN[:6], "2", *TRAIN[7:], "--out", str(out)], capsys)
     line = one_line(err_text)
@@ -450,7 +447,7 @@ def test_a_full_disk_during_convert_is_one_line_and_writes_neither_file(
     out = tmp_path / "a0" / "a0.safetensors"
     assert main(convert(official, out)) == 0
     before = snapshot(out.parent)
-    monkeypatch.setattr(checkpoint, "save_file", _raise(SafetensorError(SAFETENSORS_FULL)))
+    monkeypatch.setattr(files, "save_file", _raise(SafetensorError(SAFETENSORS_FULL)))
     code, err = cli(convert(official, out, "--force"), capsys)
     assert code == 2 and f"{out}: cannot write (No space left on device)" in one_line(err)
     assert snapshot(out.parent) == before and not leftovers(tmp_path)
@@ -463,15 +460,15 @@ def test_a_full_disk_during_convert_is_one_line_and_writes_neither_file(
 def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
     command, error, run, tmp_path, monkeypatch, capsys
 ):
-    from reparam.analysis import report
-    from reparam.deploy import pipeline
+    from reparam.app import report
+    from reparam.app.deploy import pipeline
 
     finish(run)
     out = tmp_path / "out"
     assert main([command, str(run), "--out", str(out)]) == 0
     before = snapshot(out)
     full = _raise(FULL_DISK_ERRORS[error][0])
-    monkeypatch.setattr(checkpoint.os, "statvfs", _full_statvfs(os.statvfs))
+    monkeypatch.setattr(files.os, "statvfs", _full_statvfs(os.statvfs))
     if command == "deploy":
         monkeypatch.setattr(pipeline, "export_onnx", full)
     else:
@@ -491,8 +488,8 @@ def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
 
 KILLED_DEPLOY = """
 import os, sys
-from reparam.deploy import pipeline
-from reparam.cli import main
+from reparam.app.deploy import pipeline
+from reparam.app.cli import main
 
 real = pipeline.save_fused
 def dying(*args, **kwargs):
@@ -535,7 +532,7 @@ def test_a_deploy_killed_between_its_renames_gets_its_previous_folder_back(run, 
 def test_a_deploy_that_fails_inside_its_lock_leaves_no_lock_file_or_folder(
     run, tmp_path, monkeypatch, capsys
 ):
-    from reparam.deploy import pipeline
+    from reparam.app.deploy import pipeline
     from reparam.errors import DeployError
 
     monkeypatch.setattr(pipeline, "export_onnx", _raise(DeployError("export failed")))

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import reparam
-from reparam.cli import main
+from reparam.app.cli import main
 from reparam.kernels import identity_kernel
 from reparam.models.layers import RepVGGBlock, VGGBlock
 from reparam.models.repvgg import init_plain_conv
-from reparam.verify import rel_err
+from reparam.testing import rel_err
 
 DT = torch.float64
 

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 import reparam
-from reparam.cli import main
-from reparam.data import Preprocessing, load_eval_data
+from reparam.app.cli import main
+from reparam.app.dataspec import load_eval_data
+from reparam.data import Preprocessing
 
 TRAIN = ["--model", "resnet_rs_tiny", "--epochs", "4", "--batch-size", "8", "--image-size", "16"]
 TRAIN += ["--lr", "0.02", "--warmup-epochs", "0", "--no-amp", "--no-channels-last"]

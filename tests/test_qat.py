@@ -13,15 +13,15 @@ from torch import nn
 
 import reparam
 from helpers import make_run
-from reparam.checkpoint import read_json
-from reparam.cli import main
-from reparam.data import load_eval_data
-from reparam.deploy.predict import open_model
-from reparam.deploy.qat import resolve_route, with_batchnorm
-from reparam.deploy.quantize import QuantSettings
+from reparam.app.cli import main
+from reparam.app.dataspec import load_eval_data
+from reparam.app.deploy.predict import open_model
+from reparam.app.deploy.qat import resolve_route, with_batchnorm
+from reparam.app.train import TrainConfig, fit
 from reparam.errors import DeployError
-from reparam.train import TrainConfig, fit
-from reparam.verify import rel_err
+from reparam.files import read_json
+from reparam.quant.ort import QuantSettings
+from reparam.testing import rel_err
 
 
 @settings(max_examples=25, deadline=None)

@@ -10,12 +10,12 @@ from onnx import numpy_helper
 
 import reparam
 from reparam.analysis.quant_stats import sqnr_db
-from reparam.deploy.onnx_export import export_onnx, open_session, run_session
-from reparam.deploy.quantize import QuantSettings, calibrate, quantize_onnx, tensor_ranges
 from reparam.errors import DeployError
 from reparam.models.layers import RepVGGBlock
 from reparam.models.vggnet import VGGNet
-from reparam.verify import randomize_batchnorm_
+from reparam.quant.onnx import export_onnx, open_session, run_session
+from reparam.quant.ort import QuantSettings, calibrate, quantize_onnx, tensor_ranges
+from reparam.testing import randomize_batchnorm_
 
 
 @pytest.fixture(scope="module")

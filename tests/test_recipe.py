@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import reparam
-from reparam.cli import build_parser
-from reparam.commands.train import build_config
-from reparam.train import (
+from reparam.app.cli import build_parser
+from reparam.app.commands.train import build_config
+from reparam.app.train import (
     RecipeError,
     TrainConfig,
     execution_defaults,
@@ -178,14 +178,14 @@ def test_resnet_rs_presets_warn_when_the_resolution_leaves_their_table(caplog):
 
 
 def test_ema_warm_up_of_the_official_resnet_rs_code():
-    from reparam.train.setup import ResNetRSEma
+    from reparam.app.train.setup import ResNetRSEma
 
     ema = ResNetRSEma(torch.nn.Linear(2, 2), decay=0.9999)
     assert [ema.get_decay(t) for t in (0, 10, 10**6)] == [0.1, 11 / 20, 0.9999]
 
 
 def test_hyper_search_models_decay_their_identity_scales_like_the_official_optimizer():
-    from reparam.train.optim_factory import weight_decay_groups
+    from reparam.app.train.optim_factory import weight_decay_groups
 
     model = reparam.create_model("repopt_vgg_a0_hs", num_classes=10)
     decay, no_decay = weight_decay_groups(model, 4e-5, "1d_but_identity")

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 from reparam import FusionError, reparameterize
+from reparam.app.verify.depth import verify_reducenet_deploy
 from reparam.models import create_model, list_models
 from reparam.models.annealed import AnnealedActivation, has_annealing, set_lambda
 from reparam.models.reducenet import ReduceBlock
-from reparam.verify import randomize_batchnorm_, rel_err
-from reparam.verify.depth import verify_reducenet_deploy
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10

@@ -21,14 +21,15 @@ from safetensors.torch import save_file
 
 from helpers import cli
 from reparam import reparameterize
-from reparam.checkpoint import exclusive_lock, json_text, read_json, save_weights, write_json
-from reparam.cli import main
-from reparam.data import load_data
+from reparam.app.cli import main
+from reparam.app.dataspec import load_data
+from reparam.app.folders import exclusive_lock
+from reparam.app.train import TrainConfig, fit, hyper_search, load_model
+from reparam.app.train.state import load_training_state, save_training_state
 from reparam.errors import CheckpointError, DataError, RunInterrupted, TrainingError
+from reparam.files import json_text, read_json, save_weights, write_json
 from reparam.models import create_model
-from reparam.train import TrainConfig, fit, hyper_search, load_model
-from reparam.train.checkpointing import load_training_state, save_training_state
-from reparam.verify import compare
+from reparam.testing import compare
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -291,9 +292,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_a_matching_log(
 ):
     """The second epoch's checkpoint write fails with ENOSPC: one line naming it, and the run
     folder still holds epoch 1's pair, with log.csv listing exactly epoch 1."""
-    from reparam.train import checkpointing
+    from reparam.app.train import state
 
-    real_save, calls = checkpointing.save_file, {"n": 0}
+    real_save, calls = state.save_file, {"n": 0}
 
     def full_disk(*args, **kwargs):
         calls["n"] += 1
@@ -301,7 +302,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_a_matching_log(
             raise OSError(errno.ENOSPC, "No space left on device", "last.safetensors")
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(checkpointing, "save_file", full_disk)
+    monkeypatch.setattr(state, "save_file", full_disk)
     out = tmp_path / "run"
     code, err = cli([*TRAIN[:6], "2", *TRAIN[7:], "--out", str(out)], capsys)
     assert code == 2 and "No space left on device" in err

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reparam
+from reparam.app.verify.gradient import ghostnet_csla_pair, train_outputs
+from reparam.app.verify.structural import SMALL_GHOST_ARCH, random_scales_
 from reparam.errors import ScaleError
 from reparam.models.repopt_ghostnet import (
     BottleneckSpec,
@@ -23,9 +25,7 @@ from reparam.models.repopt_ghostnet import (
 )
 from reparam.models.scales import extract_scales, model_scales, save_scale_file
 from reparam.optim import RepOptSGD, grad_mults
-from reparam.verify import randomize_batchnorm_, rel_err
-from reparam.verify.gradient import ghostnet_csla_pair, train_outputs
-from reparam.verify.structural import SMALL_GHOST_ARCH, random_scales_
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 OFFICIAL = Path(__file__).parent / "fixtures" / "repopt-scales" / "RepOptGhostNet_0_5x_scales.pth"
@@ -243,7 +243,7 @@ def test_repopt_ghostnet_trains_like_its_csla_model(arch, nesterov, seed):
 
 
 def test_verify_checks_pass():
-    from reparam.verify.checks import run_checks
+    from reparam.app.verify.checks import run_checks
 
     results = run_checks(["ghostnet_deploy", "ghostnet_csla_vs_repopt_sgd"])
     assert all(r["passed"] and r["max_rel_err"] <= 1e-12 for r in results.values()), results

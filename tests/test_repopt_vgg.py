@@ -16,7 +16,7 @@ from reparam.errors import ScaleError
 from reparam.models.repopt_vgg import RepOptVGGBlock
 from reparam.models.scales import model_scales, save_scale_file
 from reparam.optim import RepOptSGD, grad_mults
-from reparam.verify import rel_err
+from reparam.testing import rel_err
 
 DT = torch.float64
 ANCHORS = Path(__file__).parent / "fixtures" / "repopt-scales"  # the official files (MIT)

@@ -1,7 +1,7 @@
 """`reparam report` on run folders: metrics, curves and the identity variance plot (RepOpt fig. 4)."""
 
-from reparam.analysis.report import write_report
-from reparam.train import fit, resolve_config
+from reparam.app.report import write_report
+from reparam.app.train import fit, resolve_config
 
 
 def test_report_plots_identity_variance_for_models_with_identity_paths(tmp_path):

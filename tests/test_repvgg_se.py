@@ -21,15 +21,15 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 
 import reparam
-from reparam.cli import main
+from reparam.app.cli import main
+from reparam.app.verify.checks import run_checks
 from reparam.data import Preprocessing
-from reparam.deploy.onnx_export import check_onnx_vs_torch, export_onnx
 from reparam.models.convert import convert_state_dict, detect_layout, load_timm_repvgg_state
 from reparam.models.layers import RepVGGBlock, SEBlock
 from reparam.models.repvgg import REPVGG_ARCHS, vgg
 from reparam.models.vggnet import VGGArch
-from reparam.verify import randomize_batchnorm_, rel_err
-from reparam.verify.checks import run_checks
+from reparam.quant.onnx import check_onnx_vs_torch, export_onnx
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10

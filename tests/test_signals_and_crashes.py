@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reparam.checkpoint import write_json
-from reparam.cli import build_parser, main
-from reparam.commands import train as train_command
+from reparam.app.cli import build_parser, main
+from reparam.app.commands import train as train_command
+from reparam.app.train import TrainConfig, fit
+from reparam.app.train import engine as engine_module
+from reparam.app.train.hypersearch import default_run_dir, default_scale_file
 from reparam.errors import CheckpointError, TrainingError
-from reparam.train import TrainConfig, fit
-from reparam.train import engine as engine_module
-from reparam.train.hypersearch import default_run_dir, default_scale_file
+from reparam.files import write_json
 
 TRAIN = ["train", "--model", "resnet_rs_tiny", "--data", "synthetic:80", "--image-size", "16"]
 TRAIN += ["--epochs", "2", "--batch-size", "16", "--set", "crop_padding=0", "--threads", "1"]
@@ -183,7 +183,7 @@ def test_a_signal_in_the_demo_s_evaluation_stops_it_in_that_stage(tmp_path, monk
 
 def test_sigterm_outside_training_stops_the_demo_in_its_stage(tmp_path, monkeypatch, capsys):
     """Outside training (loading, fusing, exporting) SIGTERM unwinds like Ctrl-C: exit 143."""
-    from reparam.commands import demo
+    from reparam.app.commands import demo
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -295,7 +295,7 @@ def test_default_hypersearch_outputs_differ_for_two_data_folders_of_one_name(tmp
 
 def test_sigterm_while_deploying_exits_143_and_leaves_no_temp_folder(tmp_path, monkeypatch, capsys):
     """Every command unwinds on SIGTERM: the deploy folder's temp copy is removed."""
-    from reparam.deploy import pipeline
+    from reparam.app.deploy import pipeline
 
     run, out = tmp_path / "run", tmp_path / "deployed"
     assert main([*TRAIN, "--epochs", "1", "--out", str(run)]) == 0

@@ -6,7 +6,7 @@ from timm.utils.model import reparameterize_model
 
 import reparam
 from reparam.models.convert import convert_state_dict, detect_layout, load_timm_repvgg_state
-from reparam.verify import randomize_batchnorm_, rel_err
+from reparam.testing import randomize_batchnorm_, rel_err
 
 
 def test_fused_a0_matches_timm_reparameterized_a0():

@@ -14,8 +14,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from reparam.checkpoint import load_weights
 from reparam.csla import Branch, CSLASpec, attach
+from reparam.files import load_weights
 from reparam.models.annealed import AnnealedActivation
 
 
@@ -75,7 +75,7 @@ def worker(index: int, ports: list[int], root: str) -> None:
 
 
 def train(name: str, world_size: int, out: str) -> None:
-    from reparam.train import TrainConfig, fit
+    from reparam.app.train import TrainConfig, fit
 
     config = TrainConfig(
         model=name,

@@ -10,11 +10,11 @@ import time
 import pytest
 import torch
 
-from reparam.checkpoint import load_state, load_weights
-from reparam.cli import main
-from reparam.train import TrainConfig, TrainingError, fit, load_model
-from reparam.train import engine as engine_module
-from reparam.train.recipe import RUN_INFO_KEYS
+from reparam.app.cli import main
+from reparam.app.train import TrainConfig, TrainingError, fit, load_model
+from reparam.app.train import engine as engine_module
+from reparam.app.train.recipe import RUN_INFO_KEYS
+from reparam.files import load_state, load_weights
 
 
 def test_run_folder_contents(tmp_path, tiny_config):

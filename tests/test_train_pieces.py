@@ -8,13 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import reparam
-import reparam.train.setup
-from reparam.checkpoint import load_weights
-from reparam.errors import RecipeError, TrainingError
-from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
-from reparam.train import TrainConfig, fit
-from reparam.train.optim_factory import create_optimizer, weight_decay_groups
-from reparam.train.setup import (
+import reparam.app.train.setup
+from reparam.app.train import TrainConfig, fit
+from reparam.app.train.optim_factory import create_optimizer, weight_decay_groups
+from reparam.app.train.setup import (
     TrainingLoss,
     build_data,
     build_ema,
@@ -23,6 +20,9 @@ from reparam.train.setup import (
     build_scheduler,
     lambda_schedule,
 )
+from reparam.errors import RecipeError, TrainingError
+from reparam.files import load_weights
+from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
 
 
 def bn_free_net(num_classes: int = 10) -> nn.Module:
@@ -47,7 +47,7 @@ def swap_model(monkeypatch):
             built.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
             return model
 
-        monkeypatch.setattr(reparam.train.setup, "create_model", create)
+        monkeypatch.setattr(reparam.app.train.setup, "create_model", create)
         return built
 
     return install
@@ -119,7 +119,7 @@ def test_lamb_is_timms_and_refused_with_grad_mults():
 
 
 def test_the_vanillanet_recipe_trains_with_all_its_parts(tmp_path):
-    from reparam.train import resolve_config
+    from reparam.app.train import resolve_config
 
     small = dict(data="synthetic:80", image_size=32, epochs=3, batch_size=16, threads=1)
     config = resolve_config(
@@ -331,7 +331,7 @@ def test_annealing_hook_sets_lambda_every_iteration(tmp_path, tiny_config):
 
 def test_ema_copy_follows_lambda_and_fuses(tmp_path, tiny_config):
     """EMA averages buffers; lambda is a schedule value, so the EMA copy must carry it exactly."""
-    from reparam.checkpoint import load_state
+    from reparam.files import load_state
 
     config = tiny_config(model="reducenet20", epochs=2, ema=True, ema_decay=0.9)
     fit(config, progress=False)

@@ -5,8 +5,8 @@ import csv
 import pytest
 import torch
 
-from reparam.checkpoint import CheckpointError, load_state, load_weights
-from reparam.train import TrainConfig, fit
+from reparam.app.train import TrainConfig, fit
+from reparam.files import CheckpointError, load_state, load_weights
 
 # every RNG consumer on: RandAugment + padded crop + flip (python/numpy/torch RNG), dropout,
 # stochastic depth (torch RNG), EMA, warmup + cosine, momentum

@@ -11,16 +11,16 @@ import pytest
 from torch import nn
 
 from helpers import make_run, write_folder
-from reparam.checkpoint import json_text, load_weights, read_json, save_weights, write_json
-from reparam.cli import main
-from reparam.commands.train import _figures
+from reparam.app.cli import main
+from reparam.app.commands.train import _figures
+from reparam.app.deploy.pipeline import deploy
+from reparam.app.train import fit
+from reparam.app.train.state import checkpoint_info
 from reparam.data import Preprocessing
 from reparam.data.transforms import CIFAR_MEAN_STD
-from reparam.deploy.onnx_export import export_onnx
-from reparam.deploy.pipeline import deploy
-from reparam.deploy.quantize import QuantSettings
-from reparam.train import fit
-from reparam.train.checkpointing import checkpoint_info
+from reparam.files import json_text, load_weights, read_json, save_weights, write_json
+from reparam.quant.onnx import export_onnx
+from reparam.quant.ort import QuantSettings
 
 DATA = "synthetic:60"  # 48 train / 12 val images, 10 classes
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import reparam
 from helpers import write_folder
-from reparam.cli import COMMANDS, build_parser, main
+from reparam.app.cli import COMMANDS, build_parser, main
 from reparam.data import Preprocessing
 from reparam.models.scales import extract_scales, save_scale_file
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from reparam import FusionError, reparameterize
+from reparam.app.verify.depth import verify_vanillanet_deploy
 from reparam.models import create_model, list_models
 from reparam.models.annealed import set_lambda
 from reparam.models.vanillanet import (
@@ -18,8 +19,7 @@ from reparam.models.vanillanet import (
     VanillaBlock,
     vanillanet,
 )
-from reparam.verify import randomize_batchnorm_, rel_err
-from reparam.verify.depth import verify_vanillanet_deploy
+from reparam.testing import randomize_batchnorm_, rel_err
 
 DT = torch.float64
 TOL = 1e-10

@@ -12,11 +12,11 @@ Importing it registers every model with timm; it loads no ONNX, ONNX Runtime, ma
 TensorBoard (those are imported where they are used).
 """
 
-from . import optim
-from .deploy.predict import load
-from .errors import FusionError
-from .fuse import prepare_for_deploy, reparameterize
-from .models import create_model, list_models
+from reparam import optim
+from reparam.errors import FusionError
+from reparam.fuse import prepare_for_deploy, reparameterize
+from reparam.models import create_model, list_models
+from reparam.saved import load
 
 __version__ = "0.1.0"
 __all__ = [

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .kernels import identity_kernel, pad_kernel
+from reparam.kernels import identity_kernel, pad_kernel
 
 __all__ = [
     "Branch",

@@ -19,7 +19,7 @@ import logging
 
 from torch import nn
 
-from .errors import FusionError
+from reparam.errors import FusionError
 
 __all__ = [
     "FusionError",

@@ -4,14 +4,12 @@ weight and output statistics that explain INT8 results, and the markdown + PNG r
 Plots use matplotlib, imported only when a plot is drawn.
 """
 
-from .identity import identity_variance_ratios, plot_identity_variance, run_identity_variance
-from .quant_stats import layer_stats, output_metrics, weight_stats
+from reparam.analysis.identity import identity_variance_ratios
+from reparam.analysis.quant_stats import layer_stats, output_metrics, weight_stats
 
 __all__ = [
     "identity_variance_ratios",
     "layer_stats",
     "output_metrics",
-    "plot_identity_variance",
-    "run_identity_variance",
     "weight_stats",
 ]

@@ -1,15 +1,23 @@
-"""Data specs -> datasets (see :mod:`reparam.data.datasets`) and transforms."""
+"""Datasets (in-memory CIFAR and digits, image folders) and the transforms that prepare their
+images (:class:`Preprocessing`: one object for training, evaluation and deployment)."""
 
-from .datasets import (
+from reparam.data.datasets import (
     DataBundle,
     DataError,
     ImageFiles,
     TensorImageDataset,
-    absolute_spec,
-    load_data,
-    load_eval_data,
+    cifar,
+    digits,
+    image_folder,
+    synthetic,
 )
-from .transforms import Preprocessing, data_defaults, eval_transform, read_image, train_transform
+from reparam.data.transforms import (
+    Preprocessing,
+    data_defaults,
+    eval_transform,
+    read_image,
+    train_transform,
+)
 
 __all__ = [
     "DataBundle",
@@ -17,11 +25,12 @@ __all__ = [
     "ImageFiles",
     "Preprocessing",
     "TensorImageDataset",
-    "absolute_spec",
-    "eval_transform",
-    "load_data",
-    "load_eval_data",
+    "cifar",
     "data_defaults",
+    "digits",
+    "eval_transform",
+    "image_folder",
     "read_image",
+    "synthetic",
     "train_transform",
 ]

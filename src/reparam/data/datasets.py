@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..errors import DataError
-from .transforms import Preprocessing, read_image
+from reparam.data.transforms import read_image
+from reparam.errors import DataError
 
 __all__ = [
     "DataBundle",
@@ -38,9 +38,10 @@ __all__ = [
     "ImageFiles",
     "MAX_SYNTHETIC_BYTES",
     "TensorImageDataset",
-    "absolute_spec",
-    "load_data",
-    "load_eval_data",
+    "cifar",
+    "digits",
+    "image_folder",
+    "synthetic",
 ]
 
 
@@ -79,7 +80,7 @@ CIFAR10_CLASSES = [
 ]  # fmt: skip
 
 
-def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
+def digits() -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -104,7 +105,7 @@ def _digits() -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
 MAX_SYNTHETIC_BYTES = 2**31  # synthetic:N holds its uint8 pixels in memory: 2 GiB at most
 
 
-def _synthetic(count: int, image_size: int, num_classes: int = 10) -> tuple[Tensor, ...]:
+def synthetic(count: int, image_size: int, num_classes: int = 10) -> tuple[Tensor, ...]:
     per_image = 3 * image_size * image_size
     if count * per_image > MAX_SYNTHETIC_BYTES:
         raise DataError(
@@ -201,7 +202,7 @@ def _cifar_class_names(root: Path, classes: int) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _cifar(given: Path, classes: int) -> tuple[Tensor, ...]:
+def cifar(given: Path, classes: int) -> tuple[Tensor, ...]:
     folder_name, train_files, val_files, key, *_ = _CIFAR[classes]
     root = given / folder_name if (given / folder_name).is_dir() else given
     if not root.is_dir():
@@ -321,7 +322,7 @@ class _FolderTree:
         )
 
 
-def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
+def image_folder(root: Path, train_transform, eval_transform) -> DataBundle:
     tree, splits = _FolderTree(root), {}
     for split in ("train", "val"):
         path = root / split
@@ -348,65 +349,3 @@ def _folder(root: Path, train_transform, eval_transform) -> DataBundle:
         f"folder:{root}",
         classes,
     )
-
-
-def absolute_spec(spec: str) -> str:
-    """``spec`` with the path of ``folder:`` / ``cifar10:`` / ``cifar100:`` made absolute (``~``
-    expanded, relative to the working directory); other specs unchanged."""
-    kind, _, arg = spec.partition(":")
-    if kind in ("folder", "cifar10", "cifar100") and arg:
-        return f"{kind}:{os.path.abspath(os.path.expanduser(arg))}"
-    return spec
-
-
-def load_data(
-    spec: str,
-    image_size: int,
-    train_transform: Callable[[Tensor], Tensor] | None = None,
-    eval_transform: Callable[[Tensor], Tensor] | None = None,
-) -> DataBundle:
-    """Parse a data spec (see module docstring) and return its train and val datasets.
-
-    Without transforms, both splits use :func:`reparam.data.transforms.eval_transform`.
-    """
-    from .transforms import eval_transform as default_transform
-
-    eval_transform = eval_transform or default_transform(image_size)
-    train_transform = train_transform or eval_transform
-    kind, _, arg = spec.partition(":")
-    if kind == "digits" and not arg:
-        arrays = _digits()
-    elif kind == "synthetic":
-        try:
-            count = int(arg) if arg else 512
-        except ValueError:
-            raise DataError(f"synthetic:N needs an integer N, got {arg!r}") from None
-        if count < 2:
-            raise DataError(f"synthetic:N needs N >= 2, got {count}")
-        arrays = _synthetic(count, image_size)
-    elif kind in ("cifar10", "cifar100") and arg:
-        arrays = _cifar(Path(arg).expanduser(), 10 if kind == "cifar10" else 100)
-    elif kind == "folder" and arg:
-        root = Path(arg).expanduser()
-        if not root.is_dir():
-            raise DataError(f"{root}: folder not found")
-        return _folder(root, train_transform, eval_transform)
-    else:
-        raise DataError(
-            f"unknown data spec {spec!r}; expected digits, synthetic[:N], cifar10:DIR, cifar100:DIR or folder:DIR"
-        )
-    x_train, y_train, x_val, y_val, class_names = arrays
-    return DataBundle(
-        TensorImageDataset(x_train, y_train, train_transform),
-        TensorImageDataset(x_val, y_val, eval_transform),
-        len(class_names),
-        spec,
-        class_names,
-    )
-
-
-def load_eval_data(spec: str, preprocessing: Preprocessing) -> DataBundle:
-    """``spec``'s train and val splits, both prepared by ``preprocessing`` alone (no augmentation):
-    the data every evaluation, calibration and check of a trained model reads, so its images
-    are the ones the model was trained and is predicted with."""
-    return load_data(spec, preprocessing.image_size, eval_transform=preprocessing.transform())

@@ -26,8 +26,8 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from ..checkpoint import first_line
-from ..errors import DataError
+from reparam.errors import DataError
+from reparam.files import first_line
 
 __all__ = [
     "CIFAR_MEAN_STD",

@@ -7,7 +7,7 @@
 - ``resnet_rs``: ``resnet_rs`` and ``resnet_rs_tiny``
 """
 
-from . import (  # noqa: F401 (registration)
+from reparam.models import (  # noqa: F401 (registration)
     reducenet,
     repopt_ghostnet,
     repopt_vgg,
@@ -15,7 +15,7 @@ from . import (  # noqa: F401 (registration)
     resnet_rs,
     vanillanet,
 )
-from .registry import (
+from reparam.models.registry import (
     TIMM_PREFIX,
     create_model,
     create_model_from_config,

@@ -24,9 +24,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import FusionError
-from ..fuse import prepare_for_deploy, reparameterize
-from .summary import count_macs
+from reparam.errors import FusionError
+from reparam.fuse import prepare_for_deploy, reparameterize
+from reparam.models.summary import count_macs
 
 __all__ = [
     "AnnealedActivation",

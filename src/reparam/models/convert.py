@@ -49,38 +49,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import (
-    RUN_SIGNS,
-    atomic_path,
-    check_writable,
-    find_data,
+from reparam.data import Preprocessing
+from reparam.data.transforms import CIFAR_MEAN_STD
+from reparam.errors import CheckpointError, DataError, UserError
+from reparam.files import (
     first_line,
-    json_text,
     load_weights,
-    read_json,
-    read_marker,
-    save_weights,
 )
-from ..data import Preprocessing
-from ..data.transforms import CIFAR_MEAN_STD
-from ..errors import CheckpointError, DataError, UserError
-from ..fuse import prepare_for_deploy, reparameterize
-from .annealed import has_annealing, set_lambda
-from .registry import create_model
-from .scales import read_scales
+from reparam.fuse import prepare_for_deploy, reparameterize
+from reparam.models.annealed import has_annealing, set_lambda
+from reparam.models.registry import create_model
+from reparam.models.scales import read_scales
 
 __all__ = [
     "LAYOUTS",
     "Converted",
     "Layout",
-    "check_convert_target",
     "convert_checkpoint",
     "convert_state_dict",
     "detect_layout",
     "load_timm_repvgg_state",
     "read_checkpoint",
     "read_class_names",
-    "save_converted",
     "target_model",
 ]
 
@@ -89,7 +79,6 @@ Rename = tuple[str, str | Callable[[re.Match[str]], str]]
 #: the weights official training scripts save under these keys; EMA ones are used on request
 WRAPPERS = ("state_dict", "model")
 EMA_WRAPPERS = ("state_dict_ema", "model_ema", "ema")
-FUSED_NAME = "fused.safetensors"
 IMAGENET = Preprocessing(224, crop_pct=0.875)  # resize 256, centre crop 224
 CIFAR100 = Preprocessing(32, *CIFAR_MEAN_STD["cifar100"])
 #: models the official code evaluates otherwise than their layout's default
@@ -496,66 +485,6 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
         where = f"line {empty[0]} is empty" if empty else "it is empty"
         raise DataError(f"{path}: expected one class name per line; {where}")
     return names
-
-
-def check_convert_target(out: str | os.PathLike, force: bool = False) -> None:
-    """Refuse, before converting, an ``out`` that would overwrite or join something: a name that
-    is not ``.safetensors``; a folder that is a run, a fused or deploy folder, another reparam
-    output or data (convert writes ``config.json`` beside ``out``); an existing ``out`` or
-    ``config.json`` unless ``force``."""
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"{out}: the converted weights are written as .safetensors")
-    check_writable(out)
-    folder = out.parent
-    if folder.is_dir():
-        found = _not_ours(folder)
-        if found:
-            raise CheckpointError(
-                f"{folder}: {found}; convert writes its weights and a config.json there, so "
-                "nothing was written: choose an --out in another folder"
-            )
-    taken = [p for p in (out, folder / "config.json") if p.exists()]
-    if taken and not force:
-        raise UserError(f"{taken[0]} exists; pass --force to replace it")
-
-
-def _not_ours(folder: Path) -> str | None:
-    """What makes ``folder`` no place for converted weights (None when it is fine)."""
-    marker = read_marker(folder)
-    if marker is not None:
-        return f"is a reparam {marker['kind']} folder"
-    if any((folder / name).is_file() for name in RUN_SIGNS):
-        return "is a training run folder"
-    if (folder / "config.json").exists():
-        try:
-            config = read_json(folder / "config.json")
-        except CheckpointError:
-            config = None
-        if not isinstance(config, dict) or "converted_from" not in config:
-            what = "a fused model" if isinstance(config, dict) and config.get("fused") else "a run"
-            return f"holds the config.json of {what}, not of converted weights"
-    if (folder / FUSED_NAME).is_file() and not (folder / "config.json").exists():
-        return f"holds a fused model ({FUSED_NAME})"
-    return find_data(folder)
-
-
-def save_converted(converted: Converted, out: str | os.PathLike, force: bool = False) -> Path:
-    """Write ``out`` (safetensors) and ``config.json`` beside it, both or neither; a deploy-form
-    checkpoint must be written as ``fused.safetensors`` (a fused folder). ``out`` is checked by
-    :func:`check_convert_target`. Returns the config path."""
-    out = Path(out)
-    check_convert_target(out, force)
-    if converted.layout.fused and out.name != FUSED_NAME:
-        raise UserError(
-            f"{converted.source} is a deploy-form ({converted.layout.name}) checkpoint: write it "
-            f"as a fused folder, --out {out.parent / FUSED_NAME}"
-        )
-    config_path = out.parent / "config.json"
-    with atomic_path(config_path) as config_tmp:  # renamed in after the weights
-        config_tmp.write_text(json_text(converted.config(), indent=2, sort_keys=True) + "\n")
-        save_weights(converted.state_dict, out, metadata={"model": converted.model})
-    return config_path
 
 
 def load_timm_repvgg_state(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from ..kernels import Kernel, add_branches, fold_bn, identity_kernel
+from reparam.kernels import Kernel, add_branches, fold_bn, identity_kernel
 
 __all__ = ["ConvBN", "RepVGGBlock", "SEBlock", "VGGBlock", "conv_from_kernel"]
 

@@ -41,13 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import FusionError
-from ..fuse import check_eval_mode
-from ..kernels import ConvSpec, Kernel, add_branches, compose, identity_kernel
-from .annealed import AnnealedActivation
-from .layers import ConvBN, conv_from_kernel
-from .registry import register_model
-from .vggnet import PooledClassifier
+from reparam.errors import FusionError
+from reparam.fuse import check_eval_mode
+from reparam.kernels import ConvSpec, Kernel, add_branches, compose, identity_kernel
+from reparam.models.annealed import AnnealedActivation
+from reparam.models.layers import ConvBN, conv_from_kernel
+from reparam.models.registry import register_model
+from reparam.models.vggnet import PooledClassifier
 
 __all__ = [
     "ReduceBlock",

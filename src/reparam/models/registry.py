@@ -25,7 +25,7 @@ import timm.models
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from ..errors import CheckpointError
+from reparam.errors import CheckpointError
 
 __all__ = [
     "DEFAULT_PRETRAINED_CFG",

@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..csla import Branch, CSLASpec, Scale, equivalent_weight, init_weight
-from ..kernels import Kernel, add_branches, fold_bn, identity_kernel
-from .layers import ConvBN
-from .registry import register_model
-from .scales import configure_target
-from .vggnet import PooledClassifier
+from reparam.csla import Branch, CSLASpec, Scale, equivalent_weight, init_weight
+from reparam.kernels import Kernel, add_branches, fold_bn, identity_kernel
+from reparam.models.layers import ConvBN
+from reparam.models.registry import register_model
+from reparam.models.scales import configure_target
+from reparam.models.vggnet import PooledClassifier
 
 __all__ = [
     "GHOSTNET_ARCHS",

@@ -38,12 +38,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..csla import Branch, CSLASpec, equivalent_weight, init_weight
-from ..kernels import Kernel, fold_bn
-from .layers import VGGBlock, conv_from_kernel
-from .registry import register_model
-from .scales import configure_target
-from .vggnet import BlockSpec, VGGArch, VGGNet
+from reparam.csla import Branch, CSLASpec, equivalent_weight, init_weight
+from reparam.kernels import Kernel, fold_bn
+from reparam.models.layers import VGGBlock, conv_from_kernel
+from reparam.models.registry import register_model
+from reparam.models.scales import configure_target
+from reparam.models.vggnet import BlockSpec, VGGArch, VGGNet
 
 __all__ = [
     "REPOPT_ARCHS",

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..csla import Branch, CSLASpec, init_weight
-from .layers import RepVGGBlock, VGGBlock
-from .registry import register_model
-from .vggnet import VGGArch, VGGNet, repvgg_widths
+from reparam.csla import Branch, CSLASpec, init_weight
+from reparam.models.layers import RepVGGBlock, VGGBlock
+from reparam.models.registry import register_model
+from reparam.models.vggnet import VGGArch, VGGNet, repvgg_widths
 
 __all__ = ["PLAIN_INITS", "REPVGG_ARCHS", "SE_ARCHS", "init_plain_conv", "repvgg", "vgg"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from timm.layers import DropPath, get_attn
 from timm.models.resnet import Bottleneck, ResNet
 
-from .registry import register_model
+from reparam.models.registry import register_model
 
 __all__ = [
     "RESNET_RS_DEPTHS",

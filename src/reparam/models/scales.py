@@ -11,7 +11,7 @@ and renamed (GhostNet: to ``blocks.I.J.ghostK.cheap_operation.scale_{identity,co
 
 Any module that owns scales takes part by defining ``scale_tensors() -> {local name: tensor}``
 (RepOpt-VGG blocks: buffers; HS blocks: parameters). The Hyper-Search run that produces a
-scale file is :func:`reparam.train.hypersearch.hyper_search`.
+scale file is :func:`reparam.app.train.hypersearch.hyper_search`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import first_line, load_weights, save_weights
-from ..errors import ScaleError
+from reparam.errors import ScaleError
+from reparam.files import first_line, load_weights, save_weights
 
 __all__ = [
     "ScaleError",

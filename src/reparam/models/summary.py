@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import conv_macs
+from reparam.kernels import conv_macs
 
 __all__ = ["count_macs", "count_params"]
 

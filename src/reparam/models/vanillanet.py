@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..fuse import check_eval_mode
-from ..kernels import ConvSpec, Kernel, compose, fold_bn
-from .annealed import AnnealedActivation
-from .layers import conv_from_kernel
-from .registry import register_model
-from .vggnet import PooledClassifier
+from reparam.fuse import check_eval_mode
+from reparam.kernels import ConvSpec, Kernel, compose, fold_bn
+from reparam.models.annealed import AnnealedActivation
+from reparam.models.layers import conv_from_kernel
+from reparam.models.registry import register_model
+from reparam.models.vggnet import PooledClassifier
 
 __all__ = [
     "ADA_POOL_13",

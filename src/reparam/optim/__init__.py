@@ -7,8 +7,8 @@ the masks factored (per output channel and tap, plus the identity diagonal) and 
 cache-blocked in-place update; ``optimizer.grad_mult(param)`` shows a mask in full.
 """
 
-from .adamw import RepOptAdamW
-from .masks import grad_mults, param_grad_mults
-from .sgd import RepOptSGD
+from reparam.optim.adamw import RepOptAdamW
+from reparam.optim.masks import grad_mults, param_grad_mults
+from reparam.optim.sgd import RepOptSGD
 
 __all__ = ["RepOptAdamW", "RepOptSGD", "grad_mults", "param_grad_mults"]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import MaskedOptimizer
+from reparam.optim.base import MaskedOptimizer
 
 __all__ = ["RepOptAdamW"]
 

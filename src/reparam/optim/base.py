@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from .blocks import CACHE_BLOCK_BYTES, BlockPlan, plan_blocks
-from .masks import FactoredMask, factor_mask, full_mask, param_grad_mults
+from reparam.optim.blocks import CACHE_BLOCK_BYTES, BlockPlan, plan_blocks
+from reparam.optim.masks import FactoredMask, factor_mask, full_mask, param_grad_mults
 
 __all__ = ["MaskedOptimizer"]
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .masks import FactoredMask, full_mask
+from reparam.optim.masks import FactoredMask, full_mask
 
 __all__ = ["CACHE_BLOCK_BYTES", "Block", "BlockPlan", "cache_blocks", "plan_blocks"]
 

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..csla import grad_mult, specs_of
+from reparam.csla import grad_mult, specs_of
 
 __all__ = ["FactoredMask", "factor_mask", "full_mask", "grad_mults", "param_grad_mults"]
 

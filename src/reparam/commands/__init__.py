@@ -1,2 +1,0 @@
-"""The ``reparam`` subcommands, one module each (argument parsing and printing only); see
-:mod:`reparam.cli` for the interface every module provides."""
