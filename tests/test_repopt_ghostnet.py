@@ -1,6 +1,7 @@
 """RepGhostNet / RepOpt-GhostNet: the official scale file, grad mults = the official formula,
 eq. 14 init, fused == unfused and CSLA == RepOpt over random shapes (float64, hypothesis)."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -217,29 +218,57 @@ def test_whole_net_fused_equals_unfused(form, arch, size, batch, seed):
         assert rel_err(fused(x), model(x)) <= 1e-10
 
 
+def nudged(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every parameter moved to the next float towards +inf (1 ulp)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+    return twin
+
+
+def cheap_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: m.equivalent_weight() for n, m in model.named_modules() if isinstance(m, HSGhostCheap)
+    }
+
+
 @settings(max_examples=6, deadline=None)
 @given(arch=archs, nesterov=st.booleans(), seed=st.integers(0, 2**31))
 def test_repopt_ghostnet_trains_like_its_csla_model(arch, nesterov, seed):
     """The target with RepOptSGD and the HS model with frozen ``s`` (the official CSLA mode)
     with torch's SGD, 3 steps from equal functions (BN in train mode): equal outputs and
-    equivalent weights."""
+    equivalent weights.
+
+    Equal up to rounding: train-mode BN over few values per channel can amplify a rounding
+    difference ~100x per step, so the bound is 1e-10 or, when larger, 10x the spread that
+    rounding alone causes: the same CSLA model trained from weights 1 ulp apart (a wrong mask
+    differs by orders of magnitude more)."""
     imaginary, target = ghostnet_csla_pair(arch, seed)
+    twin, nudged_twin = copy.deepcopy(imaginary), nudged(imaginary)
     kw = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=1e-2)
+    run = dict(steps=3, seed=seed, batch=4, size=32)
     got, expected = train_outputs(
         imaginary,
         target,
         torch.optim.SGD(imaginary.parameters(), **kw),
         RepOptSGD(target, **kw),
-        steps=3,
-        seed=seed,
-        batch=4,
-        size=32,  # >= 16 values per BN channel at 1/16 scale: well-conditioned batch statistics
+        **run,
     )
-    assert rel_err(got, expected) <= 1e-10
-    for name, cheap in imaginary.named_modules():
-        if isinstance(cheap, HSGhostCheap):
-            weight = target.get_submodule(name).conv.weight
-            assert rel_err(weight, cheap.equivalent_weight()) <= 1e-10, name
+    spread_out, twin_out = train_outputs(
+        twin,
+        nudged_twin,
+        torch.optim.SGD(twin.parameters(), **kw),
+        torch.optim.SGD(nudged_twin.parameters(), **kw),
+        **run,
+    )
+    assert rel_err(got, expected) <= max(1e-10, 10 * rel_err(spread_out, twin_out))
+    nudged_weights = cheap_weights(nudged_twin)
+    for name, weight in cheap_weights(twin).items():
+        bound = max(1e-10, 10 * rel_err(nudged_weights[name], weight))
+        target_weight = target.get_submodule(name).conv.weight
+        equivalent = imaginary.get_submodule(name).equivalent_weight()
+        assert rel_err(target_weight, equivalent) <= bound, name
 
 
 def test_verify_checks_pass():
