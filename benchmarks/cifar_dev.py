@@ -10,7 +10,7 @@ flip, CIFAR mean/std; the same epochs everywhere):
 - ReduceNet-20 against the same 11-layer network trained directly.
 
 Every finished run is saved to the record at once, and a rerun skips what is recorded, so the
-table can be built over several sessions:
+table can be built over several invocations:
 
     .venv/bin/python benchmarks/cifar_dev.py \\
         --data cifar10:../shared/data/cifar10-dev/cifar-10-batches-py \\

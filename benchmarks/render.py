@@ -1,15 +1,22 @@
-"""Render the recorded benchmark JSON into docs/benchmarks.md, PNG plots and the README section.
+"""Render the recorded benchmark JSON into docs/benchmarks.md, the README's headline table and plots.
 
-    .venv/bin/python benchmarks/render.py [--results benchmarks/results --docs docs/benchmarks.md]
+    python benchmarks/render.py [--results benchmarks/results] [--docs docs/benchmarks.md]
+                                [--readme README.md] [--no-plots]
 
-Reads ``speed_train_a0.json`` (the headline run), optional ``speed_train_b1.json``,
-``speed_curve_<image size>.json`` (cost curves over image sizes), ``speed_infer.json``,
-``speed_optimizer_profile.json``, ``cpu_paths.json`` and ``cpu_paths_accuracy.json`` (written by
-``benchmarks/cpu_paths.py``) from the results folder (the rest written by
-``benchmarks/run_speed.sh``); writes the ``speed_*.png`` plots beside them, ``docs/benchmarks.md``
-(every figure, with the command lines and machines) and ``speed_README_section.md`` (the README's
-performance section); a section whose JSON is absent is left out. Every speed ratio is
-paired: the median over rounds of the per-round ratio of two interleaved models.
+The words live in the Jinja2 templates in ``benchmarks/templates/``; this script loads the JSON of
+the results folder, computes the figures and table rows, and fills the templates:
+
+- ``benchmarks.md.j2`` -> ``--docs``, from ``speed_train_a0.json`` (the headline run; required)
+  and, where recorded, ``speed_train_b1.json``, ``speed_curve_<image size>.json``,
+  ``cpu_paths.json``, ``cpu_paths_accuracy.json``, ``speed_infer.json`` and
+  ``speed_optimizer_profile.json`` (a section whose JSON is absent is left out);
+- ``readme_headline.md.j2`` -> ``readme_headline.md`` in the results folder and the block between
+  :data:`BEGIN` and :data:`END` in ``--readme``, from ``cifar10_dev.json`` and
+  ``qat_cifar10_dev.json`` (both left alone when ``cifar10_dev.json`` is absent);
+- the ``speed_*.png`` plots beside the JSON.
+
+Every speed ratio is paired: the median over rounds of the per-round ratio of two interleaved
+models. Rendering needs Jinja2 only (no torch); the plots need matplotlib.
 """
 
 from __future__ import annotations
@@ -18,20 +25,16 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
-
-from reparam.app.bench.timing import paired_ratio  # noqa: E402
+import jinja2
 
 HEADLINE_BATCH = 32
-CURVE_MODELS = ("vgg_a0", "repopt_vgg_a0", "repvgg_a0", "timm:repvgg_a0")
-# issue 17's targets for RepOpt-VGG's cost: (ratio key, image size or None for all) -> bound
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+BEGIN, END = "<!-- begin: results-headline -->", "<!-- end: results-headline -->"
+# bounds on RepOpt-VGG's cost: (ratio key, image size or None for all) -> bound
 CURVE_TARGETS = {
     ("repopt_over_plain_memory", None): ("<=", 1.01),
     ("repopt_over_plain_throughput", None): (">=", 0.99),
@@ -53,6 +56,7 @@ MEMORY_PARTS = (
 )
 
 Record = dict[str, Any]
+Rows = list[list[str]]
 
 
 def _load(path: Path) -> list[Record] | Record | None:
@@ -65,6 +69,27 @@ def _find(records: list[Record], model: str, batch: int) -> Record | None:
 
 def _step_ms(record: Record) -> list[float]:
     return [1e3 * record["batch_size"] / x for x in record["window_images_per_s"]]
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Median over rounds of ``a[r] / b[r]``: ``reparam.app.bench.timing.paired_ratio``, the
+    definition the benchmarks record by, restated so that rendering imports no torch."""
+    if len(a) != len(b) or not a:
+        raise ValueError(
+            f"paired ratio needs two equally long, non-empty series; got {len(a)}, {len(b)}"
+        )
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def _mb(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def _commands(records: list[Record]) -> list[str]:
+    return sorted({r["command"] for r in records})
+
+
+# --- training --------------------------------------------------------------------------------------
 
 
 def headline(
@@ -126,79 +151,449 @@ def headline(
     return out
 
 
-def _mb(x: float) -> str:
-    return f"{x:.1f}"
-
-
-def _commands(records: list[Record]) -> list[str]:
-    return sorted({r["command"] for r in records})
-
-
-def _machine_line(machine: Record) -> str:
-    load = machine.get("load_average") or [float("nan")]
-    after = machine.get("load_average_after") or [float("nan")]
-    return (
-        f"{machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch_version']}, "
-        f"{machine['threads']} threads, timm {machine.get('timm_version')}, onnxruntime "
-        f"{machine.get('onnxruntime_version')}; 1-min load average {load[0]:.2f} before, "
-        f"{after[0]:.2f} after"
-    )
-
-
-def train_table(records: list[Record]) -> str:
-    lines = [
-        "| model | batch | optimizer | params (M) | train img/s | step ms | optimizer ms | "
-        "accounted memory MiB (params / grads / opt state / activations) | activations per "
-        "image MiB | process RSS for training MiB | max batch |",
-        "|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
+def train_rows(records: list[Record]) -> Rows:
+    """One row per model and batch of a ``reparam bench train`` record."""
+    rows = []
     for r in records:
         m = r["memory"]
         parts = " / ".join(
             _mb(m[k])
             for k in ("parameters_mb", "gradients_mb", "optimizer_state_mb", "activations_mb")
         )
-        rss = _mb(r["rss_train_mb"]) if r.get("rss_train_mb") is not None else "n/a"
-        lines.append(
-            f"| {r['model']} | {r['batch_size']} | {r['optimizer']} | {r['parameters'] / 1e6:.2f} | "
-            f"{r['train_images_per_s']:.1f} | {r['step_ms']:.1f} | {r['optimizer_step_ms']:.2f} | "
-            f"**{_mb(r['peak_train_memory_mb'])}** ({parts}) | {m['activations_per_image_mb']:.3f} | "
-            f"{rss} | {r.get('max_batch_size', '')} |"
+        rows.append(
+            [
+                r["model"],
+                str(r["batch_size"]),
+                r["optimizer"],
+                f"{r['parameters'] / 1e6:.2f}",
+                f"{r['train_images_per_s']:.1f}",
+                f"{r['step_ms']:.1f}",
+                f"{r['optimizer_step_ms']:.2f}",
+                f"**{_mb(r['peak_train_memory_mb'])}** ({parts})",
+                f"{m['activations_per_image_mb']:.3f}",
+                _mb(r["rss_train_mb"]) if r.get("rss_train_mb") is not None else "n/a",
+                str(r.get("max_batch_size", "")),
+            ]
         )
-    return "\n".join(lines)
+    return rows
 
 
-def infer_table(records: list[Record]) -> str:
-    batches = sorted({r["batch_size"] for r in records})
-    head = " | ".join(f"batch {b}: ms / img/s" for b in batches)
-    lines = [
-        f"| model | variant | runtime | params (M) | {head} | max rel diff vs train form |",
-        "|---|---|---|---:|" + "---:|" * len(batches) + "---:|",
-    ]
-    keys = list(dict.fromkeys((r["model"], r["variant"]) for r in records))
-    for model, variant in keys:
-        rows = {
+def train_section(records: list[Record], batch: int, width: str) -> dict[str, Any]:
+    return {
+        "ratios": headline(records, batch, width),
+        "rows": train_rows(records),
+        "machine": records[0]["machine"],
+        "commands": _commands(records),
+        "max_batch": any("max_batch_size" in r for r in records),
+    }
+
+
+# --- cost curves over image size -------------------------------------------------------------------
+
+
+def load_curves(results: Path) -> dict[int, list[Record]]:
+    """``{image size: records}`` from every ``speed_curve_<size>.json``, by ascending size."""
+    curves = {
+        int(path.stem.rsplit("_", 1)[1]): _load(path) for path in results.glob("speed_curve_*.json")
+    }
+    return dict(sorted(curves.items()))
+
+
+def curve_batch(curves: dict[int, list[Record]], preferred: int = HEADLINE_BATCH) -> int:
+    """``preferred`` when every image size has it, else the largest batch they all have."""
+    common = set.intersection(*({r["batch_size"] for r in records} for records in curves.values()))
+    if not common:
+        raise SystemExit("speed_curve_*.json: no batch size is recorded at every image size")
+    return preferred if preferred in common else max(common)
+
+
+def curve_ratios(records: list[Record], batch: int) -> dict[str, float]:
+    """RepOpt-VGG over RepVGG and plain VGG at one image size and batch: paired throughput
+    ratios, accounted-memory ratios and (with a budget) the largest-batch ratio."""
+    repopt, repvgg, plain = (
+        _find(records, m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
+    )
+    out: dict[str, float] = {}
+    for name, other in (("repvgg", repvgg), ("plain", plain)):
+        if repopt and other:
+            out[f"repopt_over_{name}_throughput"] = paired_ratio(
+                repopt["window_images_per_s"], other["window_images_per_s"]
+            )
+            out[f"repopt_over_{name}_memory"] = (
+                repopt["peak_train_memory_mb"] / other["peak_train_memory_mb"]
+            )
+            if repopt.get("max_batch_size") and other.get("max_batch_size"):
+                out[f"repopt_over_{name}_max_batch"] = (
+                    repopt["max_batch_size"] / other["max_batch_size"]
+                )
+    return out
+
+
+CURVE_COLUMNS = (
+    "repopt_over_repvgg_throughput",
+    "repopt_over_repvgg_memory",
+    "repopt_over_plain_throughput",
+    "repopt_over_plain_memory",
+    "repopt_over_repvgg_max_batch",
+)
+
+
+def _target_cell(key: str, size: int, value: float) -> str:
+    bound = CURVE_TARGETS.get((key, size)) or CURVE_TARGETS.get((key, None))
+    if bound is None:
+        return f"{value:.3f}x"
+    sign, limit = bound
+    met = value <= limit if sign == "<=" else value >= limit
+    return f"{value:.3f}x ({sign} {limit:.2f}x: {'met' if met else '**not met**'})"
+
+
+def curve_ratio_rows(curves: dict[int, list[Record]], batch: int) -> Rows:
+    """Per image size, the :data:`CURVE_COLUMNS` ratios with their bounds (met or not)."""
+    rows = []
+    for size, records in curves.items():
+        ratios = curve_ratios(records, batch)
+        cells = [_target_cell(k, size, ratios[k]) if k in ratios else "" for k in CURVE_COLUMNS]
+        rows.append([str(size), *cells])
+    return rows
+
+
+def _curve_models(curves: dict[int, list[Record]]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for records in curves.values() for r in records))
+
+
+def max_batch_rows(curves: dict[int, list[Record]]) -> Rows:
+    """Largest batch per model (rows) and image size (columns)."""
+    rows = []
+    for model in _curve_models(curves):
+        cells = [model]
+        for records in curves.values():
+            record = next((r for r in records if r["model"] == model), {})
+            cells.append(str(record.get("max_batch_size", "")))
+        rows.append(cells)
+    return rows
+
+
+def curve_explanation(curves: dict[int, list[Record]], batch: int) -> dict[str, Any] | None:
+    """The figures that say where RepOpt-VGG's memory difference comes from, at the smallest and
+    the largest image size recorded; None when RepOpt-VGG, RepVGG or plain VGG is missing.
+    ``breakeven_batch``: the batch from which RepOpt-VGG needs less memory than RepVGG (0: every
+    batch, None: no batch)."""
+    small, large = min(curves), max(curves)
+
+    def three(size: int) -> tuple[Record, Record, Record] | None:
+        found = tuple(
+            _find(curves[size], m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
+        )
+        return found if all(found) else None
+
+    found = three(small), three(large)
+    if not all(found):
+        return None
+    (repopt, repvgg, plain), (repopt_l, repvgg_l, _) = found
+    fixed = {
+        name: r["peak_train_memory_mb"] - r["memory"]["activations_mb"]
+        for name, r in (("repopt", repopt), ("repvgg", repvgg), ("plain", plain))
+    }
+    masks = repopt["memory"]["optimizer_state_mb"] - plain["memory"]["optimizer_state_mb"]
+    per_image = {
+        "repopt": repopt["memory"]["activations_per_image_mb"],
+        "repvgg": repvgg["memory"]["activations_per_image_mb"],
+        "repopt_large": repopt_l["memory"]["activations_per_image_mb"],
+        "repvgg_large": repvgg_l["memory"]["activations_per_image_mb"],
+    }
+    gap = per_image["repvgg"] - per_image["repopt"]
+    extra_fixed = fixed["repopt"] - fixed["repvgg"]
+    if extra_fixed <= 0:
+        breakeven = 0.0
+    else:
+        breakeven = extra_fixed / gap if gap > 0 else None
+    ratios = {size: curve_ratios(curves[size], batch) for size in (small, large)}
+    return {
+        "batch": batch,
+        "small": small,
+        "large": large,
+        "plain_fixed_mb": fixed["plain"],
+        "repvgg_extra_fixed_mb": fixed["repvgg"] - fixed["plain"],
+        "masks_mb": masks,
+        "masks_share": masks / plain["peak_train_memory_mb"],
+        "per_image_mb": per_image,
+        "repvgg_over_repopt_per_image_large": per_image["repvgg_large"] / per_image["repopt_large"],
+        "memory_ratio": {
+            small: repopt["peak_train_memory_mb"] / repvgg["peak_train_memory_mb"],
+            large: repopt_l["peak_train_memory_mb"] / repvgg_l["peak_train_memory_mb"],
+        },
+        "over_plain_throughput": {s: r["repopt_over_plain_throughput"] for s, r in ratios.items()},
+        "over_repvgg_throughput": {
+            s: r["repopt_over_repvgg_throughput"] for s, r in ratios.items()
+        },
+        "breakeven_batch": breakeven,
+    }
+
+
+def curve_section(curves: dict[int, list[Record]], batch: int) -> dict[str, Any]:
+    batch = curve_batch(curves, batch)
+    records = [r for rs in curves.values() for r in rs]
+    budgets = sorted(
+        {r["max_batch"]["budget_mb"] for rs in curves.values() for r in rs if "max_batch" in r}
+    )
+    return {
+        "batch": batch,
+        "ratio_rows": curve_ratio_rows(curves, batch),
+        "why": curve_explanation(curves, batch),
+        "sizes": list(curves),
+        "budgets": budgets,
+        "max_batch_rows": max_batch_rows(curves) if budgets else [],
+        "machine": records[0]["machine"],
+        "commands": _commands(records),
+    }
+
+
+# --- inference -------------------------------------------------------------------------------------
+
+
+def _batches(records: list[Record]) -> list[int]:
+    return sorted({r["batch_size"] for r in records})
+
+
+def infer_rows(records: list[Record]) -> Rows:
+    """One row per model and variant: latency / images/s per batch, error against the train form."""
+    batches, rows = _batches(records), []
+    for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in records):
+        by_batch = {
             r["batch_size"]: r for r in records if r["model"] == model and r["variant"] == variant
         }
-        first = next(iter(rows.values()))
-        cells = " | ".join(
-            f"{rows[b]['latency_ms']:.2f} / {rows[b]['images_per_s']:.0f}" if b in rows else ""
+        first = next(iter(by_batch.values()))
+        cells = [
+            f"{by_batch[b]['latency_ms']:.2f} / {by_batch[b]['images_per_s']:.0f}"
+            if b in by_batch
+            else ""
             for b in batches
-        )
+        ]
         diff = f"{first['max_rel_diff_vs_train_form']:.1e}"
         if "max_rel_diff_vs_reparam_fused" in first:
             diff += f" (vs reparam's fused: {first['max_rel_diff_vs_reparam_fused']:.1e})"
-        lines.append(
-            f"| {model} | {variant} | {first['runtime']} | {first['parameters'] / 1e6:.2f} "
-            f"| {cells} | {diff} |"
+        rows.append(
+            [model, variant, first["runtime"], f"{first['parameters'] / 1e6:.2f}", *cells, diff]
         )
-    return "\n".join(lines)
+    return rows
+
+
+def deploy_rows(records: list[Record]) -> Rows:
+    """Fused-model latency per runtime (rows) and batch (columns), with the paired speed-up over
+    torch eager and torch.compile's compile time per batch (not part of the latency)."""
+    batches, rows = _batches(records), []
+    for model in dict.fromkeys(r["model"] for r in records if r["variant"] == "fused"):
+        eager = {
+            r["batch_size"]: r for r in records if r["model"] == model and r["variant"] == "fused"
+        }
+        for variant, runtime in DEPLOY_VARIANTS.items():
+            by_batch = {
+                r["batch_size"]: r
+                for r in records
+                if r["model"] == model and r["variant"] == variant
+            }
+            if not by_batch:
+                continue
+            first = next(iter(by_batch.values()))
+            if first.get("error"):
+                rows.append([model, runtime, f"failed: {first['error']}"])
+                continue
+            cells = []
+            for b in batches:
+                if b not in by_batch:
+                    cells.append("")
+                    continue
+                speedup = paired_ratio(
+                    eager[b]["window_latency_ms"], by_batch[b]["window_latency_ms"]
+                )
+                cells.append(f"{by_batch[b]['latency_ms']:.2f} ({speedup:.2f}x)")
+            compile_s = " / ".join(
+                f"{by_batch[b]['compile_s']:.1f}"
+                for b in batches
+                if "compile_s" in by_batch.get(b, {})
+            )
+            rows.append([model, runtime, *cells, compile_s])
+    return rows
+
+
+def infer_section(records: list[Record]) -> dict[str, Any]:
+    measured = [r for r in records if r["latency_ms"] is not None]  # failed compiles left out
+    return {
+        "deploy_batches": _batches(records),
+        "deploy_rows": deploy_rows(records),
+        "batches": _batches(measured),
+        "rows": infer_rows(measured),
+        "machine": measured[0]["machine"],
+        "commands": _commands(measured),
+    }
+
+
+# --- optimizer -------------------------------------------------------------------------------------
+
+
+def in_training(training: Record) -> dict[str, Any]:
+    """Heavy-ball ``step()`` timed inside training, and what RepOptSGD's time is made of (ms)."""
+    ms = training["optimizer_step_ms"]
+    torch_ms = ms["torch SGD heavy-ball"]
+    repopt, unmasked = ms["RepOptSGD heavy-ball"], ms["RepOptSGD heavy-ball, no masks"]
+    per_tap = ms["RepOptSGD heavy-ball, per-tap masks only"]
+    return {
+        **{k: training[k] for k in ("model", "image_size", "batch_size")},
+        "rows": [[label, f"{v:.2f}", f"{v / torch_ms:.2f}x"] for label, v in ms.items()],
+        "repopt": repopt,
+        "torch": torch_ms,
+        "fused": ms["torch SGD heavy-ball, fused"],
+        "unmasked": unmasked,
+        "masks": repopt - unmasked,
+        "per_tap": per_tap - unmasked,
+        "diagonal": repopt - per_tap,
+    }
+
+
+def optimizer_section(profile: Record) -> dict[str, Any]:
+    """Per model: ms per ``optimizer.step()`` and optimizer-state MiB of every optimizer; an empty
+    ``models`` for a record taken before factored masks (its figures no longer describe the code)."""
+    models = [
+        {
+            "name": name,
+            "parameters": result["parameters"],
+            "masked": result["masked_elements"],
+            "rows": [
+                [label, f"{ms:.2f}", f"{result['optimizer_state_mib'][label]:.1f}"]
+                for label, ms in result["optimizer_step_ms"].items()
+            ],
+        }
+        for name, result in profile.get("models", {}).items()
+    ]
+    return {
+        "models": models,
+        "in_training": in_training(profile["in_training"]) if "in_training" in profile else None,
+        "machine": profile.get("machine"),
+        "command": profile.get("command"),
+    }
+
+
+# --- CIFAR-10 headline -----------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float], sign: str = "") -> str:
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{sign}.2f}{spread}"
+
+
+def cifar_rows(cifar: Record, qat: Record | None) -> dict[str, dict[str, str]]:
+    """Per row of ``cifar10_dev.json``: seeds, FP32 top-1 % (mean ± std), train images/s and,
+    where ``qat_cifar10_dev.json`` has the model, the INT8 top-1 change in points (PTQ by ONNX
+    Runtime per tensor; QAT), paired per seed against the same fused FP32 model."""
+    out = {}
+    for row, seeds in cifar["rows"].items():
+        speeds = [r["train_images_per_s"] for r in seeds.values() if "train_images_per_s" in r]
+        out[row] = {
+            "seeds": str(len(seeds)),
+            "top1": _mean_std([100 * r["top1"] for r in seeds.values()]),
+            "images_per_s": f"{statistics.mean(speeds):.0f}" if speeds else "-",
+        }
+        int8 = (qat or {}).get("rows", {}).get(row, {}).values()
+        for key, column in (("ptq", "ptq_ort_per-tensor"), ("qat", "qat")):
+            changes = [
+                100 * (seed[column]["top1_int8"] - seed[column]["top1_fp32"])
+                for seed in int8
+                if column in seed
+            ]
+            out[row][key] = _mean_std(changes, "+") if changes else "-"
+    return out
+
+
+def render_headline(results: Path) -> str | None:
+    """The README's headline block (markers included); None without ``cifar10_dev.json``."""
+    cifar = _load(results / "cifar10_dev.json")
+    if cifar is None:
+        return None
+    qat = _load(results / "qat_cifar10_dev.json")
+    rows = cifar_rows(cifar, qat)
+    text = _template("readme_headline.md.j2").render(
+        rows=rows,
+        settings=cifar["settings"],
+        machine=cifar["machine"],
+        qat=qat and qat["settings"],
+    )
+    return f"{BEGIN}\n{text}{END}\n"
+
+
+def replace_block(text: str, block: str, name: str = "README.md") -> str:
+    """``text`` with its part from :data:`BEGIN` to :data:`END` (both included) replaced by
+    ``block``, which starts and ends with the markers; nothing else changes."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start or text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise ValueError(
+            f"{name}: expected one '{BEGIN}' line followed by one '{END}' line "
+            "where the headline table goes"
+        )
+    return text[:start] + block.removesuffix("\n") + text[end + len(END) :]
+
+
+# --- documents -------------------------------------------------------------------------------------
+
+
+def _md_rows(rows: Rows) -> str:
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+
+
+def _template(name: str) -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["fmt"] = format
+    env.filters["rows"] = _md_rows
+    return env.get_template(name)
+
+
+def render_docs(results: Path, batch: int = HEADLINE_BATCH) -> str:
+    """docs/benchmarks.md from the JSON in ``results``."""
+    headline_file = results / "speed_train_a0.json"
+    train = _load(headline_file)
+    if not train:
+        raise SystemExit(f"{headline_file}: not found; run benchmarks/run_speed.sh first")
+    train_b1 = _load(results / "speed_train_b1.json")
+    infer = _load(results / "speed_infer.json")
+    curves = load_curves(results)
+    profile = _load(results / "speed_optimizer_profile.json")
+    budget = next((r["max_batch"]["budget_mb"] for r in train if "max_batch" in r), None)
+    return _template("benchmarks.md.j2").render(
+        budget=budget,
+        a0=train_section(train, batch, "a0"),
+        b1=train_section(train_b1, batch, "b1") if train_b1 else None,
+        curves=curve_section(curves, batch) if curves else None,
+        cpu_paths=_load(results / "cpu_paths.json"),
+        cpu_accuracy=_load(results / "cpu_paths_accuracy.json"),
+        infer=infer_section(infer) if infer else None,
+        optimizer=optimizer_section(profile) if profile else None,
+        results="../benchmarks/results",
+    )
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_train(records: list[Record], out: Path) -> list[str]:
+    plt = _pyplot()
     written = []
     models = list(dict.fromkeys(r["model"] for r in records))
-    batches = sorted({r["batch_size"] for r in records})
+    batches = _batches(records)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for model in models:
         rows = sorted((r for r in records if r["model"] == model), key=lambda r: r["batch_size"])
@@ -251,7 +646,8 @@ def plot_train(records: list[Record], out: Path) -> list[str]:
 
 
 def plot_infer(records: list[Record], out: Path) -> list[str]:
-    batches = sorted({r["batch_size"] for r in records})
+    plt = _pyplot()
+    batches = _batches(records)
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 4), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         rows = [r for r in records if r["batch_size"] == batch]
@@ -265,166 +661,12 @@ def plot_infer(records: list[Record], out: Path) -> list[str]:
     return ["speed_infer.png"]
 
 
-def load_curves(results: Path) -> dict[int, list[Record]]:
-    """``{image size: records}`` from every ``speed_curve_<size>.json``, by ascending size."""
-    curves = {
-        int(path.stem.rsplit("_", 1)[1]): _load(path) for path in results.glob("speed_curve_*.json")
-    }
-    return dict(sorted(curves.items()))
-
-
-def curve_batch(curves: dict[int, list[Record]], preferred: int = HEADLINE_BATCH) -> int:
-    """``preferred`` when every image size has it, else the largest batch they all have."""
-    common = set.intersection(*({r["batch_size"] for r in records} for records in curves.values()))
-    if not common:
-        raise SystemExit("speed_curve_*.json: no batch size is recorded at every image size")
-    return preferred if preferred in common else max(common)
-
-
-def curve_ratios(records: list[Record], batch: int) -> dict[str, float]:
-    """RepOpt-VGG over RepVGG and plain VGG at one image size and batch: paired throughput
-    ratios, accounted-memory ratios and (with a budget) the largest-batch ratio."""
-    repopt, repvgg, plain = (
-        _find(records, m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
-    )
-    out: dict[str, float] = {}
-    for name, other in (("repvgg", repvgg), ("plain", plain)):
-        if repopt and other:
-            out[f"repopt_over_{name}_throughput"] = paired_ratio(
-                repopt["window_images_per_s"], other["window_images_per_s"]
-            )
-            out[f"repopt_over_{name}_memory"] = (
-                repopt["peak_train_memory_mb"] / other["peak_train_memory_mb"]
-            )
-            if repopt.get("max_batch_size") and other.get("max_batch_size"):
-                out[f"repopt_over_{name}_max_batch"] = (
-                    repopt["max_batch_size"] / other["max_batch_size"]
-                )
-    return out
-
-
-def _target_cell(key: str, size: int, value: float) -> str:
-    bound = CURVE_TARGETS.get((key, size)) or CURVE_TARGETS.get((key, None))
-    if bound is None:
-        return f"{value:.3f}x"
-    sign, limit = bound
-    met = value <= limit if sign == "<=" else value >= limit
-    return f"{value:.3f}x ({sign} {limit:.2f}x: {'met' if met else '**not met**'})"
-
-
-def curve_ratio_table(curves: dict[int, list[Record]], batch: int) -> str:
-    columns = (
-        ("repopt_over_repvgg_throughput", "RepOpt-VGG / RepVGG img/s"),
-        ("repopt_over_repvgg_memory", "RepOpt-VGG / RepVGG memory"),
-        ("repopt_over_plain_throughput", "RepOpt-VGG / plain VGG img/s"),
-        ("repopt_over_plain_memory", "RepOpt-VGG / plain VGG memory"),
-        ("repopt_over_repvgg_max_batch", "RepOpt-VGG / RepVGG largest batch"),
-    )
-    lines = [
-        f"| image size (batch {batch}) | " + " | ".join(title for _, title in columns) + " |",
-        "|---:|" + "---|" * len(columns),
-    ]
-    for size, records in curves.items():
-        ratios = curve_ratios(records, batch)
-        cells = (_target_cell(k, size, ratios[k]) if k in ratios else "" for k, _ in columns)
-        lines.append(f"| {size} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def max_batch_table(curves: dict[int, list[Record]]) -> str | None:
-    """Largest batch per model (rows) and image size (columns); None without a budget."""
-    budgets = {
-        r["max_batch"]["budget_mb"] for rs in curves.values() for r in rs if "max_batch" in r
-    }
-    if not budgets:
-        return None
-    sizes = list(curves)
-    lines = [
-        f"| largest batch within {' / '.join(f'{b:g}' for b in sorted(budgets))} MiB | "
-        + " | ".join(f"{s} px" for s in sizes)
-        + " |",
-        "|---|" + "---:|" * len(sizes),
-    ]
-    for model in _curve_models(curves):
-        cells = []
-        for size in sizes:
-            record = next((r for r in curves[size] if r["model"] == model), {})
-            cells.append(str(record.get("max_batch_size", "")))
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _curve_models(curves: dict[int, list[Record]]) -> list[str]:
-    return list(dict.fromkeys(r["model"] for records in curves.values() for r in records))
-
-
-def curve_explanation(curves: dict[int, list[Record]], batch: int) -> str | None:
-    """Where RepOpt-VGG's memory difference comes from, in numbers from the smallest and the
-    largest image size recorded; None when RepOpt-VGG, RepVGG or plain VGG is missing."""
-    small, large = min(curves), max(curves)
-
-    def three(size: int) -> tuple[Record, Record, Record] | None:
-        found = tuple(
-            _find(curves[size], m, batch) for m in ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
-        )
-        return found if all(found) else None
-
-    found = three(small), three(large)
-    if not all(found):
-        return None
-    (repopt, repvgg, plain), (repopt_l, repvgg_l, _) = found
-    fixed = {
-        name: r["peak_train_memory_mb"] - r["memory"]["activations_mb"]
-        for name, r in (("repopt", repopt), ("repvgg", repvgg), ("plain", plain))
-    }
-    masks = repopt["memory"]["optimizer_state_mb"] - plain["memory"]["optimizer_state_mb"]
-    per_image = {
-        size: (a["memory"]["activations_per_image_mb"], b["memory"]["activations_per_image_mb"])
-        for size, (a, b) in ((small, (repopt, repvgg)), (large, (repopt_l, repvgg_l)))
-    }
-    gap = per_image[small][1] - per_image[small][0]
-    extra_fixed = fixed["repopt"] - fixed["repvgg"]
-    if extra_fixed <= 0:
-        breakeven = "at every batch size"
-    elif gap > 0:
-        breakeven = f"from batch {extra_fixed / gap:.0f} on at {small} px"
-    else:
-        breakeven = "at no batch size"
-
-    def memory_ratio(a: Record, b: Record) -> str:
-        return f"{a['peak_train_memory_mb'] / b['peak_train_memory_mb']:.2f}x"
-
-    def throughput(size: int, other: str) -> str:
-        return f"{curve_ratios(curves[size], batch)[f'repopt_over_{other}_throughput']:.2f}x"
-
-    return (
-        "Where the difference comes from. RepOpt-VGG trains the plain VGG network itself, so its "
-        "parameters, gradients, momentum and saved activations are plain VGG's "
-        f"({fixed['plain']:.1f} MiB that do not grow with the batch; "
-        f"{per_image[small][0]:.3f} MiB of saved activations per image at {small} px, "
-        f"{per_image[large][0]:.2f} MiB at {large} px). RepOptSGD adds one cost, its gradient "
-        f"masks in the optimizer state: {masks:.1f} MiB "
-        f"({100 * masks / plain['peak_train_memory_mb']:.1f}% of plain VGG's accounted memory at "
-        f"batch {batch}, {small} px). RepVGG instead trains extra 1x1 and identity branches: "
-        f"{fixed['repvgg'] - fixed['plain']:.1f} MiB more fixed memory (branch weights, their "
-        "gradients and momentum, BatchNorm buffers) and the activations every branch saves for "
-        f"backward, {per_image[small][1]:.3f} MiB per image at {small} px and "
-        f"{per_image[large][1]:.2f} MiB at {large} px "
-        f"({per_image[large][1] / per_image[large][0]:.2f}x RepOpt-VGG's). The masks are a fixed "
-        "cost and saved activations grow with batch x pixels, so RepOpt-VGG's advantage grows "
-        f"with resolution and batch: RepOpt-VGG / RepVGG memory is {memory_ratio(repopt, repvgg)} "
-        f"at {small} px and {memory_ratio(repopt_l, repvgg_l)} at {large} px (batch {batch}), and "
-        f"RepOpt-VGG needs less memory than RepVGG {breakeven}. Speed: RepOpt-VGG runs plain "
-        "VGG's forward and backward, its one extra the masked update, so it trains at "
-        f"{throughput(small, 'plain')} plain VGG's images/s at {small} px and "
-        f"{throughput(large, 'plain')} at {large} px, against RepVGG "
-        f"{throughput(small, 'repvgg')} and {throughput(large, 'repvgg')} (paired medians)."
-    )
-
-
 def plot_curves(curves: dict[int, list[Record]], batch: int, out: Path) -> list[str]:
     """Training images/s against image size at ``batch``, and accounted memory against batch
     (one panel per image size); one line per model."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     sizes, models = list(curves), _curve_models(curves)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for model in models:
@@ -458,7 +700,7 @@ def plot_curves(curves: dict[int, list[Record]], batch: int, out: Path) -> list[
                 label=model,
             )
         ax.set(xscale="log", xlabel="batch size", ylabel="accounted MiB", title=f"{size} px")
-        batches = sorted({r["batch_size"] for r in curves[size]})
+        batches = _batches(curves[size])
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.xaxis.set_minor_locator(NullLocator())
     axes[0][0].legend(fontsize=7)
@@ -469,411 +711,51 @@ def plot_curves(curves: dict[int, list[Record]], batch: int, out: Path) -> list[
     return ["speed_curve_throughput.png", "speed_curve_memory.png"]
 
 
-def curve_section(
-    curves: dict[int, list[Record]], batch: int, results: Path, rel: Path
-) -> list[str]:
-    """The cost-curve section of docs/benchmarks.md (plots written into ``results``)."""
-    batch = curve_batch(curves, batch)
-    plot_curves(curves, batch, results)
-    records = [r for rs in curves.values() for r in rs]
-    doc = [
-        "## Cost curves over image size (A0 width)",
-        "",
-        "Plain VGG, RepOpt-VGG (RepOptSGD), RepVGG and timm's RepVGG, side by side per image "
-        "size (one `reparam bench train` run each). Targets (issue 17): RepOpt-VGG memory at "
-        "most 1% above plain VGG's and throughput at least 0.99x plain VGG's; RepOpt-VGG / "
-        "RepVGG memory at most 0.90x at 32 px and 0.72x at 224 px.",
-        "",
-        curve_ratio_table(curves, batch),
-        "",
-    ]
-    explanation = curve_explanation(curves, batch)
-    if explanation:
-        doc += [explanation, ""]
-    largest = max_batch_table(curves)
-    if largest:
-        doc += [largest, ""]
-    doc += [
-        f"![throughput against image size]({rel}/speed_curve_throughput.png)",
-        f"![memory against batch]({rel}/speed_curve_memory.png)",
-        "",
-        "Machine: " + _machine_line(records[0]["machine"]),
-        "",
-        "Commands:",
-        "",
-    ]
-    return doc + [f"    {c}" for c in _commands(records)] + [""]
-
-
-def deploy_table(records: list[Record]) -> str:
-    """Fused-model latency per runtime (rows) and batch (columns), with the paired speed-up over
-    torch eager and torch.compile's compile time (not part of the latency)."""
-    batches = sorted({r["batch_size"] for r in records})
-    lines = [
-        "| model | runtime | "
-        + " | ".join(f"batch {b}: ms (x eager)" for b in batches)
-        + " | compile s (per batch) |",
-        "|---|---|" + "---:|" * len(batches) + "---:|",
-    ]
-    for model in dict.fromkeys(r["model"] for r in records if r["variant"] == "fused"):
-        eager = {
-            r["batch_size"]: r for r in records if r["model"] == model and r["variant"] == "fused"
-        }
-        for variant, runtime in DEPLOY_VARIANTS.items():
-            rows = {
-                r["batch_size"]: r
-                for r in records
-                if r["model"] == model and r["variant"] == variant
-            }
-            if not rows:
-                continue
-            first = next(iter(rows.values()))
-            if first.get("error"):
-                lines.append(f"| {model} | {runtime} | failed: {first['error']} |")
-                continue
-            cells = []
-            for b in batches:
-                if b not in rows:
-                    cells.append("")
-                    continue
-                speedup = paired_ratio(eager[b]["window_latency_ms"], rows[b]["window_latency_ms"])
-                cells.append(f"{rows[b]['latency_ms']:.2f} ({speedup:.2f}x)")
-            compile_s = " / ".join(
-                f"{rows[b]['compile_s']:.1f}" for b in batches if "compile_s" in rows.get(b, {})
-            )
-            lines.append(f"| {model} | {runtime} | " + " | ".join(cells) + f" | {compile_s} |")
-    return "\n".join(lines)
-
-
-def _ratio_lines(h: dict[str, Any]) -> list[str]:
-    def fmt(key: str, text: str, target: str = "") -> str | None:
-        if key not in h:
-            return None
-        value = h[key]
-        shown = (
-            f"{100 * value:+.1f}%" if "overhead" in key or "slowdown" in key else f"{value:.2f}x"
-        )
-        return f"| {text} | **{shown}** | {target} |"
-
-    rows = [
-        fmt(
-            "repopt_over_repvgg_throughput",
-            "RepOpt-VGG / RepVGG training images/s",
-            "paper: 1.7x (GPU, 224 px)",
-        ),
-        fmt(
-            "repopt_over_repvgg_memory",
-            "RepOpt-VGG / RepVGG accounted training memory",
-            "<= 0.90x (0.72x at 224 px)",
-        ),
-        fmt(
-            "repopt_over_plain_vgg_memory",
-            "RepOpt-VGG / plain VGG accounted training memory"
-            + (
-                f" (RepOptSGD's extra state: {h['repopt_grad_mask_memory_mb']:.2f} MiB)"
-                if "repopt_grad_mask_memory_mb" in h
-                else ""
-            ),
-            "<= 1.01x",
-        ),
-        fmt("repopt_over_repvgg_activations", "RepOpt-VGG / RepVGG saved activations", ""),
-        fmt("repopt_over_repvgg_rss", "RepOpt-VGG / RepVGG process RSS for training", ""),
-        fmt(
-            "repopt_over_repvgg_max_batch",
-            "RepOpt-VGG / RepVGG largest batch in the budget",
-            "paper: 260/198 = 1.31x",
-        ),
-        fmt(
-            "repopt_optimizer_step_over_sgd",
-            "RepOptSGD step / torch SGD step (same model, in training)",
-            "<= 1.00x",
-        ),
-        fmt(
-            "repopt_optimizer_overhead_of_step",
-            "RepOptSGD step - SGD step, as a share of a training step",
-            "",
-        ),
-        fmt("repopt_step_slowdown_vs_sgd", "whole training step, RepOptSGD vs SGD", ""),
-        fmt(
-            "repopt_over_plain_vgg_throughput",
-            "RepOpt-VGG / plain VGG training images/s",
-            ">= 0.99x",
-        ),
-        fmt(
-            "reparam_repvgg_over_timm_repvgg_throughput",
-            "reparam RepVGG / timm RepVGG training images/s",
-            "",
-        ),
-    ]
-    width = h["width"].upper()
-    title = f"| ratio ({width} width, 32x32, batch {h['batch_size']}, paired medians) | measured | target |"
-    return [title, "|---|---:|---|"] + [r for r in rows if r]
-
-
-FACTORED_MASKS = (
-    "RepOptSGD / RepOptAdamW store a CSLA mask factored: one value per output channel and tap "
-    "(`[C_out, 1, k, k]`, the same for every input channel) plus the identity's diagonal "
-    "centre, instead of the full `[C_out, C_in, k, k]` tensor. The masks are applied in place in "
-    "the gradients (`step()` leaves `M * grad` in `.grad`), block by block, multiplying each "
-    "chunk by its factors repeated over two input channels and then setting the diagonal, so "
-    "masking needs no scratch and the update is the full-mask one bit for bit; RepOptSGD then "
-    "runs torch's fused SGD kernel on the block (one pass for decay, momentum and weight; the "
-    "kernel of `torch.optim.SGD(fused=True)`, which is not torch's CPU default). Masks that do "
-    "not factor stay full size: depthwise convolutions and 1-D parameters (the factors would be "
-    "as large) and `grad_mults=` masks that vary over input channels. Nesterov and AdamW run the "
-    "same blocked update as heavy-ball momentum."
-)
-
-
-def optimizer_section(profile: Record) -> list[str]:
-    """Per model: ms per ``optimizer.step()`` and optimizer-state MiB of every optimizer."""
-    doc = [
-        "## Optimizer step and state",
-        "",
-        FACTORED_MASKS,
-        "",
-        "Median ms per `optimizer.step()` (same weights and gradients, interleaved) and the "
-        "optimizer's state after one step (buffers, masks or factors and tiles, scratch; MiB); "
-        "the gradients are copied back before every step and the copy's time subtracted:",
-        "",
-    ]
-    for name, result in profile["models"].items():
-        doc += [
-            f"`{name}`, {result['parameters'] / 1e6:.2f}M parameters, "
-            f"{result['masked_elements'] / 1e6:.2f}M of them masked:",
-            "",
-            "| optimizer | ms/step | state MiB |",
-            "|---|---:|---:|",
-        ]
-        doc += [
-            f"| {label} | {ms:.2f} | {result['optimizer_state_mib'][label]:.1f} |"
-            for label, ms in result["optimizer_step_ms"].items()
-        ]
-        doc.append("")
-    if "in_training" in profile:
-        doc += in_training_lines(profile["in_training"])
-    return doc + [
-        f"Machine: {_machine_line(profile['machine'])}",
-        "",
-        f"    {profile['command']}",
-        "",
-    ]
-
-
-def in_training_lines(training: Record) -> list[str]:
-    """Heavy-ball ``step()`` timed inside training, and what RepOptSGD's time is made of."""
-    ms = training["optimizer_step_ms"]
-    torch_ms, fused = ms["torch SGD heavy-ball"], ms["torch SGD heavy-ball, fused"]
-    repopt, unmasked = ms["RepOptSGD heavy-ball"], ms["RepOptSGD heavy-ball, no masks"]
-    per_tap = ms["RepOptSGD heavy-ball, per-tap masks only"]
-    lines = [
-        f"Inside training (`{training['model']}`, {training['image_size']} px, batch "
-        f"{training['batch_size']}: forward and backward before every step, so each step meets "
-        "the gradients as training leaves them; median ms per `step()` over interleaved rounds):",
-        "",
-        "| optimizer | ms/step | vs torch SGD (default) |",
-        "|---|---:|---:|",
-    ]
-    lines += [f"| {label} | {value:.2f} | {value / torch_ms:.2f}x |" for label, value in ms.items()]
-    return lines + [
-        "",
-        f"RepOptSGD takes {repopt:.2f} ms against {torch_ms:.2f} ms for torch's default SGD (the "
-        f"for-loop on the CPU; {repopt / torch_ms:.2f}x) and {fused:.2f} ms for torch's "
-        f"`fused=True` SGD ({repopt / fused:.2f}x), whose kernel it runs after its masks: "
-        f"without masks it takes {unmasked:.2f} ms. The masks add {repopt - unmasked:.2f} ms: "
-        f"{per_tap - unmasked:.2f} ms for multiplying each chunk by its per-tap factors and "
-        f"{repopt - per_tap:.2f} ms for setting the identity's diagonal. The multiply is one more "
-        "in-place pass over the gradients: a 2 MiB block's gradients, weights and momentum do not "
-        "fit one core's 2 MiB L2 together, so each pass streams from the next cache level, and "
-        "smaller blocks cost more in per-op dispatch than they save (the block-size rows). The "
-        "diagonal is a strided gather of one element per row, a cache miss each, before the "
-        "multiply. Only a kernel that takes the mask (mask, decay, momentum and weight in one "
-        "pass) would remove both; torch's fused SGD takes no per-element multiplier.",
-        "",
-    ]
-
-
-def render(results: Path, docs: Path, batch: int = HEADLINE_BATCH) -> dict[str, Any]:
-    headline_file = results / "speed_train_a0.json"
-    train = _load(headline_file)
-    if not train:
-        raise SystemExit(f"{headline_file}: not found; run benchmarks/run_speed.sh first")
-    train_b1 = _load(results / "speed_train_b1.json") or []
-    infer_all = _load(results / "speed_infer.json") or []
-    infer = [r for r in infer_all if r["latency_ms"] is not None]  # failed compiles left out
-    curves = load_curves(results)
-    cpu_paths = _load(results / "cpu_paths.json")
-    cpu_accuracy = _load(results / "cpu_paths_accuracy.json")
-    profile = _load(results / "speed_optimizer_profile.json")
-    h = headline(train, batch)
-    plots = plot_train(train, results) + (plot_infer(infer, results) if infer else [])
-    rel = Path("../benchmarks/results")
-    budget = next((r["max_batch"]["budget_mb"] for r in train if "max_batch" in r), None)
-
-    doc = [
-        "# Benchmarks",
-        "",
-        "Generated by `benchmarks/render.py` from the JSON in `benchmarks/results/` (do not "
-        "edit by hand). Re-run everything with `benchmarks/run_speed.sh`.",
-        "",
-        "Method: synthetic data, one fixed batch per model; every model is warmed up, then the "
-        "models run one timed window each per round, in a rotating order, so ratios are "
-        "paired per round (median over rounds) and machine drift cancels. Accounted memory = "
-        "parameters + buffers + gradients + optimizer state (momentum and, for RepOptSGD, its "
-        "gradient masks) + the tensors autograd saves for backward (saved-tensor hooks, "
-        "unique storages): the step's peak minus short-lived temporaries. Process RSS for "
-        "training = peak RSS of a fresh process training that model minus its RSS after "
-        "imports."
-        + (
-            f" Largest batch: the largest batch whose accounted memory fits {budget:g} MiB "
-            "(predicted from the per-image memory, searched and verified by running)."
-            if budget
-            else ""
-        ),
-        "",
-        "## Headline (RepOptimizer's training-cost claims)",
-        "",
-        "RepOpt-VGG against RepVGG and plain VGG. Targets: the training speed, memory and "
-        "largest-batch gains the RepOptimizer paper reports for RepOpt-VGG over RepVGG "
-        "(Ding et al. 2022, https://arxiv.org/abs/2205.15242; "
-        "https://github.com/DingXiaoH/RepOptimizers), measured there on a GPU at 224x224, and "
-        "this project's bound on RepOptSGD's extra cost per step.",
-        "",
-    ]
-    doc += _ratio_lines(h) + [""]
-    doc += [
-        "## Training, A0 width, 32x32",
-        "",
-        train_table(train),
-        "",
-        f"![training throughput]({rel}/speed_train_throughput.png)",
-        f"![training memory]({rel}/speed_train_memory.png)",
-    ]
-    if "speed_max_batch.png" in plots:
-        doc.append(f"![max batch]({rel}/speed_max_batch.png)")
-    doc += ["", "Machine: " + _machine_line(train[0]["machine"]), "", "Commands:", ""]
-    doc += [f"    {c}" for c in _commands(train)] + [""]
-    h_b1 = headline(train_b1, batch, "b1") if train_b1 else None
-    if train_b1:
-        doc += [
-            "## Training, B1 width, 32x32",
-            "",
-            *_ratio_lines(h_b1),
-            "",
-            train_table(train_b1),
-            "",
-            "Machine: " + _machine_line(train_b1[0]["machine"]),
-            "",
-            "Commands:",
-            "",
-        ]
-        doc += [f"    {c}" for c in _commands(train_b1)] + [""]
-    if curves:
-        doc += curve_section(curves, batch, results, rel)
-    if cpu_paths or cpu_accuracy:
-        doc += ["## Training on the CPU: bf16 autocast and channels-last", ""]
-    if cpu_paths:
-        doc += [
-            cpu_paths["table"],
-            "",
-            "Machine: " + _machine_line(cpu_paths["machine"]),
-            "",
-            f"    {cpu_paths['command']}",
-            "",
-        ]
-    if cpu_accuracy:
-        doc += [
-            "CIFAR-10 subset top-1 per path (the `basic` recipe; a path may become the CPU "
-            "default only where it matches fp32 within the noise bound, the 95% interval of "
-            "Welch's t-test). bf16 autocast with channels-last is the fastest path above and "
-            "matches fp32 for all three models, so it is the training default on CPUs with "
-            "native bf16 from 32 px (`reparam.app.train.execution_defaults`):",
-            "",
-            cpu_accuracy["table"],
-            "",
-            f"    {cpu_accuracy['command']}",
-            "",
-        ]
+def plot_all(results: Path, batch: int = HEADLINE_BATCH) -> list[str]:
+    """Every ``speed_*.png`` whose JSON is recorded, written beside it."""
+    written = plot_train(_load(results / "speed_train_a0.json"), results)
+    infer = [r for r in _load(results / "speed_infer.json") or [] if r["latency_ms"] is not None]
     if infer:
-        doc += [
-            "## Inference (train form vs fused; torch eager, ONNX Runtime FP32 and INT8)",
-            "",
-            "INT8: QDQ, per-channel weights, MinMax on 32 random images (a speed figure; "
-            "accuracy after PTQ is in the deployment docs).",
-            "",
-            "The fused model by runtime (median latency; in brackets the paired speed-up over "
-            "torch eager; torch.compile's compile time, its first call at each batch size, is "
-            "not part of its latency; inductor's caches persist within a run and on disk, so a "
-            "fused graph equal to one compiled before, as RepVGG's is to RepOpt-VGG's, compiles "
-            "from cache):",
-            "",
-            deploy_table(infer_all),
-            "",
-            "Every variant:",
-            "",
-            infer_table(infer),
-            "",
-            f"![inference]({rel}/speed_infer.png)",
-            "",
-            "Machine: " + _machine_line(infer[0]["machine"]),
-            "",
-            "Commands:",
-            "",
-        ]
-        doc += [f"    {c}" for c in _commands(infer)] + [""]
-    if profile and "models" in profile:
-        doc += optimizer_section(profile)
-    elif profile:  # recorded before factored masks: its figures no longer describe the code
-        doc += [
-            "## Optimizer step and state",
-            "",
-            FACTORED_MASKS,
-            "",
-            "Not yet recorded for this version (factored masks, blocked Nesterov and AdamW); "
-            "record it on a quiet machine with the command below, then re-render.",
-            "",
-            "    .venv/bin/python benchmarks/profile_optimizer.py --threads 2 --steps 10 "
-            "--repeats 15 --record benchmarks/results/speed_optimizer_profile.json",
-            "",
-        ]
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    docs.write_text("\n".join(doc))
+        written += plot_infer(infer, results)
+    curves = load_curves(results)
+    if curves:
+        written += plot_curves(curves, curve_batch(curves, batch), results)
+    return written
 
-    machine = _machine_line(train[0]["machine"]).split(";")[0]
-    readme = [
-        "## Performance",
-        "",
-        f"Measured on this project's 2-core CPU ({machine}), side by side in one run; "
-        "full tables, plots and method in [docs/benchmarks.md](docs/benchmarks.md).",
-        "",
-    ]
-    readme += _ratio_lines(h) + [""]
-    if h_b1 and len(_ratio_lines(h_b1)) > 2:
-        readme += _ratio_lines(h_b1) + [""]
-    rows = [r for r in train if r["batch_size"] == h["batch_size"]]
-    readme += [
-        f"| model (batch {h['batch_size']}, 32x32) | optimizer | train img/s | "
-        "accounted memory MiB | max batch |",
-        "|---|---|---:|---:|---:|",
-    ]
-    readme += [
-        f"| {r['model']} | {r['optimizer']} | {r['train_images_per_s']:.1f} | "
-        f"{_mb(r['peak_train_memory_mb'])} | {r.get('max_batch_size', '')} |"
-        for r in rows
-    ]
-    readme += ["", "Reproduce:", ""] + [f"    {c}" for c in _commands(train)] + [""]
-    (results / "speed_README_section.md").write_text("\n".join(readme))
-    return h
+
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a sibling file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument(
+        "--readme", type=Path, default=Path("README.md"), help="file: gets the headline block"
+    )
     parser.add_argument("--batch", type=int, default=HEADLINE_BATCH, help="headline batch size")
+    parser.add_argument("--no-plots", action="store_true", help="write the markdown only")
     args = parser.parse_args()
-    h = render(args.results, args.docs, args.batch)
-    print(json.dumps(h, indent=2), file=sys.stderr)
+    _write(args.docs, render_docs(args.results, args.batch))
+    if not args.no_plots:
+        plot_all(args.results, args.batch)
+    block = render_headline(args.results)
+    if block is None:
+        print(
+            f"{args.results / 'cifar10_dev.json'}: not found; headline left alone", file=sys.stderr
+        )
+        return 0
+    _write(args.results / "readme_headline.md", block)
+    try:
+        _write(args.readme, replace_block(args.readme.read_text(), block, str(args.readme)))
+    except (OSError, ValueError) as exc:
+        print(f"render.py: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

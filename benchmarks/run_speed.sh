@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Record the speed and memory benchmarks behind docs/benchmarks.md and the README's performance
-# section, then render them. About 40 minutes on the project's 2-core CPU (A0, B1, optimizer
-# profile and inference about 10, torch.compile 2 more, the cost curves over image sizes about 15,
-# the CPU paths at four image sizes about 13); run it on a quiet machine (ratios are paired per round, but a loaded
-# CPU still adds noise).
+# Record the speed and memory benchmarks behind docs/benchmarks.md, then render them (and the
+# README's headline table, from the CIFAR-10 results). About 40 minutes on a 2-core CPU (A0, B1,
+# optimizer profile and inference about 10, torch.compile 2 more, the cost curves over image sizes
+# about 15, the CPU paths at four image sizes about 13); run it on a quiet machine (ratios are
+# paired per round, but a loaded CPU still adds noise).
 #
 #   benchmarks/run_speed.sh            # record into benchmarks/results/, render docs/benchmarks.md
 #   QUICK=1 benchmarks/run_speed.sh    # tiny settings into /tmp/reparam-speed-quick (pipeline check)
