@@ -82,10 +82,10 @@ def test_overrides_are_typed_and_validated():
     assert config.ema is True and config.grad_clip is None and config.drop_path_rate == 0.1
     assert config.epochs == 3
     for bad, message in [
-        ({"epochs": "x"}, "expected int"),
-        ({"optimizer": "lars"}, "not one of"),
+        ({"epochs": "x"}, "'epochs' is 'x'; expected an integer"),
+        ({"optimizer": "lars"}, "'optimizer' is 'lars'; expected one of"),
         ({"random_erasing": 1.5}, "random_erasing"),
-        ({"ema": "maybe"}, "expected bool"),
+        ({"ema": "maybe"}, "'ema' is 'maybe'; expected true or false"),
         ({"epochs": 0}, "'epochs'"),
         ({"accum_steps": 3}, "divide"),
         ({"nope": 1}, "unknown config keys"),

@@ -3,12 +3,14 @@
 Every field of the recipe can be overridden: the flags below, or --set KEY=VALUE for any field
 (e.g. --set ema=true --set mixup=0.2). Presets: basic (default), repopt-vgg, repopt-hs,
 repvgg, vanillanet, resnet-rs, resnet-rs50 ... resnet-rs420; or a YAML/JSON recipe file.
---list-recipes shows them with their sources.
+--list-recipes shows them with their sources; --list-recipes --json adds the JSON schema of the
+fields (types, defaults, allowed ranges).
 
 Examples:
   reparam train --model repvgg_a0 --data digits --epochs 8 --image-size 32
   reparam train --recipe resnet-rs50 --data folder:imagenet --out runs/rs50
   reparam train --out runs/rs50 --resume                # continue an interrupted run
+  reparam train --list-recipes --json                   # presets and the config's JSON schema
   torchrun --nproc_per_node=4 -m reparam train --model repvgg_b1 --data cifar10:DIR ...
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from reparam.app.commands.arguments import DATA_SPECS, add_reporting
 from reparam.app.train import (
+    TrainConfig,
     fit,
     parse_overrides,
     parse_value,
@@ -104,9 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run in --out from last.state.pt (its config.json is reused)",
     )
     parser.add_argument(
-        "--list-recipes", action="store_true", help="print the presets as JSON and exit"
+        "--list-recipes",
+        action="store_true",
+        help="print the presets (name -> source, fields) as JSON and exit; with --json, one "
+        'object {"recipes": the presets, "schema": the JSON schema of the config fields}',
     )
-    add_reporting(parser, "the metrics as one JSON object")
+    add_reporting(
+        parser, "the metrics (with --list-recipes: the presets and schema) as one JSON object"
+    )
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +162,10 @@ def _stopped(result: dict[str, Any], out: str, command_line: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
-        print(json_text(recipes(), indent=2, sort_keys=True))
+        listing = recipes()
+        if args.json:
+            listing = {"recipes": listing, "schema": TrainConfig.model_json_schema()}
+        print(json_text(listing, indent=2, sort_keys=True))
         return 0
     config = build_config(args)
     try:

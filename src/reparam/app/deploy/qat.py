@@ -147,8 +147,7 @@ def resolve_route(model: nn.Module, route: str) -> str:
 
 def _run_config(config: dict[str, Any], data: str) -> TrainConfig:
     """The run's recipe (augmentation, label smoothing, optimizer settings) on ``data``."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in config.items() if k in known}
+    values = {k: v for k, v in config.items() if k in TrainConfig.model_fields}
     values.update(data=data, resume=False, device="auto")  # the run's device may be absent here
     return TrainConfig.from_dict(values)
 

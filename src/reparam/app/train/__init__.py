@@ -6,10 +6,10 @@ folders (:func:`load_model`) and the Hyper-Search run (:func:`hyper_search`).
 """
 
 from reparam.app.train.engine import fit
+from reparam.app.train.execution import execution_defaults
 from reparam.app.train.hypersearch import ablation_overrides, hyper_search
 from reparam.app.train.recipe import (
     TrainConfig,
-    execution_defaults,
     load_recipe,
     parse_overrides,
     parse_value,

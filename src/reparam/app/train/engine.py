@@ -17,7 +17,6 @@ the checkpoint of its last finished epoch and redoes the rest.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import math
@@ -130,7 +129,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
 class _Trainer:
     def __init__(self, config: TrainConfig, info: distributed.DistInfo, progress: bool):
-        config = dataclasses.replace(config)  # resolved below; the caller's object stays as given
+        config = config.model_copy()  # resolved below; the caller's object stays as given
         self.info, self.progress = info, progress
         self.out = Path(config.out)
         if config.threads is not None:
