@@ -88,6 +88,13 @@ def presets(tmp_path, monkeypatch) -> Path:
             "'adamw' or 'lamb'",
         ),
         ("repvgg", "recipe: nope", "preset 'repvgg': 'recipe' must name a preset ("),
+        ("repvgg", "recipe: repvgg", "preset 'repvgg': 'recipe' extends itself (repvgg -> repvgg)"),
+        (
+            "resnet-rs101",
+            "recipe: resnet-rs101",
+            "preset 'resnet-rs50': 'recipe' extends itself "
+            "(resnet-rs101 -> resnet-rs50 -> resnet-rs101)",
+        ),
     ],
 )
 def test_a_tampered_preset_names_its_field_path(presets, name, line, expected):

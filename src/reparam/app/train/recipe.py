@@ -407,9 +407,12 @@ def _read_mapping(path: Any) -> dict[str, Any]:
     return data
 
 
-def _extend(data: dict[str, Any], where: str, base: str | None) -> dict[str, Any]:
+def _extend(
+    data: dict[str, Any], where: str, base: str | None, chain: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The fields of a recipe mapping on top of those of the preset it extends (its ``recipe``,
-    else ``base``); ``source`` is documentation, not a field."""
+    else ``base``); ``source`` is documentation, not a field. ``chain``: the presets being
+    extended, so that a preset extending itself is one error, not endless recursion."""
     base = data.get("recipe", base)
     fields = {k: v for k, v in data.items() if k not in ("recipe", "source")}
     if base is None:
@@ -418,12 +421,14 @@ def _extend(data: dict[str, Any], where: str, base: str | None) -> dict[str, Any
         raise RecipeError(
             f"{where}: 'recipe' must name a preset ({', '.join(_presets())}), got {base!r}"
         )
-    return {**_preset(base), **fields}
+    if base in chain:
+        raise RecipeError(f"{where}: 'recipe' extends itself ({' -> '.join((*chain, base))})")
+    return {**_preset(base, chain), **fields}
 
 
-def _preset(name: str) -> dict[str, Any]:
+def _preset(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields preset ``name`` sets on top of the :class:`TrainConfig` defaults."""
-    return copy.deepcopy(_extend(_presets()[name], f"preset {name!r}", None))
+    return copy.deepcopy(_extend(_presets()[name], f"preset {name!r}", None, (*chain, name)))
 
 
 def recipes() -> dict[str, dict[str, Any]]:
