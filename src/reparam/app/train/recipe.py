@@ -29,6 +29,7 @@ import torch
 import yaml
 from timm.data import rand_augment_transform
 
+from reparam.compat import cpu_has_native_bf16
 from reparam.data import Preprocessing, data_defaults
 from reparam.errors import DataError, RecipeError
 from reparam.files import first_line, read_json
@@ -335,7 +336,7 @@ def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
     on every call; ``Conv2d(64, 64, 3, 2, 1)`` on a ``[8, 64, 1, 1]`` input shows it), which made
     16 px runs diverge."""
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native_bf16 = cpu_has_native_bf16()
     fast = on_cpu and native_bf16 and image_size >= BF16_MIN_IMAGE_SIZE
     return {"amp": fast, "channels_last": fast}
 
