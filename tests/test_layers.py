@@ -24,8 +24,7 @@ PACKAGE = Path(reparam.__file__).parent
 # matching prefix decides a module's layer.
 LIBRARY: list[tuple[str, ...]] = [
     ("reparam.errors", "reparam.compat"),
-    ("reparam.files", "reparam.testing"),
-    ("reparam.extras",),
+    ("reparam.files", "reparam.testing", "reparam.extras"),
     ("reparam.kernels",),
     ("reparam.csla",),
     ("reparam.fuse",),
