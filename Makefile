@@ -4,19 +4,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+# the exact versions CI tests (constraints.txt) of the ranges pyproject.toml declares
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/reparam demo --out runs/demo
 
+# everything: lint, the whole suite (each test under pytest-timeout's limit in pyproject.toml)
+# and the docs build (add its target to this line)
 test: lint
 	$(BIN)/python -m pytest -n 2
+
+# the inner loop: the suite without the tests marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 bench: $(STAMP)
 	BIN=$(BIN) benchmarks/run_speed.sh

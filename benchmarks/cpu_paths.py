@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy import stats
 
 from reparam import create_model
 from reparam.app.bench.machine import machine_info
@@ -49,6 +48,7 @@ from reparam.app.bench.subjects import ModelSpec, TrainSubject
 from reparam.app.bench.timing import interleaved_windows, paired_ratio
 from reparam.app.bench.train import in_fresh_process
 from reparam.app.train import fit, resolve_config
+from reparam.extras import require
 from reparam.files import read_json, write_json
 from reparam.models.summary import count_macs
 
@@ -230,7 +230,8 @@ def welch(sample: list[float], reference: list[float]) -> tuple[float, float, fl
     se = math.sqrt(a + b)
     df = (a + b) ** 2 / (a**2 / (len(sample) - 1) + b**2 / (len(reference) - 1))
     diff = statistics.mean(sample) - statistics.mean(reference)
-    return diff, stats.t.ppf(0.975, df) * se, 2 * stats.t.sf(abs(diff) / se, df)
+    t = require("scipy.stats", extra="bench").t
+    return diff, t.ppf(0.975, df) * se, 2 * t.sf(abs(diff) / se, df)
 
 
 def accuracy_table(record: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from reparam.app.bench.machine import machine_info
 from reparam.app.dataspec import load_data
 from reparam.app.train import TrainConfig, fit
 from reparam.data import DataBundle
+from reparam.extras import require
 from reparam.files import load_weights, write_json
 from reparam.models import create_model
 from reparam.models.annealed import AnnealedActivation, fusion_macs
@@ -173,8 +174,7 @@ def tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 def logistic_regression_top1(data: DataBundle) -> float:
     """Multinomial logistic regression on the same normalized pixels (no augmentation): a
     standard fit of the best affine classifier, for context."""
-    from sklearn.linear_model import LogisticRegression
-
+    LogisticRegression = require("sklearn.linear_model", extra="bench").LogisticRegression
     x_train, y_train = tensors(data.train)
     x_val, y_val = tensors(data.val)
     clf = LogisticRegression(max_iter=1000).fit(x_train.flatten(1).numpy(), y_train.numpy())

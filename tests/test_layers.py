@@ -23,8 +23,8 @@ PACKAGE = Path(reparam.__file__).parent
 # bottom to top; a module may import from its own layer and the layers below it. The longest
 # matching prefix decides a module's layer.
 LIBRARY: list[tuple[str, ...]] = [
-    ("reparam.errors",),
-    ("reparam.files", "reparam.testing"),
+    ("reparam.errors", "reparam.compat"),
+    ("reparam.files", "reparam.testing", "reparam.extras"),
     ("reparam.kernels",),
     ("reparam.csla",),
     ("reparam.fuse",),

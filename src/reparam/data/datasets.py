@@ -1,8 +1,9 @@
 """Datasets behind the data specs. Every dataset yields ``(transform(uint8 [3, H, W]), label)``.
 
-- ``digits``: scikit-learn's bundled 8x8 handwritten digits (1797 real images, 10 classes),
-  split 80/20 stratified with a fixed seed (1437 train / 360 val), grey levels 0..16 scaled to
-  0..255 and repeated to 3 channels; the transform upsamples them.
+- ``digits``: the 8x8 handwritten digits scikit-learn ships (1797 real images, 10 classes),
+  kept in the package (:func:`digits`), split 80/20 stratified with a fixed seed (1437 train /
+  360 val), grey levels 0..16 scaled to 0..255 and repeated to 3 channels; the transform
+  upsamples them.
 - ``synthetic[:N]``: ``N`` random images with random labels (speed measurements only), held in
   memory: at most :data:`MAX_SYNTHETIC_BYTES` of pixels.
 - ``cifar10:DIR`` / ``cifar100:DIR``: the standard python pickle batches, read with an unpickler
@@ -80,26 +81,26 @@ CIFAR10_CLASSES = [
 ]  # fmt: skip
 
 
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
+
+
 def digits() -> tuple[Tensor, Tensor, Tensor, Tensor, list[str]]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    """The digits splits from :data:`DIGITS_FILE` (package data, no download): the UCI
+    handwritten digits as scikit-learn's ``load_digits`` ships them (CC BY 4.0), grey levels
+    scaled to ``round(v * 255 / 16)``, split by ``train_test_split(test_size=0.2,
+    stratify=labels, random_state=0)``; ``tests/test_extras.py`` checks the file against
+    scikit-learn."""
+    with np.load(DIGITS_FILE) as saved:
+        arrays = {name: torch.from_numpy(saved[name]) for name in saved.files}
 
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    x_train, x_val, y_train, y_val = train_test_split(
-        images, digits.target, test_size=0.2, stratify=digits.target, random_state=0
-    )
+    def images(split: str) -> Tensor:
+        return arrays[f"{split}_images"].unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
-    def to_tensor(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(x).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    def labels(split: str) -> Tensor:
+        return arrays[f"{split}_labels"].long()
 
-    return (
-        to_tensor(x_train),
-        torch.from_numpy(y_train),
-        to_tensor(x_val),
-        torch.from_numpy(y_val),
-        [str(digit) for digit in range(10)],
-    )
+    names = [str(digit) for digit in range(10)]
+    return images("train"), labels("train"), images("val"), labels("val"), names
 
 
 MAX_SYNTHETIC_BYTES = 2**31  # synthetic:N holds its uint8 pixels in memory: 2 GiB at most

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reparam.compat import sgd_update_
 from reparam.optim.base import MaskedOptimizer
 
 __all__ = ["RepOptSGD"]
@@ -25,9 +26,11 @@ class RepOptSGD(MaskedOptimizer):
         W = W - lr * d
 
     The last four lines are torch's fused SGD kernel (``torch._fused_sgd_``, what
-    ``torch.optim.SGD(fused=True)`` runs), one pass over each block: with unit masks the weights
-    equal ``torch.optim.SGD(fused=True)``'s bit for bit (torch's default for-loop SGD rounds
-    ``momentum * buf + d`` in two steps, the kernel in one: they differ by an ulp now and then).
+    ``torch.optim.SGD(fused=True)`` runs; :func:`reparam.compat.sgd_update_` has the version check
+    and the public fallback), one pass over each block: with unit masks the weights
+    equal ``torch.optim.SGD(fused=True)``'s bit for bit (torch's default for-loop SGD, like the
+    fallback, rounds as the kernel's SIMD lanes do; the kernel's element-by-element tail of each
+    tensor rounds weight decay and dampening products on their own: an ulp now and then).
     **Contract:** ``step()`` leaves ``M * grad`` in ``.grad``: read or clip gradients before the
     step. This order is what makes the target's trajectory equal the CSLA model's (float64
     relative error ~1e-16 per step). Anything that rescales gradients per tensor before the step (gradient clipping by
@@ -94,7 +97,6 @@ class RepOptSGD(MaskedOptimizer):
                 lr=lr,
                 dampening=group["dampening"],
                 nesterov=group["nesterov"],
-                maximize=False,
             )
             for block in plan.blocks:
                 start, stop = block.start, block.stop
@@ -103,7 +105,7 @@ class RepOptSGD(MaskedOptimizer):
                 for first in (False, True):  # one kernel call per kind of momentum buffer
                     chosen = [j for j in range(start, stop) if bool(fresh_chunks[j]) == first]
                     if chosen:
-                        torch._fused_sgd_(
+                        sgd_update_(
                             [param_chunks[j] for j in chosen],
                             [grad_chunks[j] for j in chosen],
                             [buf_chunks[j] for j in chosen] if momentum else [],

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from reparam.errors import DeployError
+from reparam.extras import require, require_extra
 from reparam.files import first_line
 from reparam.testing import CheckResult, compare
 
@@ -64,6 +65,7 @@ def export_onnx(
 
     The exporter's progress lines go to stderr (stdout is reserved for ``--json``).
     """
+    require_extra("deploy")  # torch's exporter runs onnxscript and onnx
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(model, torch.fx.GraphModule):
@@ -94,7 +96,7 @@ def export_onnx(
 
 def add_metadata(path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Record ``metadata`` in an ONNX file's ``metadata_props``."""
-    import onnx
+    onnx = require("onnx", extra="deploy")
 
     proto = onnx.load(str(path))
     for key, value in metadata.items():
@@ -115,8 +117,7 @@ def open_session(
     several sessions in turn on shared cores). ``qdq_as_written=True`` keeps ORT from fusing
     QuantizeLinear / DequantizeLinear pairs into integer kernels (QLinearConv, ...): the graph
     then computes what it says, in float between the Q/DQ pairs, as torch's reference does."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", extra="deploy")
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"{path}: ONNX file not found")

@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from reparam.errors import DeployError
+from reparam.extras import require, require_extra
 from reparam.quant.onnx import input_shape, open_session
 
 __all__ = [
@@ -149,6 +150,7 @@ def _check_images(onnx_path: Path, images: np.ndarray) -> str:
 
 def calibrate(onnx_path: str | os.PathLike, images: np.ndarray, settings: QuantSettings):
     """Activation ranges (an ORT ``TensorsData``) from ``images`` with ``settings.calibration``."""
+    require_extra("deploy")
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
@@ -194,8 +196,7 @@ def tensor_ranges(ranges) -> dict[str, tuple[float, float]]:
 
 def first_last_nodes(onnx_path: str | os.PathLike) -> list[str]:
     """Names of the first and the last Conv/Gemm/MatMul node (graph order is topological)."""
-    import onnx
-
+    onnx = require("onnx", extra="deploy")
     nodes = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type in _COMPUTE_OPS]
     return sorted({nodes[0], nodes[-1]}) if nodes else []
 
@@ -211,6 +212,7 @@ def quantize_onnx(
     ``images``: float32 ``[N, C, H, W]`` calibration inputs in the model's input shape (the first
     ``settings.calib_images`` are used).
     """
+    require_extra("deploy")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -24,7 +24,9 @@ import torch
 from torch import fx, nn
 
 from reparam.errors import DeployError
+from reparam.extras import require
 
+require("torchao", extra="qat")  # importing this module without torchao: one line naming the extra
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notice
 from torchao.quantization.pt2e import (  # noqa: E402
     FusedMovingAvgObsFakeQuantize,

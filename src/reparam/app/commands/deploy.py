@@ -35,6 +35,7 @@ from reparam.app.commands.arguments import (
 from reparam.app.train import TrainConfig, fit
 from reparam.app.train.state import describe_checkpoint
 from reparam.errors import UserError
+from reparam.extras import require_extra
 from reparam.files import json_text
 from reparam.models import list_models
 from reparam.quant.ort import BACKENDS, CALIBRATIONS, GRANULARITIES, QuantSettings
@@ -187,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
+        require_extra("deploy")  # before any model is trained
         result = compare_ptq(
             _trained_sources(args),
             args.data,

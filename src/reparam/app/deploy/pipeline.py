@@ -37,6 +37,7 @@ from reparam.app.folders import atomic_folder, check_replaceable, exclusive_lock
 from reparam.app.train.state import describe_checkpoint
 from reparam.data import Preprocessing
 from reparam.errors import DeployError
+from reparam.extras import require_extra
 from reparam.files import json_text, write_json
 from reparam.quant.onnx import (
     ONNX_TOLERANCE,
@@ -121,6 +122,10 @@ def deploy(
     """
     out_dir = Path(out_dir)
     settings = settings or QuantSettings()
+    if onnx or int8:  # before any work: a missing extra is one line naming it
+        require_extra("deploy")
+    if int8 and int8_writer is None and settings.backend == "pt2e":
+        require_extra("qat")
     if image_size is not None and image_size < 1:
         raise DeployError(f"image_size must be a positive number of pixels, got {image_size}")
     check_deploy_target(out_dir, force)

@@ -45,6 +45,7 @@ from reparam.app.train import TrainConfig
 from reparam.app.train.optim_factory import weight_decay_groups
 from reparam.app.train.setup import TrainingLoss, build_data
 from reparam.errors import DeployError
+from reparam.extras import require_extra
 from reparam.fuse import reparameterize
 from reparam.models.annealed import annealing_finished, has_annealing
 from reparam.optim import RepOptSGD, grad_mults
@@ -313,6 +314,8 @@ def qat(
     ``deploy.json``'s content (``int8``: top-1 FP32 (the run's model) / INT8 (QAT), agreement,
     SQNR, latency). ``eval_images`` train images check the ONNX file against the torch model."""
     settings = settings or QATSettings()
+    require_extra("qat")
+    require_extra("deploy")
     path = Path(source)
     if not (path.is_dir() or path.suffix == ".safetensors"):
         raise DeployError(f"{path}: expected a run folder or a .safetensors checkpoint")

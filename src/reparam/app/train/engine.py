@@ -61,6 +61,7 @@ from reparam.app.train.state import (
     write_log_csv,
 )
 from reparam.errors import CheckpointError, Terminated, TrainingError
+from reparam.extras import MissingExtraError, require
 from reparam.files import first_line, non_finite_tensors, read_json, save_weights, write_json
 from reparam.models.annealed import annealing_finished, set_lambda
 
@@ -224,9 +225,7 @@ class _Trainer:
         else:
             self._start_folder()
         if info.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out), purge_step=self.state.global_step or None)
+            self.writer = _event_writer(self.out, self.state.global_step)
         session_steps, stopped = 0, False
         with _StopFlag() as stop:
             while self.state.epoch < config.epochs:
@@ -504,7 +503,7 @@ class _Trainer:
         if info.is_main:
             write_log_csv(self.state.rows, LOG_FIELDS, self.out / "log.csv")
             for key in ("train_loss", "train_top1", "val_loss", "top1", "top1_ema"):
-                if row[key] is not None:
+                if row[key] is not None and self.writer is not None:
                     self.writer.add_scalar(f"epoch/{key}", row[key], self.state.epoch)
 
     @torch.no_grad()
@@ -681,3 +680,16 @@ def _progress_bar(enabled: bool, total: int, initial: int, desc: str) -> Any:
         leave=False,
         dynamic_ncols=True,
     )
+
+
+def _event_writer(out: Path, global_step: int) -> Any:
+    """TensorBoard's event writer for the run folder; None, with one warning, when the ``[tb]``
+    extra is not installed (the run trains and logs ``log.csv`` all the same)."""
+    try:
+        require("tensorboard", extra="tb")
+    except MissingExtraError as err:
+        log.warning("TensorBoard events are not written: %s", err)
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out), purge_step=global_step or None)

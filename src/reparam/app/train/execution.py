@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import torch
 
+from reparam.compat import cpu_has_native_bf16
+
 __all__ = [
     "BF16_MIN_IMAGE_SIZE",
     "FP32_NHWC_CRASH_SIZE",
     "execution_defaults",
     "execution_warnings",
-    "native_bf16",
 ]
 
 # below this input size a /32 network's last stride-2 convolution sees a 1x1 input, where
@@ -20,11 +21,6 @@ __all__ = [
 BF16_MIN_IMAGE_SIZE = 32
 # from this input size FP32 channels-last training of RepVGG crashes in oneDNN (see the warning)
 FP32_NHWC_CRASH_SIZE = 128
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX) rather than emulating it."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
@@ -43,7 +39,7 @@ def execution_defaults(device: str, image_size: int) -> dict[str, bool]:
     on every call; ``Conv2d(64, 64, 3, 2, 1)`` on a ``[8, 64, 1, 1]`` input shows it), which made
     16 px runs diverge."""
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    fast = on_cpu and native_bf16() and image_size >= BF16_MIN_IMAGE_SIZE
+    fast = on_cpu and cpu_has_native_bf16() and image_size >= BF16_MIN_IMAGE_SIZE
     return {"amp": fast, "channels_last": fast}
 
 
