@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 # the exact versions CI tests (constraints.txt) of the ranges pyproject.toml declares
 $(STAMP): pyproject.toml constraints.txt
@@ -17,9 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/reparam demo --out runs/demo
 
-# everything: lint, the whole suite (each test under pytest-timeout's limit in pyproject.toml)
-# and the docs build (add its target to this line)
-test: lint
+# everything: lint, the docs site build (mkdocs --strict) and the whole suite (each test under
+# pytest-timeout's limit in pyproject.toml)
+test: lint docs
 	$(BIN)/python -m pytest -n 2
 
 # the inner loop: the suite without the tests marked slow
@@ -29,9 +29,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	BIN=$(BIN) benchmarks/run_speed.sh
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

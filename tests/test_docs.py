@@ -21,10 +21,14 @@ real parser, :func:`reparam.app.cli.build_parser`, so a renamed subcommand or fl
 choice fails here. It is then run end to end, exactly as written, with the ``reparam`` console
 script beside ``sys.executable``, unless a rule of :data:`NOT_PARSED` or :data:`PARSE_ONLY`
 says otherwise (first match wins; the test id names the rule: ``README.md:57-run``,
-``README.md:56-parse-only-cifar``, ``README.md:19-skip-make``). A run must exit 0, and with
-``--json`` print one JSON value on stdout.
+``README.md:56-parse-only-cifar``, ``README.md:19-skip-make``) or the same command, as written,
+ran in an earlier document (``ran-before``). A run must exit 0, and with ``--json`` print one
+JSON value on stdout.
 
-The commands of one document share one temporary folder, as they would in a reader's shell:
+The commands of one document share one temporary folder, as they would in a reader's shell,
+which holds a small image folder, :data:`IMAGE_FOLDER` (``train/`` and ``val/`` class folders of
+PNG files), so a documented ``--data folder:images`` runs, and so does a ``reparam predict`` of
+images in it. The commands of one document share that folder:
 ``reparam deploy runs/a0`` needs the run folder of the earlier ``reparam train ... --out
 runs/a0``. A test first runs the earlier commands whose ``--out`` its arguments name (each
 once per session), so any one test can run alone. Commands get ``OMP_NUM_THREADS=1``: the test
@@ -43,7 +47,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from reparam.app.cli import build_parser
 
@@ -54,6 +60,10 @@ PROGRAMS = ("reparam", "make", "torchrun", "srun", "python", "python3", ".venv/b
 MAX_EPOCHS = 2  # a documented training run longer than this is parsed, not run
 TIMEOUT_S = 600
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+README_MAX_BYTES = 12000  # read in five minutes; the rest lives in docs/
+IMAGE_FOLDER = "images"  # in every document's folder: a reader's own images, in miniature
+IMAGE_CLASSES = {"cat": 40, "dog": 40}  # train images per class: more than one batch of 64
+VAL_IMAGES = 4  # per class
 
 
 @dataclass
@@ -165,6 +175,12 @@ def _trains_epochs(cmd: Command) -> int | None:
     return 8
 
 
+def _images_in_folder(cmd: Command) -> bool:
+    """Every image file the command names is in :data:`IMAGE_FOLDER`."""
+    images = [w for w in cmd.argv if w.lower().endswith((".png", ".jpg", ".jpeg"))]
+    return bool(images) and all(_path(w).startswith(IMAGE_FOLDER + os.sep) for w in images)
+
+
 #: neither parsed nor run
 NOT_PARSED: list[Rule] = [
     (
@@ -191,7 +207,7 @@ PARSE_ONLY: list[Rule] = [
     (
         "folder",
         "an image folder that is not in the repository",
-        lambda c: any(w.startswith("folder:") for w in c.argv),
+        lambda c: any(w.startswith("folder:") and w != f"folder:{IMAGE_FOLDER}" for w in c.argv),
     ),
     ("bench", "timing runs take minutes", lambda c: c.argv[:1] == ["bench"]),
     (
@@ -199,7 +215,11 @@ PARSE_ONLY: list[Rule] = [
         "fine-tunes for minutes; tests/test_qat.py runs reparam qat end to end",
         lambda c: c.argv[:1] == ["qat"],
     ),
-    ("image", "classifies an image file of the reader's", lambda c: c.argv[:1] == ["predict"]),
+    (
+        "image",
+        "classifies an image file of the reader's",
+        lambda c: c.argv[:1] == ["predict"] and not _images_in_folder(c),
+    ),
     ("resume", "continues an interrupted run", lambda c: "--resume" in c.argv),
     (
         "verify",
@@ -234,8 +254,13 @@ def _out(cmd: Command) -> str | None:
     return None
 
 
-def classify(commands: list[Command]) -> list[Command]:
-    """Decide, in document order, what happens to each command of one document."""
+def classify(
+    commands: list[Command], earlier: dict[tuple[str, ...], Command] | None = None
+) -> list[Command]:
+    """Decide, in document order, what happens to each command of one document. ``earlier``:
+    the commands run in the documents before, by their arguments; one written there exactly as
+    here is parsed, not run again (so are the commands that need its output)."""
+    earlier = {} if earlier is None else earlier
     ran: dict[tuple[str, str], Command] = {}  # (subcommand, first argument) of run commands
     writers: list[Command] = []  # every earlier command with --out, run or not
     for cmd in commands:
@@ -252,6 +277,9 @@ def classify(commands: list[Command]) -> list[Command]:
                 cmd.action, cmd.rule, cmd.reason = "parse-only", slug, reason
                 break
         out = _out(cmd)
+        if cmd.action == "run" and tuple(cmd.argv) in earlier:
+            cmd.action, cmd.rule = "parse-only", "ran-before"
+            cmd.reason = f"runs as written at {earlier[tuple(cmd.argv)].where}"
         if cmd.action == "run":
             key = (cmd.argv[0], cmd.argv[1]) if len(cmd.argv) > 1 else None
             if key and not key[1].startswith("-") and key in ran:
@@ -283,11 +311,14 @@ def classify(commands: list[Command]) -> list[Command]:
             ran.setdefault((cmd.argv[0], cmd.argv[1]), cmd)
         if out is not None:
             writers.append(cmd)
+    for cmd in commands:
+        if cmd.action == "run":
+            earlier.setdefault(tuple(cmd.argv), cmd)
     return commands
 
 
 def collect() -> tuple[list[Block], list[Command]]:
-    python, commands = [], []
+    python, commands, earlier = [], [], {}
     for path in DOCS:
         doc_commands = []
         for block in code_blocks(path):
@@ -295,7 +326,7 @@ def collect() -> tuple[list[Block], list[Command]]:
                 python.append(block)
             else:
                 doc_commands += block_commands(block)
-        commands += classify(doc_commands)
+        commands += classify(doc_commands, earlier)
     return python, commands
 
 
@@ -320,12 +351,27 @@ def _run_reparam(cmd: Command, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def write_image_folder(root: Path) -> None:
+    """``root/train/<class>/<i>.png`` and ``root/val/<class>/<i>.png``: 16x16 RGB noise, each
+    class its own brightness."""
+    generator = np.random.default_rng(0)
+    for level, (name, count) in enumerate(IMAGE_CLASSES.items()):
+        for split, images in (("train", count), ("val", VAL_IMAGES)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(images):
+                pixels = generator.integers(0, 128, (16, 16, 3)) + 127 * level
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
 class Workspace:
-    """One document's temporary folder and the results of the commands already run in it."""
+    """One document's temporary folder (with :data:`IMAGE_FOLDER` in it) and the results of the
+    commands already run in it."""
 
     def __init__(self, root: Path):
         self.root = root
         self.done: dict[int, subprocess.CompletedProcess[str]] = {}
+        write_image_folder(root / IMAGE_FOLDER)
 
     def run(self, cmd: Command) -> subprocess.CompletedProcess[str]:
         for dependency in cmd.needs:
@@ -398,3 +444,44 @@ def test_the_readme_has_examples_of_each_kind():
     assert {"run", "parse-only", "skip"} <= {c.action for c in readme}
     assert any(c.argv[:1] == ["train"] and c.action == "run" for c in readme)
     assert all(c.argv or c.action == "skip" for c in COMMANDS)
+
+
+def test_the_readme_is_short():
+    """The README is read in five minutes; everything else has its page under docs/."""
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md has {size} bytes, more than {README_MAX_BYTES}"
+
+
+def test_the_readme_takes_an_image_folder_to_an_int8_file():
+    """The README's command-line path runs end to end on an image folder, to an INT8 file."""
+    readme = [c for c in COMMANDS if c.doc == "README.md" and c.action == "run"]
+    train = [c for c in readme if c.argv[:1] == ["train"] and f"folder:{IMAGE_FOLDER}" in c.argv]
+    assert train, "no README command trains on the image folder"
+    assert any(c.argv[:1] == ["deploy"] and "--int8" in c.argv for c in readme)
+
+
+def test_a_command_that_ran_in_an_earlier_document_is_parsed_only():
+    """The same command, as written, in a later document is not run again, and neither is what
+    needs its output; another command of the same subcommand still runs."""
+
+    def doc(name: str, *lines: str) -> list[Command]:
+        return [Command(name, k, line, line.split()) for k, line in enumerate(lines, 1)]
+
+    earlier: dict[tuple[str, ...], Command] = {}
+    train = "reparam train --model vgg_a0 --data digits --epochs 1 --out runs/a"
+    classify(doc("a.md", train), earlier)
+    later = classify(
+        doc(
+            "b.md",
+            train,
+            "reparam deploy runs/a --out deploy/a",
+            "reparam train --model vgg_a0 --data digits --epochs 1 --out runs/b",
+        ),
+        earlier,
+    )
+    assert [(c.action, c.rule) for c in later] == [
+        ("parse-only", "ran-before"),
+        ("parse-only", "needs-unrun"),
+        ("run", ""),
+    ]
+    assert later[0].reason == "runs as written at a.md:1"

@@ -1,7 +1,6 @@
 """Analysis of trained and deployed models: identity variance per block (RepOptimizer fig. 4),
-weight and output statistics that explain INT8 results, and the markdown + PNG reports.
-
-Plots use matplotlib, imported only when a plot is drawn.
+and the weight and output statistics that explain INT8 results (``reparam report`` draws them:
+``reparam.app.report``).
 """
 
 from reparam.analysis.identity import identity_variance_ratios
