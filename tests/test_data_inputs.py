@@ -393,6 +393,7 @@ def test_worker_errors_keep_their_one_line_message():
     assert str(err.value) == "image 0: cannot decode image (truncated)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_unreadable_image_with_workers_is_one_line(tmp_path, capsys, split):
     root = write_folder(tmp_path / "data")
