@@ -352,6 +352,7 @@ def test_train_bench_json_schema_and_verified_max_batch():
     json.dumps(results)
 
 
+@pytest.mark.slow
 def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
     config = InferBenchConfig(
         specs=(ModelSpec("repvgg_a0"), ModelSpec("timm:repvgg_a0")),
