@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -219,3 +220,25 @@ def write_folder(root, classes=("cat", "dog"), per_class=3, size=(10, 7)):
                 pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
     return root
+
+
+# --- the fast subset (pytest -m "not slow") ----------------------------------------------------
+
+#: the smallest model of each family: the fast subset checks these, the suite every model
+ONE_PER_FAMILY = (
+    "reducenet20",
+    "repghostnet_0_5x",
+    "repopt_ghostnet_0_5x",
+    "repopt_ghostnet_0_5x_hs",
+    "repopt_vgg_a0",
+    "repopt_vgg_a0_hs",
+    "repvgg_a0",
+    "resnet_rs_tiny",
+    "vanillanet_5",
+    "vgg_a0",
+)
+
+
+def slow_except(values, fast) -> list:
+    """``values`` as ``pytest.param`` s, each marked ``slow`` unless it is in ``fast``."""
+    return [pytest.param(v, marks=() if v in fast else pytest.mark.slow) for v in values]

@@ -170,6 +170,7 @@ def test_exact_guess_costs_two_probes_and_prediction_is_floor():
 # --- interleaving ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_interleaved_windows_rotate_order_and_average_the_phase():
     order = []
 
@@ -323,6 +324,7 @@ def test_train_subject_bf16_channels_last_path():
 BUDGET = 83.0  # MiB; vgg_a0 at 10 classes: ~80.7 MiB fixed, ~0.019 MiB per 8x8 image
 
 
+@pytest.mark.slow
 def test_train_bench_json_schema_and_verified_max_batch():
     config = TrainBenchConfig(
         specs=(ModelSpec("vgg_a0"),),
@@ -358,6 +360,7 @@ def test_train_bench_json_schema_and_verified_max_batch():
     json.dumps(results)
 
 
+@pytest.mark.slow
 def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
     config = InferBenchConfig(
         specs=(ModelSpec("repvgg_a0"), ModelSpec("timm:repvgg_a0")),
@@ -381,6 +384,7 @@ def test_infer_bench_fused_matches_train_form_and_timm_maps_onto_ours():
     assert timm_fused[0]["max_rel_diff_vs_reparam_fused"] < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compiles", [True, False])
 def test_infer_bench_compile_variant_times_apart_or_records_the_failure(monkeypatch, compiles):
     def fake_compile(model, **kwargs):  # torch.compile's contract, without the minutes
@@ -417,6 +421,7 @@ def test_infer_bench_compile_variant_times_apart_or_records_the_failure(monkeypa
     assert rows[0][:2] == ["timm:test_resnet", "torch eager"]
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_list_on_stdout(capsys):
     code = main(
         [

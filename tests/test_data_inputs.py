@@ -306,6 +306,7 @@ def stopped_run(tmp_path, monkeypatch, capsys):
     return run
 
 
+@pytest.mark.slow
 def test_run_records_its_data_absolute_and_resumes_and_evaluates_it_from_anywhere(
     tmp_path, monkeypatch, capsys
 ):
@@ -357,6 +358,7 @@ def test_resume_with_another_data_spec_is_a_config_change(tmp_path, monkeypatch,
     )
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_without_a_data_fingerprint_checks_class_names(
     tmp_path, monkeypatch, capsys
 ):
@@ -393,6 +395,7 @@ def test_worker_errors_keep_their_one_line_message():
     assert str(err.value) == "image 0: cannot decode image (truncated)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_unreadable_image_with_workers_is_one_line(tmp_path, capsys, split):
     root = write_folder(tmp_path / "data")

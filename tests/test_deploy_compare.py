@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import make_run
 from reparam.app.cli import main
 from reparam.files import read_json
 
 
+@pytest.mark.slow
 def test_compare_run_folders_prints_the_table(tmp_path, capsys):
     sources = []
     for name in ("repvgg_a0", "vgg_a0"):

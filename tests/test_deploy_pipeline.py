@@ -10,6 +10,7 @@ import torch
 
 import reparam
 from helpers import make_run
+from recount import file_predictions
 from reparam.app.cli import main
 from reparam.app.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
 from reparam.files import read_json
@@ -60,7 +61,15 @@ def test_deploy_int8_writes_everything_and_reports_json(deployed, capsys):
     assert summary["onnx"]["passed"] and summary["onnx"]["max_rel_err"] <= 1e-4
     int8 = summary["int8"]
     assert int8["settings"]["granularity"] == "per-tensor" and int8["n_images"] == 12
-    assert 0.0 <= int8["top1_int8"] <= 1.0 and int8["latency_int8_ms"] > 0
+    assert int8["latency_int8_ms"] > 0
+    # the recorded top-1s are the saved files' own: each counted again from its file alone
+    fp32, labels = file_predictions(out / "model.onnx", DATA)
+    quantized, _ = file_predictions(out / "model.int8.onnx", DATA)
+    assert int8["top1_fp32"] == (fp32 == labels).mean()
+    assert int8["top1_int8"] == (quantized == labels).mean()
+    assert int8["top1_agreement"] == (fp32 == quantized).mean()
+    # and the FP32 file predicts what the run's own (unfused, torch) model does
+    assert (fp32 == file_predictions(root / "run", DATA)[0]).all()
     quant = read_json(out / "quant.json")
     convs = [m for m in reparam.reparameterize(model).modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(quant["layers"]) == len(convs) + 1  # + classifier

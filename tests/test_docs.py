@@ -397,6 +397,7 @@ def workspace(tmp_path_factory) -> Callable[[str], Workspace]:
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "block", PYTHON_EXAMPLES, ids=[f"{b.doc}:{b.line}-python" for b in PYTHON_EXAMPLES]
 )
@@ -416,7 +417,13 @@ def test_python_example_runs(block, tmp_path):
     )
 
 
-@pytest.mark.parametrize("cmd", COMMANDS, ids=[c.id for c in COMMANDS])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        pytest.param(c, id=c.id, marks=pytest.mark.slow if c.action == "run" else ())
+        for c in COMMANDS
+    ],
+)
 def test_command(cmd, workspace, capsys):
     if cmd.action == "skip":
         pytest.skip(f"{cmd.where}: {cmd.reason}")

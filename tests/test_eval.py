@@ -11,6 +11,8 @@ from reparam.app.cli import main
 
 DATA = "synthetic:60"  # 12 val images, 10 classes
 
+pytestmark = pytest.mark.slow  # every test reads a deployed ONNX file (an export)
+
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):

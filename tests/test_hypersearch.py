@@ -193,6 +193,7 @@ def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_hypersearch_command_writes_a_scale_file_that_train_accepts(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the HS run folder goes to runs/hs-<model>-<data>
     out = tmp_path / "a0.safetensors"

@@ -202,6 +202,7 @@ def test_every_module_is_in_a_layer():
         layer_of(module_name(path))
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("module", ["reparam", "reparam.app.cli"])
 def test_importing_the_package_loads_no_heavy_optional_dependency(module):
     """ONNX, ONNX Runtime, matplotlib and TensorBoard load only where they are used."""

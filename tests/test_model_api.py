@@ -22,6 +22,7 @@ from timm.models import group_parameters
 
 import reparam
 import reparam.models
+from helpers import ONE_PER_FAMILY, slow_except
 from reparam.models import TIMM_PREFIX
 from reparam.testing import randomize_batchnorm_, rel_err
 
@@ -65,7 +66,7 @@ def check_maps(maps, infos, size: int) -> None:
         assert fmap.shape[3] <= math.ceil(size / info["reduction"]) + 1
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", slow_except(ALL, ONE_PER_FAMILY))
 def test_api_shapes_on_the_meta_device(name):
     with torch.device("meta"):
         model = timm_model(name).eval()
@@ -114,7 +115,7 @@ def test_api_shapes_on_the_meta_device(name):
         assert backbone.feature_info.reduction() == [i["reduction"] for i in infos]
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_KWARGS))
+@pytest.mark.parametrize("name", slow_except(sorted(SMALL_KWARGS), ONE_PER_FAMILY))
 def test_features_only_and_intermediates_match(name):
     levels = len(timm_model(name, **SMALL_KWARGS[name]).feature_info)
     out_indices = (0, levels - 2)  # leaves the last level out: the model is pruned
@@ -155,7 +156,7 @@ def _saved_tensors(model, x) -> tuple[torch.Tensor, list[torch.Tensor], int]:
     return out, [p.grad.clone() for p in model.parameters() if p.grad is not None], saved
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_KWARGS))
+@pytest.mark.parametrize("name", slow_except(sorted(SMALL_KWARGS), ONE_PER_FAMILY))
 def test_grad_checkpointing_same_outputs_less_memory(name):
     model = timm_model(name, **SMALL_KWARGS[name]).train()
     x = torch.randn(BATCH, 3, image_size(name), image_size(name))
@@ -169,7 +170,7 @@ def test_grad_checkpointing_same_outputs_less_memory(name):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL_KWARGS))
+@pytest.mark.parametrize("name", slow_except(sorted(SMALL_KWARGS), ONE_PER_FAMILY))
 def test_fused_model_keeps_the_api(name):
     gen = torch.Generator().manual_seed(0)
     model = timm_model(name, **SMALL_KWARGS[name]).double()

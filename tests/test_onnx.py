@@ -68,6 +68,7 @@ def test_onnx_matches_torch_every_family(family_name, tmp_path):
     assert result.passed and result.max_rel_err <= ONNX_TOLERANCE, result
 
 
+@pytest.mark.slow
 def test_dynamic_batch_and_metadata(vgg_onnx):
     import onnx
 
@@ -87,12 +88,14 @@ def test_dynamic_batch_and_metadata(vgg_onnx):
     assert meta["image_size"] == "32"
 
 
+@pytest.mark.slow
 def test_wrong_input_size_is_a_clear_error(vgg_onnx):
     session = open_session(vgg_onnx[1])
     with pytest.raises(DeployError, match=r"expects inputs \[N, 3, 32, 32\].*prepared at 32 px"):
         run_session(session, np.zeros((2, 3, 48, 48), np.float32))
 
 
+@pytest.mark.slow
 def test_corrupted_or_missing_onnx_is_a_clear_error(vgg_onnx, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(vgg_onnx[1].read_bytes()[:200])

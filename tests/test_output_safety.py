@@ -455,6 +455,7 @@ def test_a_full_disk_during_convert_is_one_line_and_writes_neither_file(
     assert code == 2 and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("error", ["ENOSPC", "torch"])
 @pytest.mark.parametrize("command", ["deploy", "report"])
 def test_a_full_disk_during_deploy_or_report_keeps_the_previous_folder(
@@ -500,6 +501,7 @@ main(["deploy", sys.argv[1], "--out", sys.argv[2]])
 """
 
 
+@pytest.mark.slow
 def test_a_killed_deploys_temp_folder_is_removed_by_the_next_deploy(run, tmp_path, caplog):
     out = tmp_path / "deployed"
     killed = subprocess.run([sys.executable, "-c", KILLED_DEPLOY, str(run), str(out)])

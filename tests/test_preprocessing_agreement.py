@@ -21,6 +21,8 @@ from reparam.app.cli import main
 from reparam.app.dataspec import load_eval_data
 from reparam.data import Preprocessing
 
+pytestmark = pytest.mark.slow  # each fixture trains a run and deploys it to INT8
+
 TRAIN = ["--model", "resnet_rs_tiny", "--epochs", "4", "--batch-size", "8", "--image-size", "16"]
 TRAIN += ["--lr", "0.02", "--warmup-epochs", "0", "--no-amp", "--no-channels-last"]
 TRAIN += ["--workers", "0", "--seed", "0"]

@@ -65,6 +65,7 @@ class ImageBatches:
         return next(self.batches, None)
 
 
+@pytest.mark.slow
 def test_entropy_is_a_real_histogram_search(tiny):
     """ORT's default Entropy calibrator (what quantize_static builds: 128 bins, 128 quantized bins)
     returns the MinMax ranges on every tensor; ours (2048 bins) clips several of them, always

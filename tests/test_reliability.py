@@ -131,6 +131,7 @@ def test_a_second_writer_of_the_same_output_is_refused_naming_the_holder(tmp_pat
     assert main([*TRAIN, "--out", str(out)]) == 0  # released: the lock never goes stale
 
 
+@pytest.mark.slow
 def test_train_refuses_a_folder_with_other_files_and_forces_only_a_run_folder(tmp_path, capsys):
     out = tmp_path / "deployed"
     out.mkdir()
@@ -146,6 +147,7 @@ def test_train_refuses_a_folder_with_other_files_and_forces_only_a_run_folder(tm
     assert read_json(run / "config.json")["model"] == "repvgg_a0"
 
 
+@pytest.mark.slow
 def test_deploy_never_replaces_a_run_and_replaces_a_deploy_folder_whole(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TRAIN, "--out", str(run)]) == 0
@@ -230,6 +232,7 @@ def test_a_kill_at_any_step_of_a_checkpoint_save_leaves_a_complete_pair(tmp_path
     assert outcomes[0] == 1 and outcomes[-1] == 2  # killed first: old pair; killed last: new
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_whole_demo(tmp_path):
     """The stage that gets SIGTERM saves and stops, and the demo ends with rc 143 instead of
     going on to the next stage with a half-trained model."""
@@ -336,6 +339,7 @@ def test_cifar_batches_are_read_strictly(tmp_path):
         load_data(f"cifar10:{tmp_path}", 32)
 
 
+@pytest.mark.slow
 def test_an_interrupted_hyper_search_keeps_its_run_and_resumes(tmp_path):
     out, run_dir = tmp_path / "a0.safetensors", tmp_path / "hs"
     settings = dict(epochs=2, batch_size=16, image_size=8, run_dir=run_dir, progress=False)
@@ -348,6 +352,7 @@ def test_an_interrupted_hyper_search_keeps_its_run_and_resumes(tmp_path):
     assert out.is_file() and summary["epochs"] == 2 and summary["run_dir"] == str(run_dir)
 
 
+@pytest.mark.slow  # 14 commands on a trained run and its deploy folder
 @pytest.mark.parametrize(
     "damaged, argv",
     [

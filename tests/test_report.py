@@ -1,9 +1,12 @@
 """`reparam report` on run folders: metrics, curves and the identity variance plot (RepOpt fig. 4)."""
 
+import pytest
+
 from reparam.app.report import write_report
 from reparam.app.train import fit, resolve_config
 
 
+@pytest.mark.slow
 def test_report_plots_identity_variance_for_models_with_identity_paths(tmp_path):
     runs = []
     for name in ("repvgg_a0", "vgg_a0"):

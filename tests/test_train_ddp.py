@@ -10,6 +10,7 @@ make the two runs mathematically equal.
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -101,6 +102,7 @@ def train(name: str, world_size: int, out: str) -> None:
     assert metrics["world_size"] == world_size
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(tmp_path):
     mp.spawn(worker, args=([free_port() for _ in NETS], str(tmp_path)), nprocs=3, join=True)
     runs = {}

@@ -88,6 +88,7 @@ def test_resume_detects_weights_from_another_step(tmp_path):
         fit(TrainConfig(**RECIPE, out=str(out), resume=True), progress=False)
 
 
+@pytest.mark.slow  # loader worker processes
 def test_with_loader_workers_a_mid_epoch_stop_resumes_at_the_epoch_boundary(tmp_path):
     """Worker processes' augmentation cannot be resumed mid-epoch: the run keeps its last
     finished epoch, says so, and the resumed run equals an uninterrupted one."""

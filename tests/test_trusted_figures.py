@@ -79,6 +79,7 @@ def _blow_up(run: Path) -> None:
     save_weights(weights, run / "best.safetensors")
 
 
+@pytest.mark.slow
 def test_non_finite_outputs_are_refused_naming_the_input(pets, tmp_path, capsys):
     run = _run_on(tmp_path / "run", pets, ["cat", "dog", "eel"])
     _blow_up(run)
@@ -96,6 +97,7 @@ def test_non_finite_outputs_are_refused_naming_the_input(pets, tmp_path, capsys)
         assert "produces NaN/inf outputs" in line and which in line, line
 
 
+@pytest.mark.slow
 def test_calibration_says_how_many_images_it_used(tmp_path, caplog):
     make_run(tmp_path / "run", name="vgg_a0", data=DATA)
     with caplog.at_level(logging.WARNING):
@@ -153,6 +155,7 @@ def test_eval_image_size_keeps_the_recorded_preprocessing(tmp_path, capsys):
     assert Preprocessing.from_dict(used) == Preprocessing(24, mean, std)
 
 
+@pytest.mark.slow
 def test_predict_names_the_metadata_not_a_flag_it_lacks(tmp_path, capsys, caplog):
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     image = sorted((write_folder(tmp_path / "d") / "val" / "cat").iterdir())[0]

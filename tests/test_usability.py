@@ -56,6 +56,7 @@ def test_load_gives_a_ready_model_with_its_preprocessing_and_class_names(pets):
         assert logits.shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_predict_names_the_classes_of_a_run_a_fused_folder_and_an_onnx_file(pets, capsys):
     run, deploy, image = pets
     answers = []
@@ -80,6 +81,7 @@ def test_eval_uses_the_data_the_run_was_trained_on(pets, capsys):
         assert json.loads(out)["data"].startswith("folder:") and json.loads(out)["n_images"] == 8
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_a_scale_file_needs_nothing_outside_its_folder(tmp_path, capsys):
     scales = tmp_path / "scales" / "a0.safetensors"
     save_scale_file(
@@ -149,6 +151,7 @@ def test_unknown_flags_get_the_subcommands_own_error(capsys):
         assert err.strip().endswith("unrecognized arguments: --bogus")
 
 
+@pytest.mark.slow
 def test_bench_prints_its_table_without_json(capsys):
     argv = ["bench", "train", "--models", "timm:test_resnet", "--batch-size", "2"]
     argv += ["--image-size", "8", "--steps", "1", "--warmup", "0", "--repeats", "1"]
