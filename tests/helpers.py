@@ -2,8 +2,6 @@
 
 - :func:`make_run`: a run folder as ``reparam train`` writes it;
 - :func:`tiny_config`: a seconds-long :class:`~reparam.app.train.TrainConfig`;
-- :func:`train_together` / :func:`twin_train`: nets trained side by side on the same batches
-  (an imaginary CSLA network against its RepOpt target);
 - :func:`tiny_target` / :func:`imaginary_twin`: a 6-block RepOpt-VGG and its CSLA model;
 - :func:`write_cifar` / :func:`write_folder`: tiny CIFAR pickle batches and ImageFolder trees.
 """
@@ -13,7 +11,6 @@ from __future__ import annotations
 import copy
 import pickle
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +25,7 @@ from reparam.csla import CSLABlock
 from reparam.files import save_weights, write_json
 from reparam.models.repopt_vgg import RepOptVGGBlock, repopt_vgg
 from reparam.models.vggnet import VGGArch, VGGNet
-from reparam.testing import randomize_batchnorm_, rel_err
+from reparam.testing import Batch, randomize_batchnorm_
 
 DT = torch.float64
 
@@ -91,66 +88,6 @@ def tiny_config(out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-# --- training side by side ---------------------------------------------------------------------
-
-Batch = Callable[[torch.Generator], tuple]
-
-
-def square_sum(output: Tensor) -> Tensor:
-    return output.square().sum()
-
-
-def train_together(
-    runs: Sequence[tuple],
-    steps: int,
-    batch: Batch,
-    loss: Callable[..., Tensor] = square_sum,
-    generator: torch.Generator | None = None,
-    seed: int = 0,
-) -> torch.Generator:
-    """Train every ``(net, optimizer)`` or ``(net, optimizer, scheduler)`` of ``runs`` on the same
-    batches: each of ``steps`` steps draws ``(x, *rest) = batch(gen)`` once, and every net takes
-    one step on ``loss(net(x), *rest)`` (its scheduler, if any, steps after). ``gen`` is
-    ``generator`` or a fresh one seeded ``seed``; it is returned, for a held-out draw."""
-    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x, *rest = batch(gen)
-        for net, opt, *scheduler in runs:
-            opt.zero_grad()
-            loss(net(x), *rest).backward()
-            opt.step()
-            for s in scheduler:
-                s.step()
-    return gen
-
-
-def twin_train(
-    imaginary: nn.Module,
-    target: nn.Module,
-    reference_opt: torch.optim.Optimizer,
-    repopt: torch.optim.Optimizer,
-    steps: int,
-    batch: Batch,
-    loss: Callable[..., Tensor] = square_sum,
-    generator: torch.Generator | None = None,
-    seed: int = 0,
-    held_out: Callable[[torch.Generator], Tensor] | None = None,
-) -> float:
-    """Train the imaginary CSLA network with ``reference_opt`` (torch's SGD / AdamW) and its
-    target with ``repopt`` on the same batches (:func:`train_together`), then return
-    ``rel_err(target output, imaginary output)`` with both in eval mode on a held-out input drawn
-    after training: ``held_out(gen)``, by default the input of one more ``batch(gen)``.
-
-    Like :func:`reparam.app.verify.gradient.train_pair`, which is fixed to its own networks'
-    regression batches (3-channel images, 5 outputs, MSE); this one takes any batch and loss."""
-    gen = train_together(
-        [(imaginary, reference_opt), (target, repopt)], steps, batch, loss, generator, seed
-    )
-    x = held_out(gen) if held_out is not None else batch(gen)[0]
-    with torch.no_grad():
-        return rel_err(target.eval()(x), imaginary.eval()(x))
-
-
 # --- a tiny RepOpt-VGG and its CSLA model ------------------------------------------------------
 
 TINY_DEPTHS, TINY_WIDTHS = (1, 2, 2, 1), (4, 4, 8, 8)  # stem 4; stages 1,2,2,1 x 4,4,8,8
@@ -158,7 +95,8 @@ TINY_DEPTHS, TINY_WIDTHS = (1, 2, 2, 1), (4, 4, 8, 8)  # stem 4; stages 1,2,2,1 
 
 def labelled_images(n: int) -> Batch:
     """Batches of ``n`` random float64 3x16x16 images and labels of :func:`tiny_target`'s 3
-    classes (images drawn first), for :func:`train_together` with ``F.cross_entropy``."""
+    classes (images drawn first), for :func:`reparam.testing.train_together` with
+    ``F.cross_entropy``."""
 
     def draw(gen: torch.Generator) -> tuple[Tensor, Tensor]:
         x = torch.randn(n, 3, 16, 16, generator=gen, dtype=DT)

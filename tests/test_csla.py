@@ -6,10 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import twin_train
 from reparam.csla import Branch, CSLABlock, CSLASpec, attach, grad_mult, init_weight, specs_of
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults
-from reparam.testing import rel_err
+from reparam.testing import rel_err, train_twins
 
 DT = torch.float64
 
@@ -116,15 +115,16 @@ def csla_specs(draw):
 def train_errors(imaginary, target, reference_opt, repopt, shape):
     """4 steps side by side on the same random inputs of ``shape``: (held-out output error,
     weight vs the block's equivalent weight)."""
-    out_err = twin_train(
+    outputs = train_twins(
         imaginary,
         target,
         reference_opt,
         repopt,
         steps=4,
         batch=lambda gen: (torch.randn(*shape, generator=gen, dtype=DT),),
+        eval_mode=True,
     )
-    return out_err, rel_err(target.weight, imaginary.equivalent_weight())
+    return rel_err(*outputs), rel_err(target.weight, imaginary.equivalent_weight())
 
 
 @settings(max_examples=20, deadline=None)

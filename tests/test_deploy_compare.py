@@ -46,3 +46,25 @@ def test_compare_run_folders_prints_the_table(tmp_path, capsys):
     assert json.dumps(result)  # plain JSON all the way down
     assert main(["deploy", "--compare", *sources, "--out", str(tmp_path / "x")]) == 2
     assert "--compare needs --data" in capsys.readouterr().err
+
+
+def test_compare_trains_model_names_once_and_refuses_unknown_ones(tmp_path):
+    """``train_sources``: every source is checked before any training; a model name is trained
+    into ``OUT/runs/NAME`` and reused the next time; run folders are used as they are."""
+    from reparam.app.deploy.compare import train_sources
+    from reparam.errors import UserError
+
+    run = tmp_path / "run"
+    make_run(run, name="vgg_a0", num_classes=10, image_size=8, data="synthetic:32")
+    out = tmp_path / "cmp"
+    schedule = {"epochs": 1, "batch_size": 16, "seed": 0}
+    with pytest.raises(UserError, match="'vgg_z9' is neither a run folder/checkpoint nor"):
+        train_sources([str(run), "vgg_z9"], "synthetic:32", out, schedule, image_size=8)
+    assert not out.exists()
+    sources = train_sources([str(run), "vgg_a0"], "synthetic:32", out, schedule, image_size=8)
+    assert sources == [str(run), str(out / "runs" / "vgg_a0")]
+    config = read_json(out / "runs" / "vgg_a0" / "config.json")
+    assert (config["epochs"], config["batch_size"], config["image_size"]) == (1, 16, 8)
+    finished = (out / "runs" / "vgg_a0" / "metrics.json").stat().st_mtime_ns
+    assert train_sources(["vgg_a0"], "synthetic:32", out, schedule, image_size=8) == sources[1:]
+    assert (out / "runs" / "vgg_a0" / "metrics.json").stat().st_mtime_ns == finished

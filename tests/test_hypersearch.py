@@ -16,7 +16,6 @@ from helpers import (
     imaginary_twin,
     labelled_images,
     tiny_target,
-    twin_train,
 )
 from reparam.analysis.identity import identity_variance_ratios
 from reparam.app.cli import main as cli_main
@@ -34,6 +33,7 @@ from reparam.models.scales import (
 )
 from reparam.models.vggnet import VGGNet
 from reparam.optim import RepOptSGD, grad_mults
+from reparam.testing import rel_err, train_twins
 
 DT = torch.float64
 
@@ -158,7 +158,7 @@ def test_repopt_vgg_with_searched_scales_trains_like_the_csla_model(tmp_path):
     target = tiny_target(scales=str(path)).to(DT)
     imaginary, _ = imaginary_twin(target)
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
-    out_err = twin_train(
+    outputs = train_twins(
         imaginary,
         target,
         torch.optim.SGD(imaginary.parameters(), **kw),
@@ -167,8 +167,9 @@ def test_repopt_vgg_with_searched_scales_trains_like_the_csla_model(tmp_path):
         batch=labelled_images(2),
         loss=nn.functional.cross_entropy,
         held_out=lambda gen: labelled_images(4)(gen)[0],
+        eval_mode=True,
     )
-    assert out_err <= 1e-10
+    assert rel_err(*outputs) <= 1e-10
 
 
 def test_identity_variance_ratios_for_hs_repvgg_and_repopt(tmp_path):

@@ -43,7 +43,7 @@ APPLICATION: list[tuple[str, ...]] = [
     ("reparam.app.plots", "reparam.app.report"),
     ("reparam.app.deploy",),
     ("reparam.app.bench",),
-    ("reparam.app.verify",),
+    ("reparam.app.verify", "reparam.app.demo"),
     ("reparam.app.commands",),
     ("reparam.app.cli", "reparam.__main__"),
 ]

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import train_together
 from reparam.app.bench.memory import MIB, StorageCounter, optimizer_tensors
 from reparam.app.verify.gradient import (
     csla_pair,
@@ -16,7 +15,7 @@ from reparam.csla import Branch, CSLASpec, attach
 from reparam.optim import RepOptAdamW, RepOptSGD, grad_mults, param_grad_mults
 from reparam.optim.blocks import cache_blocks
 from reparam.optim.masks import FactoredMask, factor_mask
-from reparam.testing import rel_err
+from reparam.testing import rel_err, train_together
 
 DT = torch.float64
 

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 import reparam
-from helpers import imaginary_twin, labelled_images, tiny_target, twin_train
+from helpers import imaginary_twin, labelled_images, tiny_target
 from reparam.csla import CSLABlock
 from reparam.errors import ScaleError
 from reparam.models.repopt_vgg import RepOptVGGBlock
 from reparam.models.scales import model_scales, save_scale_file
 from reparam.optim import RepOptSGD, grad_mults
-from reparam.testing import rel_err
+from reparam.testing import rel_err, train_twins
 
 DT = torch.float64
 ANCHORS = Path(__file__).parent / "fixtures" / "repopt-scales"  # the official files (MIT)
@@ -96,7 +96,7 @@ def test_scale_key_errors_are_loud_and_name_the_keys():
 
 
 def test_default_scales_are_the_hs_init_with_a_notice(caplog):
-    with caplog.at_level(logging.INFO, logger="reparam.models.repopt_vgg"):
+    with caplog.at_level(logging.INFO, logger="reparam.models.scales"):
         model = reparam.create_model("repopt_vgg_a0", num_classes=10)
     assert "Hyper-Search init" in caplog.text
     scales = model_scales(model)
@@ -143,7 +143,7 @@ def test_repopt_vgg_with_scales_trains_like_its_csla_model(nesterov):
     target = tiny_target(scales=scales).to(DT)
     imaginary, blocks = imaginary_twin(target)
     kw = dict(lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
-    out_err = twin_train(
+    outputs = train_twins(
         imaginary,
         target,
         torch.optim.SGD(imaginary.parameters(), **kw),
@@ -151,9 +151,10 @@ def test_repopt_vgg_with_scales_trains_like_its_csla_model(nesterov):
         steps=5,
         batch=labelled_images(4),
         loss=nn.functional.cross_entropy,
+        eval_mode=True,
         generator=gen,  # the one that drew the scales
     )
-    assert out_err <= 1e-10
+    assert rel_err(*outputs) <= 1e-10
     for name, csla in blocks.items():
         weight = target.get_submodule(name).conv.conv.weight
         assert rel_err(weight, csla.equivalent_weight()) <= 1e-10, name

@@ -183,7 +183,7 @@ def test_a_signal_in_the_demo_s_evaluation_stops_it_in_that_stage(tmp_path, monk
 
 def test_sigterm_outside_training_stops_the_demo_in_its_stage(tmp_path, monkeypatch, capsys):
     """Outside training (loading, fusing, exporting) SIGTERM unwinds like Ctrl-C: exit 143."""
-    from reparam.app.commands import demo
+    from reparam.app import demo
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -53,7 +53,9 @@ class BusyError(ReparamError, RuntimeError):
 
 
 class UserError(ReparamError):
-    """A command-line argument that cannot work (raised by the commands)."""
+    """An argument that cannot work: a command-line flag, or a parameter of a function (such as
+    :func:`reparam.models.convert.convert_checkpoint`'s model name or layout) that names nothing
+    known, is out of range or does not go with the others."""
 
 
 class FusionError(ReparamError, RuntimeError):
@@ -72,7 +74,7 @@ class ScaleError(CheckpointError):
     """Scales that do not fit the model: wrong keys, shapes, model, or non-finite values."""
 
 
-class DeployError(CheckpointError):
+class DeployError(ReparamError, RuntimeError):
     """A deployable model or its inputs do not fit: wrong input size, corrupted ONNX file,
     calibration data of the wrong shape, ONNX output that differs from torch."""
 

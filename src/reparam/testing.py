@@ -1,19 +1,30 @@
 """The numerics of every equivalence check: relative error, :class:`CheckResult`, random BN
-statistics and fused-vs-reference output pairs (pure torch; used by the checks, by deployment's
-ONNX check and by the tests).
+statistics, fused-vs-reference output pairs and nets trained side by side on the same batches
+(pure torch; used by the checks, by deployment's ONNX check and by the tests).
 
 Relative error is ``max|candidate - reference| / max|reference|`` over all compared tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckResult", "compare", "fused_output_pairs", "randomize_batchnorm_", "rel_err"]
+__all__ = [
+    "Batch",
+    "CheckResult",
+    "compare",
+    "fused_output_pairs",
+    "randomize_batchnorm_",
+    "rel_err",
+    "train_together",
+    "train_twins",
+]
+
+Batch = Callable[[torch.Generator], tuple]
 
 
 @dataclass
@@ -100,3 +111,61 @@ def fused_output_pairs(
 def rel_err(candidate: Tensor, reference: Tensor) -> float:
     """``max|candidate - reference| / max|reference|`` (0 when both are all zeros)."""
     return ((candidate - reference).abs().max() / reference.abs().max().clamp_min(1e-300)).item()
+
+
+def square_sum(output: Tensor) -> Tensor:
+    return output.square().sum()
+
+
+def train_together(
+    runs: Sequence[tuple],
+    steps: int,
+    batch: Batch,
+    loss: Callable[..., Tensor] = square_sum,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> torch.Generator:
+    """Train every ``(net, optimizer)`` or ``(net, optimizer, scheduler)`` of ``runs`` on the same
+    batches: each of ``steps`` steps draws ``(x, *rest) = batch(gen)`` once, and every net takes
+    one step on ``loss(net(x), *rest)`` (its scheduler, if any, steps after). ``gen`` is
+    ``generator`` or a fresh one seeded ``seed``; it is returned, for a held-out draw."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, *rest = batch(gen)
+        for net, opt, *scheduler in runs:
+            opt.zero_grad()
+            loss(net(x), *rest).backward()
+            opt.step()
+            for s in scheduler:
+                s.step()
+    return gen
+
+
+def train_twins(
+    imaginary: nn.Module,
+    target: nn.Module,
+    reference_opt: torch.optim.Optimizer,
+    repopt: torch.optim.Optimizer,
+    steps: int,
+    batch: Batch,
+    loss: Callable[..., Tensor] = square_sum,
+    *,
+    held_out: Callable[[torch.Generator], Tensor] | None = None,
+    eval_mode: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Train an imaginary CSLA network with ``reference_opt`` (torch's SGD / AdamW) and its
+    target with ``repopt`` on the same batches (:func:`train_together`); return ``(target output,
+    imaginary output)`` on a held-out input drawn after training: ``held_out(gen)``, by default
+    the input of one more ``batch(gen)``. ``eval_mode`` puts both nets in eval mode first (BN
+    then normalises with the running statistics the training left)."""
+    gen = train_together(
+        [(imaginary, reference_opt), (target, repopt)], steps, batch, loss, generator, seed
+    )
+    x = held_out(gen) if held_out is not None else batch(gen)[0]
+    if eval_mode:
+        imaginary.eval()
+        target.eval()
+    with torch.no_grad():
+        return target(x), imaginary(x)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,27 +99,43 @@ def plot_sqnr_bars(models: dict[str, dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_training_curves(log_csv: Path, path: Path) -> Path | None:
-    """Numeric ``loss``/``top1`` columns of ``log.csv`` against ``epoch`` (``None`` if none)."""
-    with log_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "epoch" not in rows[0]:
+def plot_training_curves(
+    logs: Mapping[str, str | os.PathLike],
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+) -> Path | None:
+    """Curves against ``epoch`` from ``log.csv`` files (``{label: path}``): the ``columns``
+    named (default: every column whose name holds ``loss`` or ``top1``), losses on one axis,
+    top-1 in % (a fraction in ``log.csv``) on another. A line is named by its column (one log),
+    its log's label (one column) or both. ``None`` when nothing is drawn."""
+    curves = []  # (label, column, rows)
+    for label, log_csv in logs.items():
+        with open(log_csv) as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows or "epoch" not in rows[0]:
+            continue
+        found = [c for c in rows[0] if "loss" in c or "top1" in c]
+        curves += [(label, c, rows) for c in found if columns is None or c in columns]
+    if not curves:
         return None
-    columns = [c for c in rows[0] if ("loss" in c or "top1" in c)]
-    if not columns:
-        return None
+    kinds = [kind for kind in ("loss", "top1") if any(kind in c for _, c, _ in curves)]
     plt = pyplot()
-    epochs = [float(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.5))
-    for column in columns:
-        scale = 100.0 if "top1" in column else 1.0  # top-1 is a fraction in log.csv
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.5), squeeze=False)
+    for label, column, rows in curves:
+        scale = 100.0 if "top1" in column else 1.0
         values = [scale * float(r[column]) if r[column] not in ("", None) else np.nan for r in rows]
-        axes[0 if "loss" in column else 1].plot(epochs, values, label=column)
-    for ax, label in zip(axes, ("loss", "top-1 (%)")):
+        if len(logs) == 1 or len({c for _, c, _ in curves}) > 1:
+            name = column if len(logs) == 1 else f"{label} {column}"
+        else:
+            name = label
+        ax = axes[0][kinds.index("loss" if "loss" in column else "top1")]
+        ax.plot([float(r["epoch"]) for r in rows], values, marker="o", ms=3, label=name)
+    for ax, kind in zip(axes[0], kinds):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        if ax.lines:  # a log without that kind of column draws nothing to name
-            ax.legend(fontsize=7)
+        ax.set_ylabel("loss" if kind == "loss" else "top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    path = Path(path)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -181,7 +197,9 @@ def _run_section(run_dir: Path, out_dir: Path, tag: str) -> list[str]:
         "",
     ]
     if (run_dir / "log.csv").is_file():
-        curves = plot_training_curves(run_dir / "log.csv", out_dir / f"{tag}_curves.png")
+        curves = plot_training_curves(
+            {run_dir.name: run_dir / "log.csv"}, out_dir / f"{tag}_curves.png"
+        )
         if curves:
             lines += [f"![curves]({curves.name})", ""]
     return lines

@@ -32,11 +32,11 @@ with every BN folded. Target kwargs: ``scales``, ``channel_average``, ``reinit``
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,7 +47,7 @@ from reparam.csla import Branch, CSLASpec, Scale, equivalent_weight, init_weight
 from reparam.kernels import Kernel, add_branches, fold_bn, identity_kernel
 from reparam.models.layers import ConvBN
 from reparam.models.registry import register_model
-from reparam.models.scales import configure_target
+from reparam.models.scales import build_target
 from reparam.models.vggnet import PooledClassifier
 
 __all__ = [
@@ -66,8 +66,6 @@ __all__ = [
     "repopt_ghostnet",
     "repopt_ghostnet_hs",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def make_divisible(value: float, divisor: int = 4) -> int:
@@ -394,35 +392,18 @@ def repopt_ghostnet_hs(arch: str | GhostArch, num_classes: int = 1000, **kwargs:
 
 
 def repopt_ghostnet(
-    arch: str | GhostArch,
-    num_classes: int = 1000,
-    scales: Any = None,
-    channel_average: bool = False,
-    reinit: bool = True,
-    identity_init: str = "one",
-    name: str | None = None,
-    **kwargs: Any,
+    arch: str | GhostArch, num_classes: int = 1000, name: str | None = None, **kwargs: Any
 ) -> GhostNet:
-    """RepOpt-GhostNet target model of ``arch`` (kwargs as ``repopt_vgg``'s). ``name`` is the
-    model a scale file must have been searched for (default ``repopt_ghostnet_<arch>``)."""
-    model = GhostNet(
-        lambda s: RepOptGhostCheap(s.channels, s.hs_init_scale), _arch(arch), num_classes, **kwargs
-    )
-    name = name or f"repopt_ghostnet_{arch if isinstance(arch, str) else 'custom'}"
-    if scales is None:
-        log.info(
-            "%s: no scales given; using the Hyper-Search init constants (s = sqrt(2/(m+1)), "
-            "s_id = 1). Pass scales=FILE for searched scales.",
-            name,
-        )
-    return configure_target(
-        model,
+    """RepOpt-GhostNet target model of ``arch`` (target kwargs as ``repopt_vgg``'s,
+    :func:`~reparam.models.scales.build_target`; the rest go to :class:`GhostNet`). ``name`` is
+    the model a scale file must have been searched for (default ``repopt_ghostnet_<arch>``)."""
+    return build_target(
+        partial(GhostNet, lambda s: RepOptGhostCheap(s.channels, s.hs_init_scale), _arch(arch)),
         RepOptGhostCheap,
-        scales,
-        name=name,
-        channel_average=channel_average,
-        identity_init=identity_init,
-        reinit=reinit,
+        name=name or f"repopt_ghostnet_{arch if isinstance(arch, str) else 'custom'}",
+        init="s = sqrt(2/(m+1)), s_id = 1",
+        num_classes=num_classes,
+        **kwargs,
     )
 
 

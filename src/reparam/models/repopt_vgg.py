@@ -30,9 +30,9 @@ Model kwargs (**contract**; ``reparam train --scales FILE`` is ``model_kwargs={"
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ from reparam.csla import Branch, CSLASpec, equivalent_weight, init_weight
 from reparam.kernels import Kernel, fold_bn
 from reparam.models.layers import VGGBlock, conv_from_kernel
 from reparam.models.registry import register_model
-from reparam.models.scales import configure_target
+from reparam.models.scales import build_target
 from reparam.models.vggnet import BlockSpec, VGGArch, VGGNet
 
 __all__ = [
@@ -53,8 +53,6 @@ __all__ = [
     "repopt_vgg",
     "repopt_vgg_hs",
 ]
-
-log = logging.getLogger(__name__)
 
 _A, _B, _L = (2, 4, 14, 1), (4, 6, 16, 1), (8, 14, 24, 1)
 _B1_WIDTHS, _B2_WIDTHS = (128, 256, 512, 2048), (160, 320, 640, 2560)
@@ -222,34 +220,18 @@ def _create(arch: str | VGGArch, block: type[nn.Module], num_classes: int, **kwa
 
 
 def repopt_vgg(
-    arch: str | VGGArch,
-    num_classes: int = 1000,
-    scales: Any = None,
-    channel_average: bool = False,
-    reinit: bool = True,
-    identity_init: str = "one",
-    name: str | None = None,
-    **kwargs: Any,
+    arch: str | VGGArch, num_classes: int = 1000, name: str | None = None, **kwargs: Any
 ) -> VGGNet:
     """RepOpt-VGG target model of ``arch``: a key of :data:`REPOPT_ARCHS`, or a
-    :class:`VGGArch` of any size (see module docstring for the kwargs). ``name`` is the model a
+    :class:`VGGArch` of any size; takes the target kwargs of the module docstring
+    (:func:`~reparam.models.scales.build_target`) and :class:`VGGNet`'s. ``name`` is the model a
     scale file must have been searched for (default ``repopt_vgg_<arch>``)."""
-    model = _create(arch, RepOptVGGBlock, num_classes, **kwargs)
-    name = name or f"repopt_vgg_{arch}"
-    if scales is None:
-        log.info(
-            "%s: no scales given; using the Hyper-Search init constants (1.0 for the first "
-            "block of a stage, sqrt(2/i) after). Pass scales=FILE for searched scales.",
-            name,
-        )
-    return configure_target(
-        model,
+    return build_target(
+        partial(_create, arch, RepOptVGGBlock, num_classes),
         RepOptVGGBlock,
-        scales,
-        name=name,
-        channel_average=channel_average,
-        identity_init=identity_init,
-        reinit=reinit,
+        name=name or f"repopt_vgg_{arch}",
+        init="1.0 for the first block of a stage, sqrt(2/i) after",
+        **kwargs,
     )
 
 

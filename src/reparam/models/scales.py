@@ -16,9 +16,10 @@ scale file is :func:`reparam.app.train.hypersearch.hyper_search`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from torch import Tensor, nn
 from reparam.errors import ScaleError
 from reparam.files import first_line, load_weights, save_weights
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ScaleError",
     "apply_scales",
-    "configure_target",
+    "build_target",
     "extract_scales",
     "model_scales",
     "read_scale_file",
@@ -219,19 +222,32 @@ def set_scales(model: nn.Module, scales: Any, *, name: str, channel_average: boo
                 tensor.fill_(tensor.mean().item())
 
 
-def configure_target(
-    model: nn.Module,
+def build_target(
+    build: Callable[..., nn.Module],
     block_type: type[nn.Module],
-    scales: Any,
     *,
     name: str,
-    channel_average: bool,
-    identity_init: str,
-    reinit: bool,
+    init: str,
+    scales: Any = None,
+    channel_average: bool = False,
+    reinit: bool = True,
+    identity_init: str = "one",
+    **model_kwargs: Any,
 ) -> nn.Module:
-    """Finish a freshly built RepOpt target: its scales (:func:`set_scales`), then every
-    ``block_type`` block's ``identity_init`` (``"one"`` or ``"scale"``) and, with ``reinit``, its
-    CSLA initial weight from those scales."""
+    """A RepOpt target model: ``build(**model_kwargs)``, then its target kwargs (**contract**, see
+    :mod:`reparam.models.repopt_vgg`): ``scales`` (:func:`set_scales`; ``None`` keeps the
+    Hyper-Search init constants that ``init`` describes, with a logged notice),
+    ``channel_average``, every ``block_type`` block's ``identity_init`` (``"one"`` or
+    ``"scale"``) and, with ``reinit``, its CSLA initial weight from those scales. ``name`` is the
+    model a scale file must have been searched for."""
+    model = build(**model_kwargs)
+    if scales is None:
+        log.info(
+            "%s: no scales given; using the Hyper-Search init constants (%s). Pass scales=FILE "
+            "for searched scales.",
+            name,
+            init,
+        )
     if identity_init not in ("one", "scale"):
         raise ValueError(f"identity_init must be 'one' or 'scale', got {identity_init!r}")
     set_scales(model, scales, name=name, channel_average=channel_average)

@@ -61,14 +61,8 @@ class RepOptAdamW(MaskedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group_index, group in enumerate(self.param_groups):
-            params, grads, states, n = self._gather(group)
-            if not params:
-                continue
+        loss = self._closure_loss(closure)
+        for group, plan, params, grads, states in self._groups():
             lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2 = group["betas"]
             for state, p in zip(states, params):  # lazy state init (first step only)
@@ -79,7 +73,6 @@ class RepOptAdamW(MaskedOptimizer):
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1.0)
             counts = [s.item() for s in steps]
-            plan = self._plan(group_index, params, n)
             bias_correction2 = plan.per_chunk([(1 - beta2**t) ** 0.5 for t in counts])
             step_size = plan.per_chunk([-lr / (1 - beta1**t) for t in counts])
             chunks = plan.chunks

@@ -15,7 +15,7 @@ adopts one for a parameter this optimizer has none for.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -141,6 +141,22 @@ class MaskedOptimizer(Optimizer):
                     "was trained with other scales"
                 )
         self._plans.clear()
+
+    @staticmethod
+    def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+        """``closure()`` with gradients enabled (``step`` runs without), or ``None``."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def _groups(self) -> Iterator[tuple[dict, BlockPlan, list[Tensor], list[Tensor], list[dict]]]:
+        """``(group, plan, params, grads, states)`` of each param group with a gradient: the
+        params of :meth:`_gather` and their block plan (:meth:`_plan`)."""
+        for group_index, group in enumerate(self.param_groups):
+            params, grads, states, n = self._gather(group)
+            if params:
+                yield group, self._plan(group_index, params, n), params, grads, states
 
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[dict], int]:
         """``(params, grads, states, n)`` of the params with a grad, the ``n`` masked ones first."""

@@ -73,16 +73,9 @@ class RepOptSGD(MaskedOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group_index, group in enumerate(self.param_groups):
-            params, grads, states, n = self._gather(group)
-            if not params:
-                continue
+        loss = self._closure_loss(closure)
+        for group, plan, params, grads, states in self._groups():
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
-            plan = self._plan(group_index, params, n)
             fresh = [momentum and s.get("momentum_buffer") is None for s in states]
             for state, param, new in zip(states, params, fresh):
                 if new:

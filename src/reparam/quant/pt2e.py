@@ -49,10 +49,10 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa
 
 __all__ = [
     "capture",
-    "convert",
     "int8_quantizer",
     "prepare_qat",
     "ptq",
+    "quantize_qat",
     "set_training",
 ]
 
@@ -127,6 +127,7 @@ def set_training(prepared: fx.GraphModule, training: bool) -> fx.GraphModule:
     return move_exported_model_to_eval(prepared)
 
 
-def convert(prepared: fx.GraphModule) -> fx.GraphModule:
-    """The quantized (reference q/dq) model of a QAT graph, BN folded, in eval mode."""
+def quantize_qat(prepared: fx.GraphModule) -> fx.GraphModule:
+    """The quantized (reference q/dq) model of a fine-tuned :func:`prepare_qat` graph, BN folded,
+    in eval mode (torchao's ``convert_pt2e``)."""
     return convert_pt2e(set_training(prepared, False))

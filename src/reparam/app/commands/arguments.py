@@ -4,16 +4,23 @@ work, with the flag's name (``argument --batch-size: expected a positive integer
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, TypeVar
 
 __all__ = [
     "DATA_SPECS",
     "add_data",
+    "add_deploy_folder",
     "add_out",
     "add_reporting",
     "add_threads",
+    "deploy_folder_kwargs",
     "positive_int",
     "positive_ints",
+    "settings_from",
 ]
+
+Settings = TypeVar("Settings")
 
 
 def positive_int(text: str) -> int:
@@ -73,3 +80,35 @@ def add_reporting(parser: argparse.ArgumentParser, what: str = "one JSON object"
         action="store_true",
         help="no progress bars or progress messages (on stderr)",
     )
+
+
+def add_deploy_folder(parser: argparse.ArgumentParser, out: str = "") -> None:
+    """The options of a command that writes a deploy folder (``deploy``, ``qat``): ``--out``
+    (``out`` adds to its help), ``--threads``, ``--latency-repeats``, ``--force`` and the
+    reporting ones."""
+    add_out(parser, "folder", f"the deploy folder to write{out}", required=True)
+    add_threads(parser)
+    parser.add_argument(
+        "--latency-repeats", type=positive_int, default=30, help="timed runs (median reported)"
+    )
+    replace = "replace an existing --out (only a deploy folder reparam wrote)"
+    parser.add_argument("--force", action="store_true", help=replace)
+    add_reporting(parser)
+
+
+def deploy_folder_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments that :func:`add_deploy_folder`'s options give the deploy and QAT
+    pipelines (``--out`` apart)."""
+    return {
+        "latency_repeats": args.latency_repeats,
+        "threads": args.threads,
+        "progress": not args.no_progress,
+        "force": args.force,
+    }
+
+
+def settings_from(args: argparse.Namespace, settings: type[Settings]) -> Settings:
+    """The ``settings`` dataclass with every field that an argument of the same name sets (the
+    others keep their defaults)."""
+    names = {field.name for field in dataclasses.fields(settings)}
+    return settings(**{name: value for name, value in vars(args).items() if name in names})

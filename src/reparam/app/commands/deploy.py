@@ -20,27 +20,21 @@ so check top-1 agreement before trusting it. Quantization-aware training: `repar
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
 
 import torch
 
 from reparam.app.commands.arguments import (
     add_data,
-    add_out,
-    add_reporting,
-    add_threads,
+    add_deploy_folder,
+    deploy_folder_kwargs,
     positive_int,
+    settings_from,
 )
-from reparam.app.train import TrainConfig, fit
 from reparam.app.train.state import describe_checkpoint
 from reparam.errors import UserError
 from reparam.extras import require_extra
 from reparam.files import json_text
-from reparam.models import list_models
 from reparam.quant.ort import BACKENDS, CALIBRATIONS, GRANULARITIES, QuantSettings
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,12 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN_DIR_OR_CKPT",
         help="run folder, .safetensors checkpoint or fused folder (with --compare: "
         "several, or model names to train)",
-    )
-    add_out(
-        parser,
-        "folder",
-        "the deploy folder to write (with --compare: the comparison folder)",
-        required=True,
     )
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx (dynamic batch)")
     parser.add_argument(
@@ -97,12 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, help="export size (default: the run's image_size)"
     )
-    add_threads(parser)
     parser.add_argument(
         "--latency-batch", type=positive_int, default=32, help="batch for FP32/INT8 latency"
-    )
-    parser.add_argument(
-        "--latency-repeats", type=positive_int, default=30, help="timed runs (median reported)"
     )
     parser.add_argument(
         "--compare",
@@ -115,56 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=64, help="--compare: training batch size"
     )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing --out (only a deploy folder reparam wrote)",
-    )
-    add_reporting(parser)
-
-
-def _trained_sources(args: argparse.Namespace) -> list[str]:
-    """``--compare`` sources as run folders: a registered model name that is not a path is
-    trained first into ``OUT/runs/NAME`` (same schedule for all; a finished run there is reused).
-    Every source is checked (its name, its classes against ``--data``), then the comparison
-    folder, before any training."""
-    from reparam.app.deploy.compare import check_sources, start_compare_folder
-
-    runs = Path(args.out) / "runs"
-    found = {  # a run, or one trained before
-        source: source if Path(source).exists() else str(runs / source)
-        for source in args.sources
-        if Path(source).exists() or (runs / source / "metrics.json").is_file()
-    }
-    for source in args.sources:
-        if source not in found and source not in list_models():
-            raise UserError(
-                f"{source!r} is neither a run folder/checkpoint nor a registered model "
-                f"({', '.join(list_models())})"
-            )
-    check_sources(list(found.values()), args.data)
-    start_compare_folder(args.out)  # marked before runs are trained into it
-    sources = []
-    for source in args.sources:
-        if source in found:
-            sources.append(found[source])
-            continue
-        config = TrainConfig(
-            model=source,
-            data=args.data,
-            epochs=args.epochs,
-            image_size=args.image_size or 32,
-            batch_size=args.batch_size,
-            seed=0,
-            out=str(runs / source),
-            device="cpu",
-        )
-        log.info(
-            "training %s on %s for %d epochs -> %s", source, args.data, args.epochs, config.out
-        )
-        fit(config, progress=not args.no_progress)
-        sources.append(config.out)
-    return sources
+    add_deploy_folder(parser, " (with --compare: the comparison folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,15 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from reparam.app.deploy.pipeline import deploy
     from reparam.app.report import ptq_table
 
-    settings = QuantSettings(
-        backend=args.backend,
-        granularity=args.granularity,
-        calibration=args.calibration,
-        calib_images=args.calib_images,
-        keep_first_last_float=args.keep_first_last_float,
-        num_bins=args.num_bins,
-        percentile=args.percentile,
-    )
+    settings = settings_from(args, QuantSettings)
     if args.compare:
         if not args.data:
             raise UserError(
@@ -190,16 +117,13 @@ def run(args: argparse.Namespace) -> int:
             )
         require_extra("deploy")  # before any model is trained
         result = compare_ptq(
-            _trained_sources(args),
+            args.sources,
             args.data,
             args.out,
             settings,
             image_size=args.image_size or 32,
-            latency_repeats=args.latency_repeats,
-            threads=args.threads,
             train={"epochs": args.epochs, "batch_size": args.batch_size, "seed": 0},
-            progress=not args.no_progress,
-            force=args.force,
+            **deploy_folder_kwargs(args),
         )
         print(json_text(result, indent=2) if args.json else ptq_table(result))
         return 0
@@ -216,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         image_size=args.image_size,
         latency_batch=args.latency_batch,
-        latency_repeats=args.latency_repeats,
-        threads=args.threads,
-        progress=not args.no_progress,
-        force=args.force,
+        **deploy_folder_kwargs(args),
     )
     if args.json:
         print(json_text(summary, indent=2))

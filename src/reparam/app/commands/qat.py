@@ -21,10 +21,10 @@ import torch
 
 from reparam.app.commands.arguments import (
     add_data,
-    add_out,
-    add_reporting,
-    add_threads,
+    add_deploy_folder,
+    deploy_folder_kwargs,
     positive_int,
+    settings_from,
 )
 from reparam.app.train.state import describe_checkpoint
 from reparam.files import json_text
@@ -34,7 +34,6 @@ from reparam.quant.ort import GRANULARITIES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="RUN_DIR", help="trained run folder or checkpoint")
     add_data(parser, "QAT training (train split) and evaluation (val split)", required=True)
-    add_out(parser, "folder", "the deploy folder to write", required=True)
     parser.add_argument("--epochs", type=positive_int, default=2, help="QAT epochs (default 2)")
     parser.add_argument(
         "--granularity", choices=GRANULARITIES, default="per-channel", help="weight scales"
@@ -64,16 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="train-split images that check model.int8.onnx against torch",
     )
-    add_threads(parser)
-    parser.add_argument(
-        "--latency-repeats", type=positive_int, default=30, help="timed ORT runs (median)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing --out (only a deploy folder reparam wrote)",
-    )
-    add_reporting(parser)
+    add_deploy_folder(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,26 +71,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from reparam.app.deploy.qat import QATSettings, qat
 
-    settings = QATSettings(
-        epochs=args.epochs,
-        granularity=args.granularity,
-        route=args.route,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        distill=args.distill,
-        freeze_bn=args.freeze_bn,
-        seed=args.seed,
-    )
+    settings = settings_from(args, QATSettings)
     summary = qat(
         args.source,
         args.data,
         args.out,
         settings,
         eval_images=args.eval_images,
-        latency_repeats=args.latency_repeats,
-        threads=args.threads,
-        progress=not args.no_progress,
-        force=args.force,
+        **deploy_folder_kwargs(args),
     )
     if args.json:
         print(json_text(summary, indent=2))

@@ -1,13 +1,15 @@
 """The PTQ comparison: several models of one deploy structure, quantized with identical settings.
 
-Each source is a trained run folder or checkpoint (``reparam deploy --compare`` trains the model
-names it is given first). Every model goes through :func:`reparam.app.deploy.deploy` with the same
-:class:`QuantSettings`; the rows report FP32 and INT8 top-1 on the val split, the drop, top-1
-agreement, output SQNR and weight figures (``reparam.app.report.ptq_table`` prints them).
+Each source is a trained run folder or checkpoint, or a registered model name that
+:func:`train_sources` trains first (``reparam deploy --compare NAME ...``). Every model goes
+through :func:`reparam.app.deploy.deploy` with the same :class:`QuantSettings`; the rows report
+FP32 and INT8 top-1 on the val split, the drop, top-1 agreement, output SQNR and weight figures
+(``reparam.app.report.ptq_table`` prints them).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 from collections.abc import Mapping
@@ -18,12 +20,16 @@ from reparam.app.dataspec import load_eval_data
 from reparam.app.deploy.pipeline import deploy
 from reparam.app.deploy.predict import check_class_names
 from reparam.app.folders import describe_folder, read_marker, write_marker
+from reparam.app.train import TrainConfig, fit
 from reparam.data import Preprocessing
-from reparam.errors import DeployError
+from reparam.errors import DeployError, UserError
 from reparam.files import read_json, write_json
+from reparam.models import list_models
 from reparam.quant.ort import QuantSettings
 
-__all__ = ["check_sources", "compare_ptq", "start_compare_folder"]
+__all__ = ["check_sources", "compare_ptq", "start_compare_folder", "train_sources"]
+
+log = logging.getLogger(__name__)
 
 
 def check_sources(sources: list[str], data: str) -> None:
@@ -55,9 +61,15 @@ def compare_ptq(
     """Deploy + quantize every source (all checked first, :func:`check_sources`); returns (and
     writes ``compare.json``) settings and rows.
 
-    ``train`` (the schedule of sources trained for this comparison) is recorded as given.
-    ``out_dir`` must be absent, empty or a comparison folder (:func:`start_compare_folder`).
+    ``train`` (``epochs``, ``batch_size``, ``seed``) is the schedule of the sources that are
+    model names, trained first by :func:`train_sources` (without it, every source must be a run
+    folder or checkpoint); it is recorded as given. ``out_dir`` must be absent, empty or a
+    comparison folder (:func:`start_compare_folder`).
     """
+    if train is not None:
+        sources = train_sources(
+            sources, data, out_dir, train, image_size=image_size, progress=progress
+        )
     out_dir = start_compare_folder(out_dir)
     check_sources(sources, data)
     rows = []
@@ -86,6 +98,54 @@ def compare_ptq(
     }
     write_json(result, out_dir / "compare.json")
     return result
+
+
+def train_sources(
+    sources: list[str],
+    data: str,
+    out_dir: str | os.PathLike,
+    schedule: Mapping[str, Any],
+    *,
+    image_size: int = 32,
+    progress: bool = False,
+) -> list[str]:
+    """``sources`` as run folders: a registered model name that is not a path is trained on
+    ``data`` into ``out_dir/runs/NAME`` with ``schedule`` (``epochs``, ``batch_size``, ``seed``;
+    the same for all, on the CPU); a finished run there is reused. Every source is checked (its
+    name, its classes against ``data``), then the comparison folder, before any training."""
+    runs = Path(out_dir) / "runs"
+    found = {  # a run, or one trained before
+        source: source if Path(source).exists() else str(runs / source)
+        for source in sources
+        if Path(source).exists() or (runs / source / "metrics.json").is_file()
+    }
+    for source in sources:
+        if source not in found and source not in list_models():
+            raise UserError(
+                f"{source!r} is neither a run folder/checkpoint nor a registered model "
+                f"({', '.join(list_models())})"
+            )
+    check_sources(list(found.values()), data)
+    start_compare_folder(out_dir)  # marked before runs are trained into it
+    trained = []
+    for source in sources:
+        if source in found:
+            trained.append(found[source])
+            continue
+        config = TrainConfig(
+            model=source,
+            data=data,
+            epochs=schedule["epochs"],
+            image_size=image_size,
+            batch_size=schedule["batch_size"],
+            seed=schedule["seed"],
+            out=str(runs / source),
+            device="cpu",
+        )
+        log.info("training %s on %s for %d epochs -> %s", source, data, config.epochs, config.out)
+        fit(config, progress=progress)
+        trained.append(config.out)
+    return trained
 
 
 def start_compare_folder(out_dir: str | os.PathLike) -> Path:

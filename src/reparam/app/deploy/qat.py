@@ -240,11 +240,11 @@ def _fine_tune(
 
 
 def _qat_writer(source: str | os.PathLike, data: str, settings: QATSettings, progress: bool):
-    """The deploy pipeline's INT8 writer: QAT the source's model, convert, export."""
+    """The deploy pipeline's INT8 writer: QAT the source's model, quantize, export."""
 
     def write(fused, config, onnx_path: Path, int8_path: Path, images: np.ndarray) -> dict:
         from reparam.quant.onnx import export_onnx, open_session, run_session
-        from reparam.quant.pt2e import convert, prepare_qat
+        from reparam.quant.pt2e import prepare_qat, quantize_qat
 
         model, _ = load_model(source)
         if has_annealing(model) and not annealing_finished(model):
@@ -264,7 +264,7 @@ def _qat_writer(source: str | os.PathLike, data: str, settings: QATSettings, pro
         prepared = prepare_qat(student, example, settings.granularity)
         teacher = fused.eval() if settings.distill else None
         trained = _fine_tune(prepared, masks, teacher, run, settings, lr, progress)
-        quantized = convert(prepared)
+        quantized = quantize_qat(prepared)
         export_onnx(quantized, int8_path, config["image_size"], onnx_metadata(config))
         with torch.no_grad():
             torch_top1 = quantized(probe).argmax(1).numpy()

@@ -26,7 +26,7 @@ from reparam.models.repopt_ghostnet import (
     repopt_ghostnet_hs,
 )
 from reparam.optim import RepOptAdamW, RepOptSGD
-from reparam.testing import CheckResult, compare, randomize_batchnorm_
+from reparam.testing import CheckResult, compare, randomize_batchnorm_, train_twins
 
 __all__ = [
     "csla_pair",
@@ -89,20 +89,26 @@ def train_outputs(
     batch: int = 2,
     size: int = 8,
 ) -> tuple[Tensor, Tensor]:
-    """Train both on the same random regression batches (3-channel images, 5 outputs, summed
-    MSE); return ``(target output, imaginary output)`` on a held-out batch."""
-    gen = torch.Generator().manual_seed(seed)
+    """:func:`reparam.testing.train_twins` on random regression batches (3-channel images, 5
+    outputs, summed MSE); returns ``(target output, imaginary output)`` on a held-out batch of 4
+    (the nets stay in train mode)."""
     dtype = next(target.parameters()).dtype
-    for _ in range(steps):
-        x = torch.randn(batch, 3, size, size, generator=gen, dtype=dtype)
-        y = torch.randn(batch, 5, generator=gen, dtype=dtype)
-        for net, opt in ((imaginary, reference_opt), (target, repopt)):
-            opt.zero_grad()
-            nn.functional.mse_loss(net(x), y, reduction="sum").backward()
-            opt.step()
-    x = torch.randn(4, 3, size, size, generator=gen, dtype=dtype)
-    with torch.no_grad():
-        return target(x), imaginary(x)
+
+    def regression(gen: torch.Generator, n: int = batch) -> tuple[Tensor, Tensor]:
+        x = torch.randn(n, 3, size, size, generator=gen, dtype=dtype)
+        return x, torch.randn(n, 5, generator=gen, dtype=dtype)
+
+    return train_twins(
+        imaginary,
+        target,
+        reference_opt,
+        repopt,
+        steps,
+        regression,
+        lambda output, y: nn.functional.mse_loss(output, y, reduction="sum"),
+        held_out=lambda gen: regression(gen, 4)[0],
+        seed=seed,
+    )
 
 
 def train_pair(
