@@ -32,7 +32,6 @@ from reparam.app.commands.arguments import (
 )
 from reparam.app.train.state import describe_checkpoint
 from reparam.errors import UserError
-from reparam.extras import require_extra
 from reparam.files import json_text
 from reparam.quant.ort import BACKENDS, CALIBRATIONS, GRANULARITIES, QuantSettings
 
@@ -115,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 "--compare needs --data SPEC (training, calibration and evaluation data)"
             )
-        require_extra("deploy")  # before any model is trained
         result = compare_ptq(
             args.sources,
             args.data,

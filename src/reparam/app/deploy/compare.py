@@ -23,6 +23,7 @@ from reparam.app.folders import describe_folder, read_marker, write_marker
 from reparam.app.train import TrainConfig, fit
 from reparam.data import Preprocessing
 from reparam.errors import DeployError, UserError
+from reparam.extras import require_extra
 from reparam.files import read_json, write_json
 from reparam.models import list_models
 from reparam.quant.ort import QuantSettings
@@ -66,6 +67,7 @@ def compare_ptq(
     folder or checkpoint); it is recorded as given. ``out_dir`` must be absent, empty or a
     comparison folder (:func:`start_compare_folder`).
     """
+    require_extra("deploy")  # before any model is trained
     if train is not None:
         sources = train_sources(
             sources, data, out_dir, train, image_size=image_size, progress=progress
