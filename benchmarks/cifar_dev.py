@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 from reparam.app.bench.machine import machine_info
-from reparam.app.deploy import QuantSettings, deploy
+from reparam.app.deploy import deploy
 from reparam.app.train import ablation_overrides, fit, hyper_search, resolve_config
 from reparam.files import read_json, write_json
+from reparam.quant.ort import QuantSettings
 
 MAIN = ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
 PLAIN_KWARGS = {"vgg_a0": {"init": "torch"}}

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from reparam.app.bench.machine import machine_info
-from reparam.app.deploy import QuantSettings, deploy
+from reparam.app.deploy import deploy
 from reparam.app.deploy.qat import QATSettings, qat
 from reparam.files import read_json, write_json
+from reparam.quant.ort import QuantSettings
 
 MODELS = ("repopt_vgg_a0", "repvgg_a0", "vgg_a0")
 PTQ = tuple(f"ptq_{b}_{g}" for b in ("ort", "pt2e") for g in ("per-tensor", "per-channel"))

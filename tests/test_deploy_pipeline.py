@@ -12,8 +12,8 @@ import reparam
 from helpers import make_run
 from recount import file_predictions
 from reparam.app.cli import main
-from reparam.app.deploy import build_deploy_model, fuse_for_deploy, load_fused, save_fused
 from reparam.files import read_json
+from reparam.saved import build_deploy_model, fuse_for_deploy, load_fused, save_fused
 from reparam.testing import randomize_batchnorm_
 
 DATA = "synthetic:60"  # 48 train / 12 val images, 10 classes

@@ -1,4 +1,4 @@
-"""The ``reparam`` command. Each subcommand lives in ``reparam/commands/<name>.py`` and exposes
+"""The ``reparam`` command. Each subcommand lives in ``reparam/app/commands/<name>.py`` and exposes
 
 - ``add_arguments(parser: argparse.ArgumentParser) -> None``
 - ``run(args: argparse.Namespace) -> int`` (exit status)

@@ -1,17 +1,11 @@
-"""Equivalence checks: every re-parameterization compared with the module it replaces.
-
-- :mod:`reparam.testing` (exported here): ``compare``, ``rel_err``, ``CheckResult``,
-  ``randomize_batchnorm_``, ``fused_output_pairs``; pure torch, so any layer (and the tests)
-  may use them;
-- one module per re-parameterization kind: ``structural`` (RepVGG fusion), ``gradient`` (CSLA
-  vs RepOptSGD / RepOptAdamW), ``depth`` (ReduceNet, VanillaNet fusion), ``deployment`` (ONNX
-  Runtime vs torch);
-- :mod:`reparam.app.verify.checks`: the registry ``CHECKS`` and ``run_checks``, behind
-  ``reparam verify``.
-
-The check modules import the whole library, so this package face imports only ``core``.
+"""Equivalence checks behind ``reparam verify``: every re-parameterization compared with the
+module it replaces, one module per kind: ``structural`` (RepVGG fusion), ``gradient`` (CSLA vs
+RepOptSGD / RepOptAdamW), ``depth`` (ReduceNet, VanillaNet fusion), ``deployment`` (ONNX Runtime
+vs torch); :mod:`reparam.app.verify.checks` holds the registry ``CHECKS`` and ``run_checks``.
+Their numerics (``compare``, ``rel_err``, random BN statistics) are the library's
+:mod:`reparam.testing`.
 """
 
-from reparam.testing import CheckResult, compare, fused_output_pairs, randomize_batchnorm_, rel_err
+from reparam.app.verify.checks import CHECKS, run_checks
 
-__all__ = ["CheckResult", "compare", "fused_output_pairs", "randomize_batchnorm_", "rel_err"]
+__all__ = ["CHECKS", "run_checks"]
