@@ -26,8 +26,8 @@ from torch import fx, nn
 from reparam.errors import DeployError
 from reparam.extras import require
 
-require("torchao", extra="qat")  # importing this module without torchao: one line naming the extra
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notice
+require("torchao", extra="qat")  # importing this module without torchao: one line naming the extra
 from torchao.quantization.pt2e import (  # noqa: E402
     FusedMovingAvgObsFakeQuantize,
     MinMaxObserver,
