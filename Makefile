@@ -20,11 +20,11 @@ demo: $(STAMP)
 # everything: lint, the docs site build (mkdocs --strict) and the whole suite (each test under
 # pytest-timeout's limit in pyproject.toml)
 test: lint docs
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # the inner loop: the suite without the tests marked slow
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	BIN=$(BIN) benchmarks/run_speed.sh
