@@ -6,9 +6,9 @@ What counts as an example
 Code blocks are fenced (```` ``` ````) or indented by 4 spaces after a blank line.
 
 - A **Python example** is a block fenced as ``python`` / ``py``, or any other block whose first
-  non-blank line starts with ``import `` or ``from ``. It runs as written, in a fresh
-  ``sys.executable -c`` process whose working folder is a new temporary folder (so the files it
-  writes go there).
+  non-blank line starts with ``import `` or ``from ``. It runs as written, in a fresh namespace
+  of the test process (one interpreter start saved per example) whose working folder is a new
+  temporary folder (so the files it writes go there).
 - A **command** is a line of any other block whose first word is one of :data:`PROGRAMS` and
   whose second word, if any, looks like an argument rather than prose (:data:`ARGUMENT`), with
   ``\\``-continued lines joined, ``# comments`` dropped and ``[--optional]`` flags kept
@@ -18,8 +18,9 @@ What happens to a command
 -------------------------
 Every ``reparam`` command (for ``torchrun``, the part after ``-m reparam``) is parsed by the
 real parser, :func:`reparam.app.cli.build_parser`, so a renamed subcommand or flag or a refused
-choice fails here. It is then run end to end, exactly as written, with the ``reparam`` console
-script beside ``sys.executable``, unless a rule of :data:`NOT_PARSED` or :data:`PARSE_ONLY`
+choice fails here. It is then run end to end, exactly as written, by the console script's own
+entry point, :func:`reparam.app.cli.main`, in the test process (its stdout, stderr and exit
+status captured as a process's would be), unless a rule of :data:`NOT_PARSED` or :data:`PARSE_ONLY`
 says otherwise (first match wins; the test id names the rule: ``README.md:57-run``,
 ``README.md:56-parse-only-cifar``, ``README.md:19-skip-make``) or the same command, as written,
 ran in an earlier document (``ran-before``). A run must exit 0, and with ``--json`` print one
@@ -31,35 +32,38 @@ PNG files), so a documented ``--data folder:images`` runs, and so does a ``repar
 images in it. The commands of one document share that folder:
 ``reparam deploy runs/a0`` needs the run folder of the earlier ``reparam train ... --out
 runs/a0``. A test first runs the earlier commands whose ``--out`` its arguments name (each
-once per session), so any one test can run alone. Commands get ``OMP_NUM_THREADS=1``: the test
-machines are small and shared.
+once per session), so any one test can run alone. Commands and examples run on one torch thread:
+the test machines are small and shared.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from reparam.app.cli import build_parser
+from reparam.app.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REPARAM = Path(sys.executable).with_name("reparam")
 PROGRAMS = ("reparam", "make", "torchrun", "srun", "python", "python3", ".venv/bin/python")
 MAX_EPOCHS = 2  # a documented training run longer than this is parsed, not run
-TIMEOUT_S = 600
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots without a display
 README_MAX_BYTES = 12000  # read in five minutes; the rest lives in docs/
 IMAGE_FOLDER = "images"  # in every document's folder: a reader's own images, in miniature
 IMAGE_CLASSES = {"cat": 40, "dog": 40}  # train images per class: more than one batch of 64
@@ -340,15 +344,33 @@ def _tail(text: str, n: int = 4000) -> str:
     return text if len(text) <= n else "..." + text[-n:]
 
 
+@contextlib.contextmanager
+def _as_a_process(cwd: Path) -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Run the body as a fresh process would: in ``cwd``, on one torch thread, with stdout and
+    stderr captured; the test process's folder, threads and streams come back afterwards."""
+    out, err = io.StringIO(), io.StringIO()
+    folder, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield out, err
+    finally:
+        os.chdir(folder)
+        torch.set_num_threads(threads)
+
+
+def _exit_status(code: object) -> int:
+    return code if isinstance(code, int) else (0 if code is None else 1)
+
+
 def _run_reparam(cmd: Command, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(REPARAM), *cmd.argv],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    with _as_a_process(cwd) as (out, err):
+        try:
+            status = main(cmd.argv)
+        except SystemExit as exit_info:
+            status = _exit_status(exit_info.code)
+    return subprocess.CompletedProcess(cmd.argv, status, out.getvalue(), err.getvalue())
 
 
 def write_image_folder(root: Path) -> None:
@@ -402,19 +424,19 @@ def workspace(tmp_path_factory) -> Callable[[str], Workspace]:
     "block", PYTHON_EXAMPLES, ids=[f"{b.doc}:{b.line}-python" for b in PYTHON_EXAMPLES]
 )
 def test_python_example_runs(block, tmp_path):
-    code = "\n".join(block.lines)
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert result.returncode == 0, (
-        f"{block.doc}:{block.line}: the example failed (exit {result.returncode}):\n"
-        f"{_tail(result.stderr)}"
-    )
+    code = compile("\n".join(block.lines), f"{block.doc}:{block.line}", "exec")
+    with _as_a_process(tmp_path) as (_, err):
+        try:
+            exec(code, {"__name__": "__main__"})
+        except SystemExit as exit_info:
+            assert _exit_status(exit_info.code) == 0, (
+                f"{block.doc}:{block.line}: exit {exit_info.code}"
+            )
+        except Exception:
+            pytest.fail(
+                f"{block.doc}:{block.line}: the example failed:\n{_tail(traceback.format_exc())}"
+                f"\n{_tail(err.getvalue())}"
+            )
 
 
 @pytest.mark.parametrize(
